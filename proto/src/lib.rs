@@ -1,0 +1,14 @@
+//! Sans-IO core of the NTS (RFC 8915) stack: every byte that crosses the wire
+//! is parsed, built, sealed or opened here, with no sockets, clocks or async
+//! runtime. Callers pass in time and randomness; parsers return typed errors
+//! on any input and never panic.
+
+pub mod aead;
+pub mod cookie;
+pub mod extension_field;
+pub mod ke_client;
+pub mod ke_record;
+pub mod ke_server;
+pub mod key_ring;
+pub mod ntp_packet;
+pub mod rate_limit;
