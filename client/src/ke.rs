@@ -1,0 +1,183 @@
+//! NTS-KE client: TLS 1.3 to the KE server, request, response, key export.
+//! The record logic is `nts_proto::ke_client`; this is the I/O around it.
+
+use nts_proto::aead::{AeadAlgorithm, AeadKey};
+use nts_proto::ke_client::{build_request, check_algorithm, ResponseDecoder, ResponseError};
+use nts_proto::ke_server::{exporter_context, ALPN, EXPORTER_LABEL};
+use rustls::pki_types::ServerName;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Default NTS-KE port (RFC 8915 section 4).
+pub const DEFAULT_KE_PORT: u16 = 4460;
+/// Default NTP port when the server sends no Port Negotiation record.
+pub const DEFAULT_NTP_PORT: u16 = 123;
+
+/// What a key exchange gives the NTP layer.
+#[derive(Debug, Clone)]
+pub struct KeOutcome {
+    pub aead: AeadAlgorithm,
+    pub c2s: AeadKey,
+    pub s2c: AeadKey,
+    pub cookies: Vec<Vec<u8>>,
+    /// Negotiated NTP server, or the KE host when none was sent.
+    pub ntp_server: String,
+    /// Negotiated NTP port, or 123.
+    pub ntp_port: u16,
+    pub warnings: Vec<u16>,
+}
+
+#[derive(Debug, Error)]
+pub enum KeError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(String, std::io::Error),
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("server did not negotiate ALPN ntske/1")]
+    Alpn,
+    #[error("timed out")]
+    Timeout,
+    #[error("connection failed during the exchange: {0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ResponseError),
+    #[error("TLS key export failed: {0}")]
+    Export(rustls::Error),
+}
+
+#[derive(Debug, Error)]
+pub enum TrustError {
+    #[error("cannot read CA file {0}: {1}")]
+    Read(String, String),
+    #[error("CA file {0} holds no usable certificate")]
+    Empty(String),
+}
+
+/// Trust anchors: the system's roots (when `system_roots`) plus PEM files.
+pub fn root_store(
+    extra_ca_files: &[&Path],
+    system_roots: bool,
+) -> Result<RootCertStore, TrustError> {
+    let mut roots = RootCertStore::empty();
+    if system_roots {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+    }
+    for path in extra_ca_files {
+        let name = path.display().to_string();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| TrustError::Read(name.clone(), e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrustError::Read(name.clone(), e.to_string()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(TrustError::Empty(name));
+        }
+    }
+    Ok(roots)
+}
+
+/// TLS 1.3-only client configuration with ALPN `ntske/1`.
+pub fn tls_config(roots: RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Arc::new(cfg)
+}
+
+/// Run one key exchange with `host:port`; `host` is also the TLS server name (SNI).
+pub async fn key_exchange(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    algorithms: &[AeadAlgorithm],
+    timeout: Duration,
+) -> Result<KeOutcome, KeError> {
+    tokio::time::timeout(timeout, exchange(host, port, tls, algorithms))
+        .await
+        .map_err(|_| KeError::Timeout)?
+}
+
+async fn exchange(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    algorithms: &[AeadAlgorithm],
+) -> Result<KeOutcome, KeError> {
+    let target = format!("{host}:{port}");
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|_| KeError::ServerName(host.into()))?;
+    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .map_err(|e| KeError::Connect(target.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| KeError::Tls(target.clone(), e))?;
+    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(KeError::Alpn);
+    }
+    stream
+        .write_all(&build_request(algorithms))
+        .await
+        .map_err(KeError::Io)?;
+    let mut decoder = ResponseDecoder::new();
+    let mut buf = [0u8; 4096];
+    let response = loop {
+        let n = stream.read(&mut buf).await.map_err(KeError::Io)?;
+        if n == 0 {
+            return Err(decoder.eof().into());
+        }
+        if let Some(r) = decoder.feed(&buf[..n])? {
+            break r;
+        }
+    };
+    check_algorithm(&response, algorithms)?;
+    let alg = response.aead;
+    let conn = stream.get_ref().1;
+    let kl = alg.key_len();
+    let mut c2s = [0u8; 64];
+    let mut s2c = [0u8; 64];
+    conn.export_keying_material(
+        &mut c2s[..kl],
+        EXPORTER_LABEL,
+        Some(&exporter_context(alg, false)),
+    )
+    .map_err(KeError::Export)?;
+    conn.export_keying_material(
+        &mut s2c[..kl],
+        EXPORTER_LABEL,
+        Some(&exporter_context(alg, true)),
+    )
+    .map_err(KeError::Export)?;
+    let keys = AeadKey::new(alg, &c2s[..kl]).and_then(|c| Ok((c, AeadKey::new(alg, &s2c[..kl])?)));
+    c2s.fill(0);
+    s2c.fill(0);
+    let (c2s, s2c) = keys.map_err(|_| KeError::Protocol(ResponseError::Malformed("key length")))?;
+    let _ = stream.shutdown().await;
+    Ok(KeOutcome {
+        aead: alg,
+        c2s,
+        s2c,
+        cookies: response.cookies,
+        ntp_server: response.server.unwrap_or_else(|| host.to_string()),
+        ntp_port: response.port.unwrap_or(DEFAULT_NTP_PORT),
+        warnings: response.warnings,
+    })
+}

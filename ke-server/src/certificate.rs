@@ -1,0 +1,209 @@
+//! The server certificate: loaded from PEM files, checked, and swapped in
+//! without a restart when the files change (as cert-manager and certbot renew
+//! them). A replacement that does not load keeps the old certificate in
+//! service and says why, once.
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Parse a chain and key from PEM bytes and check they belong together.
+pub fn certified_key_from_pem(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("certificate chain is not valid PEM")?;
+    if chain.is_empty() {
+        bail!("no certificate found in the chain file");
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).context("no usable private key in the key file")?;
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            anyhow::anyhow!("private key does not match the certificate")
+        }
+        e => anyhow::anyhow!("certificate and key are not usable: {e}"),
+    })?;
+    // from_der tolerates an unknown consistency; insist on a positive match.
+    ck.keys_match()
+        .map_err(|e| anyhow::anyhow!("private key does not match the certificate: {e}"))?;
+    Ok(ck)
+}
+
+/// A certificate resolver whose certificate can be replaced at any time.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: ArcSwap<CertifiedKey>,
+    chain_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// Fingerprint of the file contents in service, and of the last contents that failed.
+    seen: Mutex<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What a reload attempt did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Replaced,
+    /// New contents failed to load; the old certificate stays. Reported once per bad content.
+    Rejected(String),
+    /// The same bad contents as last time: nothing new to say.
+    StillRejected,
+}
+
+fn fingerprint(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update((a.len() as u64).to_be_bytes());
+    h.update(a);
+    h.update(b);
+    h.finalize().to_vec()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+impl ReloadingCert {
+    /// Load the files now; failing here stops start-up.
+    pub fn load(chain_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>) -> Result<Self> {
+        let chain = read(chain_path)?;
+        let key = read(key_path)?;
+        let ck = certified_key_from_pem(&chain, &key, &provider).with_context(|| {
+            format!(
+                "loading tls.certificate_chain {} and tls.private_key {}",
+                chain_path.display(),
+                key_path.display()
+            )
+        })?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(ck),
+            chain_path: chain_path.to_owned(),
+            key_path: key_path.to_owned(),
+            provider,
+            seen: Mutex::new((fingerprint(&chain, &key), None)),
+        })
+    }
+
+    /// Re-read the files and swap in a new certificate if they changed and load.
+    pub fn reload(&self) -> ReloadOutcome {
+        let (chain, key) = match (read(&self.chain_path), read(&self.key_path)) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(e), _) | (_, Err(e)) => {
+                let fp = format!("{e:#}").into_bytes();
+                return self.rejected(fp, format!("{e:#}"));
+            }
+        };
+        let fp = fingerprint(&chain, &key);
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.0 == fp {
+                return ReloadOutcome::Unchanged;
+            }
+        }
+        match certified_key_from_pem(&chain, &key, &self.provider) {
+            Ok(ck) => {
+                self.current.store(Arc::new(ck));
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                *seen = (fp, None);
+                ReloadOutcome::Replaced
+            }
+            Err(e) => self.rejected(fp, format!("{e:#}")),
+        }
+    }
+
+    fn rejected(&self, fp: Vec<u8>, why: String) -> ReloadOutcome {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.1.as_deref() == Some(&fp[..]) {
+            return ReloadOutcome::StillRejected;
+        }
+        seen.1 = Some(fp);
+        ReloadOutcome::Rejected(why)
+    }
+
+    /// The certificate chain in service (leaf first).
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(name: &str) -> (String, String) {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        (ck.cert.pem(), ck.key_pair.serialize_pem())
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    #[test]
+    fn reload_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain.pem");
+        let key = dir.path().join("key.pem");
+        let (c1, k1) = make("one.test");
+        std::fs::write(&chain, &c1).unwrap();
+        std::fs::write(&key, &k1).unwrap();
+        let rc = ReloadingCert::load(&chain, &key, provider()).unwrap();
+        let first = rc.current().cert[0].clone();
+        assert_eq!(rc.reload(), ReloadOutcome::Unchanged);
+
+        // A key that does not match the certificate is refused; the old one stays.
+        let (c2, k2) = make("two.test");
+        std::fs::write(&chain, &c2).unwrap();
+        assert!(
+            matches!(rc.reload(), ReloadOutcome::Rejected(why) if why.contains("does not match"))
+        );
+        assert_eq!(rc.reload(), ReloadOutcome::StillRejected);
+        assert_eq!(rc.current().cert[0], first);
+
+        // Garbage is refused too.
+        std::fs::write(&key, "not a key").unwrap();
+        assert!(matches!(rc.reload(), ReloadOutcome::Rejected(_)));
+
+        // The matching pair goes into service.
+        std::fs::write(&key, &k2).unwrap();
+        assert_eq!(rc.reload(), ReloadOutcome::Replaced);
+        assert_ne!(rc.current().cert[0], first);
+
+        // A missing file keeps the certificate in service.
+        std::fs::remove_file(&chain).unwrap();
+        assert!(matches!(rc.reload(), ReloadOutcome::Rejected(why) if why.contains("cannot read")));
+        assert_eq!(rc.reload(), ReloadOutcome::StillRejected);
+    }
+
+    #[test]
+    fn start_up_errors_name_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&chain, "").unwrap();
+        std::fs::write(&key, "").unwrap();
+        let e = ReloadingCert::load(&chain, &key, provider()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("tls.certificate_chain") && msg.contains("no certificate"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Development certificates for `--dev`: a local CA (`ca.pem`) and a server
+//! certificate for localhost, 127.0.0.1 and ::1 signed by it. Generated once
+//! per state directory and reused, so clients configured with `ca.pem` keep
+//! working across restarts. Never for production.
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Paths of the development PKI inside a state directory.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl DevPki {
+    pub fn paths(dir: &Path) -> Self {
+        Self {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            server_cert: dir.join("ke-cert.pem"),
+            server_key: dir.join("ke-key.pem"),
+        }
+    }
+
+    /// Create whatever is missing. Returns true if anything was generated.
+    pub fn ensure(dir: &Path) -> Result<(Self, bool)> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let p = Self::paths(dir);
+        let mut generated = false;
+        if !p.ca_cert.exists() || !p.ca_key.exists() {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(
+                DnType::CommonName,
+                "NTS development CA (do not trust in production)",
+            );
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+            let cert = params.self_signed(&key)?;
+            write_file(&p.ca_key, key.serialize_pem().as_bytes(), 0o600)?;
+            write_file(&p.ca_cert, cert.pem().as_bytes(), 0o644)?;
+            // A new CA invalidates the old server certificate.
+            let _ = std::fs::remove_file(&p.server_cert);
+            generated = true;
+        }
+        if !p.server_cert.exists() || !p.server_key.exists() {
+            let (cert, key) = issue(
+                &p,
+                &["localhost", "127.0.0.1", "::1"],
+                &[ExtendedKeyUsagePurpose::ServerAuth],
+            )?;
+            write_file(&p.server_key, key.as_bytes(), 0o600)?;
+            write_file(&p.server_cert, cert.as_bytes(), 0o644)?;
+            generated = true;
+        }
+        Ok((p, generated))
+    }
+}
+
+/// Issue a certificate for `names` (DNS names or IP literals) from the development CA.
+/// Returns (certificate PEM, private key PEM).
+pub fn issue(
+    pki: &DevPki,
+    names: &[&str],
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<(String, String)> {
+    let ca_key_pem = std::fs::read_to_string(&pki.ca_key).context("reading development CA key")?;
+    let ca_cert_pem = std::fs::read_to_string(&pki.ca_cert).context("reading development CA")?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_cert_pem)?;
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("localhost"),
+    );
+    params.distinguished_name = dn;
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.extended_key_usages = usages.to_vec();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_and_verifiable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, generated) = DevPki::ensure(dir.path()).unwrap();
+        assert!(generated);
+        let before = std::fs::read(&p.server_cert).unwrap();
+        let (_, generated) = DevPki::ensure(dir.path()).unwrap();
+        assert!(!generated);
+        assert_eq!(std::fs::read(&p.server_cert).unwrap(), before);
+
+        // The server certificate verifies against the CA for all three names.
+        use rustls::client::danger::ServerCertVerifier;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&p.ca_cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+        let leaf = rustls_pki_types::CertificateDer::from_pem_file(&p.server_cert).unwrap();
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let sn = rustls_pki_types::ServerName::try_from(name).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &sn, &[], rustls_pki_types::UnixTime::now())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}

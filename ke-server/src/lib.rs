@@ -1,0 +1,238 @@
+//! `nts-ke-server`: the NTS-KE service (RFC 8915 section 4). TLS 1.3 only,
+//! ALPN `ntske/1`, eight cookies per exchange, Server and Port Negotiation,
+//! bounded resources, certificates hot-reloaded from disk.
+
+pub mod certificate;
+pub mod config;
+pub mod dev_pki;
+pub mod metrics;
+pub mod root_secret;
+pub mod server;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use certificate::{ReloadOutcome, ReloadingCert};
+use config::{Config, Settings};
+use metrics::Metrics;
+use nts_proto::ke_server::{NtpTarget, ALPN};
+use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
+use server::{unix_now, KeService};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Port of the time server `--dev` points clients at.
+pub const DEV_NTP_PORT: u16 = 4123;
+/// Default NTS-KE address in `--dev` mode.
+pub const DEV_LISTEN: &str = "127.0.0.1:4460";
+/// Name of the cookie root secret inside a `--dev` state directory.
+pub const DEV_ROOT_SECRET: &str = "cookie-root.key";
+
+/// Configuration for `--dev`: development certificates and secrets in `state_dir`, loopback only.
+pub fn dev_config(state_dir: &Path) -> Result<Config> {
+    let (pki, generated) = dev_pki::DevPki::ensure(state_dir)?;
+    if generated {
+        tracing::info!(dir = %state_dir.display(), "generated development CA and certificate");
+    }
+    let text = format!(
+        r#"
+[server]
+listen = ["{DEV_LISTEN}"]
+[tls]
+certificate_chain = {chain:?}
+private_key = {key:?}
+reload_interval = 2.0
+[ntp]
+server = "127.0.0.1"
+port = {DEV_NTP_PORT}
+[cookie_keys]
+root_secret_file = {root:?}
+"#,
+        chain = pki.server_cert,
+        key = pki.server_key,
+        root = state_dir.join(DEV_ROOT_SECRET),
+    );
+    Config::parse(&text, Path::new("--dev"))
+}
+
+fn tls_config(
+    cert: Arc<ReloadingCert>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ServerConfig> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 not available in the crypto provider")?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // No 0-RTT: replayable early data has no place in key exchange.
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// Keep the ring current: re-derive at every epoch boundary (and at least every minute).
+async fn maintain_ring(
+    root: RootSecret,
+    schedule: KeySchedule,
+    ring: Arc<ArcSwap<KeyRing>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let now = unix_now();
+        let fresh = KeyRing::derive(&root, &schedule, now);
+        if let Some(k) = fresh.current(now) {
+            metrics.current_key_id.set(k.id.0 as i64);
+        }
+        if **ring.load() != fresh {
+            tracing::info!(
+                current = ?fresh.current(now).map(|k| k.id.to_string()),
+                keys = fresh.keys().len(),
+                "cookie key ring updated"
+            );
+            ring.store(Arc::new(fresh));
+        }
+        let next = schedule.epoch_start(now) + schedule.rotation_period;
+        let wait = (next - now).clamp(1, 60);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
+async fn watch_certificate(cert: Arc<ReloadingCert>, every: Duration, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = cert.clone();
+        let outcome = tokio::task::spawn_blocking(move || c.reload())
+            .await
+            .unwrap_or(ReloadOutcome::Unchanged);
+        match outcome {
+            ReloadOutcome::Unchanged | ReloadOutcome::StillRejected => {}
+            ReloadOutcome::Replaced => {
+                metrics.cert_reloads_ok.inc();
+                tracing::info!("certificate reloaded from disk; new handshakes use it");
+            }
+            ReloadOutcome::Rejected(why) => {
+                metrics.cert_reloads_failed.inc();
+                tracing::warn!(
+                    "new certificate files not loaded, keeping the current certificate: {why}"
+                );
+            }
+        }
+    }
+}
+
+struct Health {
+    metrics: Arc<Metrics>,
+    ring: Arc<ArcSwap<KeyRing>>,
+}
+
+impl nts_ops::http::Observable for Health {
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        match self.ring.load().current(unix_now()) {
+            Some(_) => Ok(()),
+            None => Err("no current cookie key".into()),
+        }
+    }
+}
+
+/// A started server: its bound addresses, metrics, and the task to await.
+pub struct Running {
+    pub ke_addrs: Vec<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Bind everything, drop privileges, and spawn the service tasks on the current runtime.
+pub async fn start(settings: Settings) -> Result<Running> {
+    let settings = Arc::new(settings);
+    let cfg = &settings.config;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = Arc::new(ReloadingCert::load(
+        &cfg.tls.certificate_chain,
+        &cfg.tls.private_key,
+        provider.clone(),
+    )?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert.clone(), provider)?));
+
+    let (root, created) = root_secret::load_or_create(&cfg.cookie_keys.root_secret_file)?;
+    if created {
+        tracing::warn!(
+            file = %cfg.cookie_keys.root_secret_file.display(),
+            "created a new cookie root secret; every replica behind the same name needs a copy of this file"
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    let ring = Arc::new(ArcSwap::from_pointee(KeyRing::derive(
+        &root,
+        &settings.schedule,
+        unix_now(),
+    )));
+
+    let mut listeners = Vec::new();
+    for addr in &cfg.server.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {addr}"))?;
+        listeners.push(l);
+    }
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+    nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
+        .context("server.user/server.group: cannot drop privileges")?;
+
+    let target = NtpTarget {
+        server: cfg.ntp.server.clone(),
+        port: cfg.ntp.port,
+    };
+    let svc = Arc::new(KeService::new(
+        acceptor,
+        settings.clone(),
+        ring.clone(),
+        metrics.clone(),
+        target,
+    ));
+    let ke_addrs = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect::<Vec<_>>();
+    for l in listeners {
+        tokio::spawn(svc.clone().serve(l));
+    }
+    tokio::spawn(maintain_ring(
+        root,
+        settings.schedule,
+        ring.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(watch_certificate(
+        cert,
+        settings.reload_interval,
+        metrics.clone(),
+    ));
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = metrics_listener {
+        let health = Arc::new(Health {
+            metrics: metrics.clone(),
+            ring,
+        });
+        tokio::spawn(nts_ops::http::serve(l, health));
+    }
+    Ok(Running {
+        ke_addrs,
+        metrics_addr,
+        metrics,
+    })
+}

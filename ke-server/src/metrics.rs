@@ -1,0 +1,169 @@
+//! Counters an operator watches on an NTS-KE server.
+
+use nts_ops::metrics::{Counter, Exposition, Gauge};
+
+/// Why a connection was closed without a normal response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutOff {
+    HandshakeTimeout,
+    HandshakeFailed,
+    NoAlpn,
+    RequestTimeout,
+    ClosedEarly,
+    WriteFailed,
+}
+
+impl CutOff {
+    const ALL: [CutOff; 6] = [
+        Self::HandshakeTimeout,
+        Self::HandshakeFailed,
+        Self::NoAlpn,
+        Self::RequestTimeout,
+        Self::ClosedEarly,
+        Self::WriteFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::NoAlpn => "no_alpn",
+            Self::RequestTimeout => "request_timeout",
+            Self::ClosedEarly => "closed_early",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// Labels of request errors, as returned by `RequestError::reason`.
+const REQUEST_ERRORS: [&str; 4] = [
+    "unrecognized_critical",
+    "bad_request",
+    "too_large",
+    "too_many_records",
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_accepted: Counter,
+    pub refused_rate_limited: Counter,
+    pub refused_busy: Counter,
+    pub active_connections: Gauge,
+    cut_off: [Counter; 6],
+    request_errors: [Counter; 4],
+    pub internal_errors: Counter,
+    pub key_exchanges_ok: Counter,
+    pub no_common_protocol: Counter,
+    pub no_common_algorithm: Counter,
+    pub cookies_issued: Counter,
+    pub cert_reloads_ok: Counter,
+    pub cert_reloads_failed: Counter,
+    pub current_key_id: Gauge,
+}
+
+impl Metrics {
+    pub fn cut_off(&self, why: CutOff) {
+        self.cut_off[why as usize].inc();
+    }
+
+    pub fn cut_off_count(&self, why: CutOff) -> u64 {
+        self.cut_off[why as usize].get()
+    }
+
+    pub fn request_error(&self, reason: &str) {
+        if let Some(i) = REQUEST_ERRORS.iter().position(|r| *r == reason) {
+            self.request_errors[i].inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut e = Exposition::new();
+        e.counter(
+            "nts_ke_connections_accepted_total",
+            "TCP connections accepted for NTS-KE.",
+            self.connections_accepted.get(),
+        );
+        e.counters(
+            "nts_ke_connections_refused_total",
+            "Connections closed at once, by reason.",
+            &[
+                (
+                    &[("reason", "rate_limited")],
+                    self.refused_rate_limited.get(),
+                ),
+                (
+                    &[("reason", "too_many_connections")],
+                    self.refused_busy.get(),
+                ),
+            ],
+        );
+        e.gauge(
+            "nts_ke_active_connections",
+            "Connections being served now.",
+            self.active_connections.get(),
+        );
+        let labels: Vec<[(&str, &str); 1]> = CutOff::ALL
+            .iter()
+            .map(|c| [("reason", c.label())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(CutOff::ALL)
+            .map(|(l, c)| (&l[..], self.cut_off_count(c)))
+            .collect();
+        e.counters(
+            "nts_ke_connections_cut_off_total",
+            "Connections closed without a response, by reason.",
+            &samples,
+        );
+        let labels: Vec<[(&str, &str); 1]> =
+            REQUEST_ERRORS.iter().map(|r| [("reason", *r)]).collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(&self.request_errors)
+            .map(|(l, c)| (&l[..], c.get()))
+            .collect();
+        e.counters(
+            "nts_ke_request_errors_total",
+            "Requests answered with an Error record, by reason.",
+            &samples,
+        );
+        e.counter(
+            "nts_ke_internal_errors_total",
+            "Requests answered with Internal Server Error.",
+            self.internal_errors.get(),
+        );
+        e.counter(
+            "nts_ke_key_exchanges_total",
+            "Successful key exchanges (cookies sent).",
+            self.key_exchanges_ok.get(),
+        );
+        e.counters(
+            "nts_ke_negotiation_failures_total",
+            "Requests with nothing in common with this server.",
+            &[
+                (&[("what", "protocol")], self.no_common_protocol.get()),
+                (&[("what", "aead")], self.no_common_algorithm.get()),
+            ],
+        );
+        e.counter(
+            "nts_ke_cookies_issued_total",
+            "Cookies handed out.",
+            self.cookies_issued.get(),
+        );
+        e.counters(
+            "nts_ke_certificate_reloads_total",
+            "Certificate reloads from disk, by result.",
+            &[
+                (&[("result", "ok")], self.cert_reloads_ok.get()),
+                (&[("result", "failed")], self.cert_reloads_failed.get()),
+            ],
+        );
+        e.gauge(
+            "nts_ke_cookie_key_id",
+            "Key id new cookies are sealed with.",
+            self.current_key_id.get(),
+        );
+        e.finish()
+    }
+}

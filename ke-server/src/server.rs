@@ -1,0 +1,261 @@
+//! The NTS-KE listener: a thin async shell around `nts_proto::ke_server`.
+//! It enforces the limits (connections, bytes, records, time, per-address
+//! rate), exports the keys from TLS and writes the response.
+
+use crate::config::Settings;
+use crate::metrics::{CutOff, Metrics};
+use arc_swap::ArcSwap;
+use nts_proto::aead::AeadKey;
+use nts_proto::ke_record::ErrorCode;
+use nts_proto::ke_server::{
+    self, encode_error, encode_response, exporter_context, make_cookies, negotiate, Negotiation,
+    NtpTarget, RequestDecoder, RequestLimits, COOKIES_PER_RESPONSE, EXPORTER_LABEL,
+};
+use nts_proto::key_ring::KeyRing;
+use nts_proto::rate_limit::RateLimiter;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct KeService {
+    pub acceptor: TlsAcceptor,
+    pub settings: Arc<Settings>,
+    pub ring: Arc<ArcSwap<KeyRing>>,
+    pub metrics: Arc<Metrics>,
+    pub target: NtpTarget,
+    limiter: Option<Mutex<RateLimiter>>,
+    slots: Arc<Semaphore>,
+    epoch: Instant,
+}
+
+impl KeService {
+    pub fn new(
+        acceptor: TlsAcceptor,
+        settings: Arc<Settings>,
+        ring: Arc<ArcSwap<KeyRing>>,
+        metrics: Arc<Metrics>,
+        target: NtpTarget,
+    ) -> Self {
+        let s = &settings.config.server;
+        let limiter = (s.connections_per_minute > 0).then(|| {
+            let per_min = s.connections_per_minute as f64;
+            Mutex::new(RateLimiter::new(
+                s.rate_limit_slots,
+                per_min / 60.0,
+                per_min,
+            ))
+        });
+        let slots = Arc::new(Semaphore::new(s.max_connections));
+        Self {
+            acceptor,
+            settings,
+            ring,
+            metrics,
+            target,
+            limiter,
+            slots,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Accept connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            self.metrics.connections_accepted.inc();
+            if let Some(limiter) = &self.limiter {
+                let now_ms = self.epoch.elapsed().as_millis() as u64;
+                let allowed = limiter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .allow(peer.ip(), now_ms);
+                if !allowed {
+                    self.metrics.refused_rate_limited.inc();
+                    tracing::debug!(%peer, "connection refused: rate limit");
+                    continue;
+                }
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.metrics.refused_busy.inc();
+                tracing::debug!(%peer, "connection refused: max_connections reached");
+                continue;
+            };
+            let svc = self.clone();
+            tokio::spawn(async move {
+                svc.metrics.active_connections.inc();
+                svc.handle(stream, peer).await;
+                svc.metrics.active_connections.dec();
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let hs = tokio::time::timeout(
+            self.settings.handshake_timeout,
+            self.acceptor.accept(stream),
+        )
+        .await;
+        let mut tls = match hs {
+            Err(_) => return self.cut(peer, CutOff::HandshakeTimeout, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                return self.cut(
+                    peer,
+                    CutOff::HandshakeFailed,
+                    &format!("TLS handshake failed: {e}"),
+                )
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(ke_server::ALPN) {
+            let _ = tls.shutdown().await;
+            return self.cut(
+                peer,
+                CutOff::NoAlpn,
+                "client did not negotiate ALPN ntske/1",
+            );
+        }
+        let work = async {
+            let response = self.exchange(&mut tls, peer).await?;
+            tls.write_all(&response)
+                .await
+                .map_err(|_| CutOff::WriteFailed)?;
+            tls.shutdown().await.map_err(|_| CutOff::WriteFailed)?;
+            Ok::<(), CutOff>(())
+        };
+        match tokio::time::timeout(self.settings.request_timeout, work).await {
+            Err(_) => self.cut(
+                peer,
+                CutOff::RequestTimeout,
+                "request not completed in time",
+            ),
+            Ok(Err(why)) => self.cut(peer, why, "connection ended before the exchange completed"),
+            Ok(Ok(())) => {}
+        }
+    }
+
+    fn cut(&self, peer: SocketAddr, why: CutOff, msg: &str) {
+        self.metrics.cut_off(why);
+        tracing::debug!(%peer, reason = why.label(), "{msg}");
+    }
+
+    /// Read the request and produce the bytes to answer with.
+    async fn exchange(
+        &self,
+        tls: &mut TlsStream<TcpStream>,
+        peer: SocketAddr,
+    ) -> Result<Vec<u8>, CutOff> {
+        let s = &self.settings.config.server;
+        let mut decoder = RequestDecoder::new(RequestLimits {
+            max_bytes: s.max_request_bytes,
+            max_records: s.max_request_records,
+        });
+        let mut buf = [0u8; 1024];
+        let request = loop {
+            let n = tls.read(&mut buf).await.map_err(|_| CutOff::ClosedEarly)?;
+            if n == 0 {
+                if decoder.bytes_received() == 0 {
+                    return Err(CutOff::ClosedEarly);
+                }
+                // The client closed its side mid-request: tell it why nothing follows.
+                self.metrics.request_error("bad_request");
+                tracing::info!(%peer, "refusing NTS-KE request: truncated before End of Message");
+                return Ok(encode_error(ErrorCode::BadRequest));
+            }
+            match decoder.feed(&buf[..n]) {
+                Ok(None) => continue,
+                Ok(Some(req)) => break req,
+                Err(e) => {
+                    self.metrics.request_error(e.reason());
+                    tracing::info!(%peer, "refusing NTS-KE request: {e}");
+                    return Ok(encode_error(e.error_code()));
+                }
+            }
+        };
+        if !request.warnings.is_empty() {
+            tracing::info!(%peer, warnings = ?request.warnings, "client sent warnings");
+        }
+        let neg = negotiate(&request, &self.settings.algorithms);
+        let alg = match neg {
+            Negotiation::Ntpv4(alg) => alg,
+            Negotiation::NoProtocol => {
+                self.metrics.no_common_protocol.inc();
+                return Ok(encode_response(neg, &[], &self.target));
+            }
+            Negotiation::NoAlgorithm => {
+                self.metrics.no_common_algorithm.inc();
+                return Ok(encode_response(neg, &[], &self.target));
+            }
+        };
+        let conn = tls.get_ref().1;
+        let mut c2s = [0u8; 64];
+        let mut s2c = [0u8; 64];
+        let kl = alg.key_len();
+        let exported = conn
+            .export_keying_material(
+                &mut c2s[..kl],
+                EXPORTER_LABEL,
+                Some(&exporter_context(alg, false)),
+            )
+            .is_ok()
+            && conn
+                .export_keying_material(
+                    &mut s2c[..kl],
+                    EXPORTER_LABEL,
+                    Some(&exporter_context(alg, true)),
+                )
+                .is_ok();
+        let cookies = exported.then(|| {
+            let c2s = AeadKey::new(alg, &c2s[..kl]).ok()?;
+            let s2c = AeadKey::new(alg, &s2c[..kl]).ok()?;
+            let ring = self.ring.load();
+            make_cookies(
+                &ring,
+                unix_now(),
+                &c2s,
+                &s2c,
+                COOKIES_PER_RESPONSE,
+                &mut rand::rngs::OsRng,
+            )
+            .ok()
+        });
+        let cookies = cookies.flatten();
+        c2s.fill(0);
+        s2c.fill(0);
+        match cookies {
+            Some(cookies) => {
+                self.metrics.key_exchanges_ok.inc();
+                self.metrics.cookies_issued.add(cookies.len() as u64);
+                tracing::debug!(%peer, aead = %alg, "key exchange completed");
+                Ok(encode_response(neg, &cookies, &self.target))
+            }
+            None => {
+                self.metrics.internal_errors.inc();
+                tracing::error!(%peer, "cannot issue cookies: key export failed or no current cookie key");
+                Ok(encode_error(ErrorCode::InternalServerError))
+            }
+        }
+    }
+}

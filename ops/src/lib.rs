@@ -1,0 +1,18 @@
+//! Operational plumbing shared by the NTS daemons: the Prometheus and health
+//! HTTP endpoint, logging set-up and dropping privileges after binding.
+
+pub mod http;
+pub mod metrics;
+pub mod privileges;
+
+/// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.
+pub fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run every test: unit, end-to-end and interop tests (against real chrony and
+# NTPsec, installed here when missing), lints, and a short bounded fuzz run.
+#
+# Usage: scripts/test.sh            (everything)
+#        FUZZ_SECONDS=0 scripts/test.sh   (skip fuzzing)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test peers when missing (chrony, NTPsec, capsh, iproute2)"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, end-to-end, interop)"
+# NTS_REQUIRE_PEERS makes a missing chrony/NTPsec a failure instead of a skip.
+NTS_REQUIRE_PEERS=1 cargo test --workspace --no-fail-fast
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+    step "fuzzing every parser for ${FUZZ_SECONDS}s each"
+    scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
+step "all tests passed"
