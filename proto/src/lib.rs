@@ -10,5 +10,7 @@ pub mod ke_client;
 pub mod ke_record;
 pub mod ke_server;
 pub mod key_ring;
+pub mod ntp_client;
 pub mod ntp_packet;
+pub mod ntp_server;
 pub mod rate_limit;

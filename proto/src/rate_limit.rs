@@ -17,6 +17,18 @@ struct Slot {
     key: u128,
     tokens: f32,
     last_ms: u64,
+    /// When this address was last sent a RATE kiss-o'-death.
+    last_kiss_ms: u64,
+}
+
+/// What to do with a packet from a client that may be over its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Over the rate: tell the client to slow down (at most once per kiss interval).
+    Kiss,
+    /// Over the rate: drop silently.
+    Drop,
 }
 
 /// Token-bucket rate limiter over a fixed table.
@@ -26,6 +38,7 @@ pub struct RateLimiter {
     mask: usize,
     rate_per_ms: f32,
     burst: f32,
+    kiss_interval_ms: u64,
     hasher: RandomState,
 }
 
@@ -50,8 +63,15 @@ impl RateLimiter {
             mask: n - 1,
             rate_per_ms: (rate / 1000.0) as f32,
             burst: burst.max(1.0) as f32,
+            kiss_interval_ms: 10_000,
             hasher: RandomState::new(),
         }
+    }
+
+    /// Send a client at most one RATE kiss per `ms` milliseconds (default 10 s).
+    pub fn with_kiss_interval(mut self, ms: u64) -> Self {
+        self.kiss_interval_ms = ms;
+        self
     }
 
     /// Number of table slots (memory is this times 32 bytes).
@@ -61,6 +81,11 @@ impl RateLimiter {
 
     /// Take one token for `addr` at monotonic time `now_ms`; false when the client is over its rate.
     pub fn allow(&mut self, addr: IpAddr, now_ms: u64) -> bool {
+        self.check(addr, now_ms) == Verdict::Allow
+    }
+
+    /// Take one token for `addr`; when none is left, decide between a kiss and a silent drop.
+    pub fn check(&mut self, addr: IpAddr, now_ms: u64) -> Verdict {
         let key = address_key(addr);
         let idx = (self.hasher.hash_one(key) as usize) & self.mask;
         let slot = &mut self.slots[idx];
@@ -69,6 +94,7 @@ impl RateLimiter {
                 key,
                 tokens: self.burst,
                 last_ms: now_ms,
+                last_kiss_ms: 0,
             };
         } else {
             let elapsed = now_ms.saturating_sub(slot.last_ms) as f32;
@@ -77,9 +103,14 @@ impl RateLimiter {
         }
         if slot.tokens >= 1.0 {
             slot.tokens -= 1.0;
-            true
+            Verdict::Allow
+        } else if slot.last_kiss_ms == 0
+            || now_ms.saturating_sub(slot.last_kiss_ms) >= self.kiss_interval_ms
+        {
+            slot.last_kiss_ms = now_ms.max(1);
+            Verdict::Kiss
         } else {
-            false
+            Verdict::Drop
         }
     }
 }
@@ -98,6 +129,18 @@ mod tests {
         assert!(rl.allow(a, 1600));
         // Another address is independent.
         assert!(rl.allow("192.0.2.2".parse().unwrap(), 0));
+    }
+
+    #[test]
+    fn kisses_are_occasional() {
+        let mut rl = RateLimiter::new(16, 0.0, 1.0).with_kiss_interval(1000);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(rl.check(a, 5), Verdict::Allow);
+        assert_eq!(rl.check(a, 6), Verdict::Kiss);
+        for t in 7..1000 {
+            assert_eq!(rl.check(a, t), Verdict::Drop);
+        }
+        assert_eq!(rl.check(a, 1006), Verdict::Kiss);
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! `nts-time-server` configuration: one TOML file, every key documented in
+//! `docs/time-server.md`, unknown keys rejected, values checked at start-up
+//! with errors that name the key.
+
+use anyhow::{bail, Context, Result};
+use nts_proto::key_ring::KeySchedule;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+    #[serde(default)]
+    pub clock: ClockSection,
+    #[serde(default)]
+    pub timestamping: TimestampingSection,
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// UDP addresses to serve NTP on; each gets one socket per worker (SO_REUSEPORT).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads per listen address; 0 means one per CPU core.
+    pub workers: usize,
+    /// Datagrams received and sent per system call (recvmmsg/sendmmsg).
+    pub batch_size: usize,
+    /// Answer plain NTP (no NTS fields).
+    pub serve_unauthenticated: bool,
+    /// Requests with more extension fields than this are dropped.
+    pub max_extension_fields: usize,
+    /// Socket receive buffer in bytes (0 = kernel default).
+    pub receive_buffer: usize,
+    /// User and group to switch to after binding.
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "0.0.0.0:123".parse().expect("literal"),
+                "[::]:123".parse().expect("literal"),
+            ],
+            workers: 0,
+            batch_size: 32,
+            serve_unauthenticated: true,
+            max_extension_fields: 16,
+            receive_buffer: 4 << 20,
+            user: None,
+            group: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    pub enabled: bool,
+    /// Sustained requests per second allowed per client address (IPv6: per /64).
+    pub rate: f64,
+    /// Requests a client may send in a burst above the rate.
+    pub burst: f64,
+    /// Seconds between two RATE kiss-o'-death packets to one address; other excess requests are dropped.
+    pub kiss_interval: f64,
+    /// Table slots per worker (32 bytes each); memory does not grow with the number of clients.
+    pub slots: usize,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 4.0,
+            burst: 32.0,
+            kiss_interval: 10.0,
+            slots: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSection {
+    /// Claim synchronization whatever the kernel says (this host is the reference:
+    /// a GNSS/PTP-fed clock, or tests). Otherwise an unsynchronized kernel clock yields leap 3.
+    pub local_reference: bool,
+    /// Stratum to announce while synchronized (1 for a local reference).
+    pub stratum: u8,
+    /// Reference id: four ASCII characters (for stratum 1) or an IPv4 address (upstream server).
+    pub reference_id: String,
+    /// Root delay to announce, in seconds (the kernel does not know it).
+    pub root_delay: f64,
+    /// Seconds between reads of the kernel clock state.
+    pub refresh_interval: f64,
+}
+
+impl Default for ClockSection {
+    fn default() -> Self {
+        Self {
+            local_reference: false,
+            stratum: 2,
+            reference_id: "KERN".into(),
+            root_delay: 0.0,
+            refresh_interval: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampingMode {
+    /// Hardware when `interface` supports it, kernel software otherwise.
+    Auto,
+    /// NIC hardware timestamps on `interface`; start-up fails without them.
+    Hardware,
+    /// Kernel software receive timestamps.
+    Software,
+    /// User-space clock reads after receive (no SO_TIMESTAMPING).
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimestampingSection {
+    pub mode: TimestampingMode,
+    /// Network interface whose NIC timestamps packets (for hardware mode).
+    pub interface: Option<String>,
+}
+
+impl Default for TimestampingSection {
+    fn default() -> Self {
+        Self {
+            mode: TimestampingMode::Auto,
+            interface: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Root secret file shared with the ke-server on this host (single-host setups).
+    pub root_secret_file: PathBuf,
+    /// Must match the ke-server's cookie_keys.rotation_period.
+    #[serde(default = "default_rotation")]
+    pub rotation_period: u64,
+    /// Must match the ke-server's cookie_keys.past_epochs.
+    #[serde(default = "default_past_epochs")]
+    pub past_epochs: u32,
+}
+
+fn default_rotation() -> u64 {
+    KeySchedule::default().rotation_period
+}
+fn default_past_epochs() -> u32 {
+    KeySchedule::default().past_epochs
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of /metrics, /healthz and /readyz; unset: no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub workers: usize,
+    pub schedule: KeySchedule,
+    pub reference_id: [u8; 4],
+}
+
+/// Parse a reference id: an IPv4 address or one to four ASCII characters (zero-padded).
+pub fn parse_reference_id(s: &str) -> Option<[u8; 4]> {
+    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
+        return Some(ip.octets());
+    }
+    if s.is_empty() || s.len() > 4 || !s.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 4];
+    id[..s.len()].copy_from_slice(s.as_bytes());
+    Some(id)
+}
+
+fn positive(key: &str, v: f64, max: f64) -> Result<()> {
+    if !v.is_finite() || v <= 0.0 || v > max {
+        bail!("{key} = {v}: must be a number above 0 and at most {max}");
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text)
+            .with_context(|| format!("invalid configuration in {}", origin.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn validate(self) -> Result<Settings> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            bail!("server.listen: at least one address is needed");
+        }
+        if s.batch_size == 0 || s.batch_size > 1024 {
+            bail!(
+                "server.batch_size = {}: must be between 1 and 1024",
+                s.batch_size
+            );
+        }
+        if s.workers > 1024 {
+            bail!("server.workers = {}: at most 1024", s.workers);
+        }
+        if s.max_extension_fields == 0 || s.max_extension_fields > 64 {
+            bail!(
+                "server.max_extension_fields = {}: must be between 1 and 64",
+                s.max_extension_fields
+            );
+        }
+        let r = &self.rate_limit;
+        if r.enabled {
+            positive("rate_limit.rate", r.rate, 1e6)?;
+            if !r.burst.is_finite() || r.burst < 1.0 || r.burst > 1e6 {
+                bail!(
+                    "rate_limit.burst = {}: must be between 1 and 1000000",
+                    r.burst
+                );
+            }
+            if !r.kiss_interval.is_finite() || r.kiss_interval < 0.0 || r.kiss_interval > 86_400.0 {
+                bail!(
+                    "rate_limit.kiss_interval = {}: must be between 0 and 86400 seconds",
+                    r.kiss_interval
+                );
+            }
+            if r.slots == 0 || r.slots > 1 << 24 {
+                bail!(
+                    "rate_limit.slots = {}: must be between 1 and 16777216",
+                    r.slots
+                );
+            }
+        }
+        let c = &self.clock;
+        if c.stratum == 0 || c.stratum > 15 {
+            bail!("clock.stratum = {}: must be between 1 and 15", c.stratum);
+        }
+        let reference_id = parse_reference_id(&c.reference_id).with_context(|| {
+            format!(
+                "clock.reference_id = {:?}: must be an IPv4 address or 1 to 4 ASCII characters",
+                c.reference_id
+            )
+        })?;
+        if !c.root_delay.is_finite() || c.root_delay < 0.0 || c.root_delay > 16.0 {
+            bail!(
+                "clock.root_delay = {}: must be between 0 and 16 seconds",
+                c.root_delay
+            );
+        }
+        positive("clock.refresh_interval", c.refresh_interval, 3600.0)?;
+        if self.timestamping.mode == TimestampingMode::Hardware
+            && self.timestamping.interface.is_none()
+        {
+            bail!("timestamping.interface: required when timestamping.mode = \"hardware\"");
+        }
+        let k = &self.keys;
+        let schedule = KeySchedule::new(k.rotation_period, k.past_epochs)
+            .map_err(|e| anyhow::anyhow!("keys.rotation_period: {e}"))?;
+        let workers = if s.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            s.workers
+        };
+        Ok(Settings {
+            config: self,
+            workers,
+            schedule,
+            reference_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[keys]\nroot_secret_file = \"/var/lib/nts/root.key\"\n";
+
+    fn check(text: &str) -> Result<Settings> {
+        Config::parse(text, Path::new("t.toml"))?.validate()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = check(MINIMAL).unwrap();
+        assert_eq!(s.config.server.listen.len(), 2);
+        assert!(s.workers >= 1);
+        assert_eq!(&s.reference_id, b"KERN");
+        assert!(s.config.rate_limit.enabled);
+    }
+
+    #[test]
+    fn errors_name_keys() {
+        for (extra, key) in [
+            ("[server]\nbatch_size = 0\n", "server.batch_size"),
+            ("[clock]\nstratum = 16\n", "clock.stratum"),
+            (
+                "[clock]\nreference_id = \"TOOLONG\"\n",
+                "clock.reference_id",
+            ),
+            ("[rate_limit]\nrate = -1\n", "rate_limit.rate"),
+            (
+                "[timestamping]\nmode = \"hardware\"\n",
+                "timestamping.interface",
+            ),
+            ("[server]\nunknown = 1\n", "unknown"),
+            ("[timestamping]\nmode = \"laser\"\n", "laser"),
+        ] {
+            let e = check(&format!("{extra}{MINIMAL}")).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{key}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn reference_ids() {
+        assert_eq!(parse_reference_id("GPS"), Some(*b"GPS\0"));
+        assert_eq!(parse_reference_id("192.0.2.1"), Some([192, 0, 2, 1]));
+        assert_eq!(parse_reference_id(""), None);
+        assert_eq!(parse_reference_id("é"), None);
+    }
+}

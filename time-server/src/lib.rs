@@ -1,0 +1,277 @@
+//! `nts-time-server`: NTPv4 server mode and NTS (RFC 8915 section 5) on UDP,
+//! one worker thread and `SO_REUSEPORT` socket per core and listen address,
+//! kernel or NIC receive timestamps, per-address rate limiting.
+
+pub mod clock_state;
+pub mod config;
+pub mod keys;
+pub mod metrics;
+pub mod timestamping;
+pub mod worker;
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use config::{Config, Settings, TimestampingMode};
+use keys::{unix_now, KeyStore};
+use metrics::Metrics;
+use nts_proto::ntp_server::ServerPolicy;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use timestamping::{PhcConversion, TimestampSource};
+use worker::{RateSettings, Shared};
+
+/// Default UDP address in `--dev` mode (the port `nts-ke-server --dev` sends clients to).
+pub const DEV_LISTEN: &str = "127.0.0.1:4123";
+
+/// Configuration for `--dev`: loopback, local reference clock, keys from the
+/// `nts-ke-server --dev` that uses the same state directory.
+pub fn dev_config(state_dir: &Path) -> Result<Config> {
+    let text = format!(
+        r#"
+[server]
+listen = ["{DEV_LISTEN}"]
+[clock]
+local_reference = true
+stratum = 1
+reference_id = "LOCL"
+[keys]
+root_secret_file = {root:?}
+"#,
+        root = state_dir.join("cookie-root.key"),
+    );
+    Config::parse(&text, Path::new("--dev"))
+}
+
+fn bind_socket(addr: SocketAddr, receive_buffer: usize) -> Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if receive_buffer > 0 {
+        let _ = sock.set_recv_buffer_size(receive_buffer);
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("server.listen: cannot bind UDP {addr}"))?;
+    Ok(sock)
+}
+
+/// A started server.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub metrics_listener: Option<std::net::TcpListener>,
+    pub metrics: Arc<Metrics>,
+    pub shared: Arc<Shared>,
+    pub keys: Arc<KeyStore>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Bind, drop privileges, and start the worker and housekeeping threads.
+pub fn start(settings: Settings) -> Result<Running> {
+    let cfg = &settings.config;
+    let workers = settings.workers;
+
+    // Bind every socket first (port 123 may need root), resolving port 0 once so all
+    // workers of an address share the port.
+    let mut sockets = Vec::new();
+    let mut addrs = Vec::new();
+    for &addr in &cfg.server.listen {
+        let first = bind_socket(addr, cfg.server.receive_buffer)?;
+        let bound = first
+            .local_addr()?
+            .as_socket()
+            .context("bound socket has no address")?;
+        addrs.push(bound);
+        sockets.push((bound, first));
+        for _ in 1..workers {
+            sockets.push((bound, bind_socket(bound, cfg.server.receive_buffer)?));
+        }
+    }
+
+    // Timestamping: detect at start, fall back with a clear word.
+    let mut phc_file = None;
+    let source = match cfg.timestamping.mode {
+        TimestampingMode::None => TimestampSource::User,
+        TimestampingMode::Software => TimestampSource::Software,
+        TimestampingMode::Hardware | TimestampingMode::Auto => match &cfg.timestamping.interface {
+            None => TimestampSource::Software,
+            Some(iface) => match timestamping::enable_hardware(&sockets[0].1, iface)
+                .and_then(|idx| timestamping::open_phc(idx).map(|f| (idx, f)))
+            {
+                Ok((idx, f)) => {
+                    tracing::info!(interface = %iface, phc = idx, "hardware receive timestamps enabled");
+                    phc_file = Some(f);
+                    TimestampSource::Hardware
+                }
+                Err(e) if cfg.timestamping.mode == TimestampingMode::Hardware => {
+                    bail!("timestamping.mode = \"hardware\": interface {iface} cannot timestamp in hardware: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %iface, "no hardware timestamping ({e}); using kernel software timestamps");
+                    TimestampSource::Software
+                }
+            },
+        },
+    };
+    for (addr, s) in &sockets {
+        if source != TimestampSource::User {
+            timestamping::enable(
+                s,
+                source == TimestampSource::Hardware,
+                addr.ip().is_unspecified(),
+            )
+            .with_context(|| format!("enabling SO_TIMESTAMPING on {addr}"))?;
+        } else if addr.ip().is_unspecified() {
+            timestamping::enable(s, false, true)?;
+        }
+    }
+    tracing::info!(source = source.label(), "receive timestamps");
+
+    let metrics_listener = match cfg.metrics.listen {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("metrics.listen: cannot bind {a}"))?,
+        ),
+        None => None,
+    };
+    nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
+        .context("server.user/server.group: cannot drop privileges")?;
+
+    let metrics = Arc::new(Metrics::new(sockets.len()));
+    metrics.timestamp_source.store(
+        match source {
+            TimestampSource::User => 0,
+            TimestampSource::Software => 1,
+            TimestampSource::Hardware => 2,
+        },
+        Ordering::Relaxed,
+    );
+    let precision = clock_state::measure_precision();
+    let keys = Arc::new(KeyStore::default());
+    let shared = Arc::new(Shared {
+        keys: keys.clone(),
+        clock: ArcSwap::from_pointee(nts_proto::ntp_server::ServerClock::unsynchronized(
+            precision,
+        )),
+        policy: ServerPolicy {
+            serve_unauthenticated: cfg.server.serve_unauthenticated,
+            max_extension_fields: cfg.server.max_extension_fields,
+        },
+        source,
+        phc: ArcSwap::from_pointee(PhcConversion::default()),
+        stop: Default::default(),
+    });
+
+    let mut threads = Vec::new();
+    {
+        let (path, schedule, keys) = (
+            cfg.keys.root_secret_file.clone(),
+            settings.schedule,
+            keys.clone(),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("keys".into())
+                .spawn(move || keys::run_file_source(path, schedule, keys))?,
+        );
+    }
+    {
+        let shared = shared.clone();
+        let metrics = metrics.clone();
+        let clock_cfg = cfg.clock.clone();
+        let refid = settings.reference_id;
+        let every = Duration::from_secs_f64(cfg.clock.refresh_interval);
+        threads.push(std::thread::Builder::new().name("clock-state".into()).spawn(move || {
+            let mut warned = false;
+            loop {
+                let kernel = match clock_state::read_kernel() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!("adjtimex read failed ({e}); announcing an unsynchronized clock");
+                            warned = true;
+                        }
+                        None
+                    }
+                };
+                let c = clock_state::server_clock(kernel.as_ref(), &clock_cfg, refid, precision, clock_state::now_ntp());
+                metrics.synchronized.store((c.leap != nts_proto::ntp_packet::LeapIndicator::Unsynchronized) as i64, Ordering::Relaxed);
+                metrics.stratum.store(c.stratum as i64, Ordering::Relaxed);
+                metrics.leap.store(c.leap as i64, Ordering::Relaxed);
+                shared.clock.store(Arc::new(c));
+                let now = unix_now();
+                let ring = shared.keys.load();
+                metrics.keys_held.store(ring.keys().iter().filter(|k| now < k.not_after).count() as i64, Ordering::Relaxed);
+                metrics.key_age_seconds.store(shared.keys.age(now).map_or(-1, |a| a as i64), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        })?);
+    }
+    if let Some(f) = phc_file {
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("phc".into())
+                .spawn(move || loop {
+                    match timestamping::sample_phc(&f) {
+                        Ok(c) => shared.phc.store(Arc::new(c)),
+                        Err(e) => tracing::warn!("PHC sample failed: {e}"),
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                })?,
+        );
+    }
+
+    let rate = cfg.rate_limit.enabled.then(|| RateSettings {
+        rate: cfg.rate_limit.rate,
+        burst: cfg.rate_limit.burst,
+        kiss_interval_ms: (cfg.rate_limit.kiss_interval * 1000.0) as u64,
+        slots: cfg.rate_limit.slots,
+    });
+    let batch = cfg.server.batch_size;
+    for (i, (addr, sock)) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let metrics = metrics.clone();
+        let pktinfo = addr.ip().is_unspecified();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("ntp-{i}"))
+                .spawn(move || {
+                    worker::run(sock, shared, &metrics.workers[i], batch, pktinfo, rate)
+                })?,
+        );
+    }
+    Ok(Running {
+        addrs,
+        metrics_listener,
+        metrics,
+        shared,
+        keys,
+        threads,
+    })
+}
+
+/// What the operations endpoint reports.
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    pub keys: Arc<KeyStore>,
+}
+
+impl nts_ops::http::Observable for Health {
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.keys.has_keys(unix_now()) {
+            Ok(())
+        } else {
+            Err("no cookie keys yet".into())
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Packet-path counters: one cache-line-aligned block per worker (no sharing
+//! between cores), summed when Prometheus scrapes.
+
+use nts_ops::metrics::{Counter, Exposition};
+use nts_proto::ntp_server::DropReason;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+
+/// Cookie failure labels, as `CookieError::reason` returns them.
+pub const NAK_REASONS: [&str; 5] = [
+    "malformed",
+    "unknown_key",
+    "expired_key",
+    "bad_tag",
+    "bad_contents",
+];
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    pub received: Counter,
+    pub plain: Counter,
+    pub nts: Counter,
+    pub cookies_issued: Counter,
+    pub rate_kiss: Counter,
+    pub rate_dropped: Counter,
+    pub send_errors: Counter,
+    pub user_timestamps: Counter,
+    nak: [Counter; 5],
+    dropped: [Counter; DropReason::ALL.len()],
+}
+
+impl WorkerMetrics {
+    pub fn nak(&self, reason: &str) {
+        if let Some(i) = NAK_REASONS.iter().position(|r| *r == reason) {
+            self.nak[i].inc();
+        }
+    }
+
+    pub fn dropped(&self, why: DropReason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == why) {
+            self.dropped[i].inc();
+        }
+    }
+}
+
+/// Everything the /metrics endpoint shows.
+#[derive(Debug)]
+pub struct Metrics {
+    pub workers: Vec<WorkerMetrics>,
+    /// 0 user, 1 software, 2 hardware.
+    pub timestamp_source: AtomicU8,
+    pub keys_held: AtomicI64,
+    pub key_age_seconds: AtomicI64,
+    pub synchronized: AtomicI64,
+    pub stratum: AtomicI64,
+    pub leap: AtomicI64,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            timestamp_source: AtomicU8::new(0),
+            keys_held: AtomicI64::new(0),
+            key_age_seconds: AtomicI64::new(-1),
+            synchronized: AtomicI64::new(0),
+            stratum: AtomicI64::new(16),
+            leap: AtomicI64::new(3),
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(f).sum()
+    }
+
+    pub fn render(&self) -> String {
+        let mut e = Exposition::new();
+        e.counter(
+            "nts_time_requests_received_total",
+            "Datagrams received on the NTP sockets.",
+            self.sum(|w| w.received.get()),
+        );
+        e.counters(
+            "nts_time_responses_total",
+            "Responses sent, by kind.",
+            &[
+                (&[("kind", "plain")], self.sum(|w| w.plain.get())),
+                (&[("kind", "nts")], self.sum(|w| w.nts.get())),
+                (
+                    &[("kind", "nts_nak")],
+                    self.sum(|w| w.nak.iter().map(|c| c.get()).sum()),
+                ),
+                (&[("kind", "rate_kiss")], self.sum(|w| w.rate_kiss.get())),
+            ],
+        );
+        let labels: Vec<[(&str, &str); 1]> = NAK_REASONS.iter().map(|r| [("reason", *r)]).collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (&l[..], self.sum(|w| w.nak[i].get())))
+            .collect();
+        e.counters(
+            "nts_time_nts_nak_total",
+            "NTS NAKs sent because the cookie could not be opened, by reason.",
+            &samples,
+        );
+        let mut labels: Vec<[(&str, &str); 1]> = DropReason::ALL
+            .iter()
+            .map(|r| [("reason", r.label())])
+            .collect();
+        labels.push([("reason", "rate_limited")]);
+        let mut samples: Vec<(&[(&str, &str)], u64)> = labels[..DropReason::ALL.len()]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (&l[..], self.sum(|w| w.dropped[i].get())))
+            .collect();
+        samples.push((
+            &labels[DropReason::ALL.len()][..],
+            self.sum(|w| w.rate_dropped.get()),
+        ));
+        e.counters(
+            "nts_time_requests_dropped_total",
+            "Requests dropped without an answer, by reason (auth_failed: NTS authenticator did not verify).",
+            &samples,
+        );
+        e.counter(
+            "nts_time_cookies_issued_total",
+            "Cookies sent in NTS responses.",
+            self.sum(|w| w.cookies_issued.get()),
+        );
+        e.counter(
+            "nts_time_send_errors_total",
+            "Responses the kernel refused to send.",
+            self.sum(|w| w.send_errors.get()),
+        );
+        e.counter(
+            "nts_time_user_timestamps_total",
+            "Requests that arrived without a kernel timestamp (stamped in user space).",
+            self.sum(|w| w.user_timestamps.get()),
+        );
+        let src = self.timestamp_source.load(Ordering::Relaxed);
+        e.gauges(
+            "nts_time_timestamp_source",
+            "Receive timestamp source in use (1 for the active one).",
+            &[
+                (&[("source", "hardware")], (src == 2) as u8 as f64),
+                (&[("source", "software")], (src == 1) as u8 as f64),
+                (&[("source", "user")], (src == 0) as u8 as f64),
+            ],
+        );
+        e.gauge(
+            "nts_time_workers",
+            "Worker threads serving NTP.",
+            self.workers.len(),
+        );
+        e.gauge(
+            "nts_time_cookie_keys",
+            "Cookie keys held (past window, current, next).",
+            self.keys_held.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_key_set_age_seconds",
+            "Seconds since the key set was last refreshed (-1: never).",
+            self.key_age_seconds.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_clock_synchronized",
+            "1 when responses claim a synchronized clock.",
+            self.synchronized.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_stratum",
+            "Stratum announced.",
+            self.stratum.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_leap_indicator",
+            "Leap indicator announced.",
+            self.leap.load(Ordering::Relaxed),
+        );
+        e.finish()
+    }
+}

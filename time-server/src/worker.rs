@@ -1,0 +1,231 @@
+//! One worker: a thread that owns one `SO_REUSEPORT` socket and moves
+//! datagrams in batches (`recvmmsg`/`sendmmsg`). Buffers are allocated once;
+//! the loop itself does not allocate or lock: keys and clock state are read
+//! through `ArcSwap`, counters are this worker's own atomics.
+
+use crate::clock_state::{now_nanos, now_ntp};
+use crate::keys::KeyStore;
+use crate::metrics::WorkerMetrics;
+use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
+use arc_swap::ArcSwap;
+use nts_proto::ntp_packet::NtpTimestamp;
+use nts_proto::ntp_server::{
+    respond, RequestContext, Response, ServerClock, ServerPolicy, MAX_REQUEST_LEN,
+};
+use nts_proto::rate_limit::{RateLimiter, Verdict};
+use rand::{RngCore, SeedableRng};
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+const RX_CTRL: usize = 256;
+const TX_CTRL: usize = 64;
+
+/// State every worker reads.
+pub struct Shared {
+    pub keys: Arc<KeyStore>,
+    pub clock: ArcSwap<ServerClock>,
+    pub policy: ServerPolicy,
+    pub source: TimestampSource,
+    pub phc: ArcSwap<PhcConversion>,
+    pub stop: AtomicBool,
+}
+
+/// Per-worker rate limit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RateSettings {
+    pub rate: f64,
+    pub burst: f64,
+    pub kiss_interval_ms: u64,
+    pub slots: usize,
+}
+
+/// Peer address out of a sockaddr_storage.
+fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
+    match sa.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: family says this storage holds a sockaddr_in.
+            let sin = unsafe { &*(sa as *const _ as *const libc::sockaddr_in) };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const _ as *const libc::sockaddr_in6) };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+fn nanos_to_ntp(n: u64) -> NtpTimestamp {
+    NtpTimestamp::from_unix(n / 1_000_000_000, (n % 1_000_000_000) as u32)
+}
+
+/// Serve on `sock` until `shared.stop` is set. `sock` must have a receive timeout
+/// so the stop flag is seen.
+pub fn run(
+    sock: socket2::Socket,
+    shared: Arc<Shared>,
+    metrics: &WorkerMetrics,
+    batch: usize,
+    use_pktinfo: bool,
+    rate: Option<RateSettings>,
+) {
+    let fd = sock.as_raw_fd();
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut limiter = rate
+        .map(|r| RateLimiter::new(r.slots, r.rate, r.burst).with_kiss_interval(r.kiss_interval_ms));
+    let started = Instant::now();
+
+    let mut rx = vec![[0u8; MAX_REQUEST_LEN]; batch];
+    let mut tx = vec![[0u8; MAX_REQUEST_LEN]; batch];
+    let mut rx_ctrl = vec![[0u8; RX_CTRL]; batch];
+    let mut tx_ctrl = vec![[0u8; TX_CTRL]; batch];
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut rx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
+    let mut tx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
+    let mut rx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
+    let mut tx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
+    let mut rx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
+    let mut tx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
+
+    while !shared.stop.load(Ordering::Relaxed) {
+        for i in 0..batch {
+            rx_iov[i] = libc::iovec {
+                iov_base: rx[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: MAX_REQUEST_LEN,
+            };
+            let h = &mut rx_hdr[i].msg_hdr;
+            h.msg_name = &mut rx_addr[i] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_iov = &mut rx_iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = rx_ctrl[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = RX_CTRL;
+            h.msg_flags = 0;
+            rx_hdr[i].msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by this frame, sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                rx_hdr.as_mut_ptr(),
+                batch as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 {
+            continue; // timeout (stop check) or EINTR
+        }
+        let batch_time = now_nanos();
+        let keys = shared.keys.load();
+        let clock = shared.clock.load();
+        let phc = **shared.phc.load();
+        let unix_now = batch_time / 1_000_000_000;
+        let now_ms = started.elapsed().as_millis() as u64;
+        let mut out = 0usize;
+        for i in 0..n as usize {
+            metrics.received.inc();
+            let h = &rx_hdr[i];
+            let len = (h.msg_len as usize).min(MAX_REQUEST_LEN);
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                metrics.dropped(nts_proto::ntp_server::DropReason::TooLong);
+                continue;
+            }
+            let meta = parse_control(&rx_ctrl[i][..h.msg_hdr.msg_controllen.min(RX_CTRL)]);
+            let ts = match pick(&meta, shared.source, &phc) {
+                Some(t) => t,
+                None => {
+                    metrics.user_timestamps.inc();
+                    batch_time
+                }
+            };
+            let Some(ip) = peer_ip(&rx_addr[i]) else {
+                continue;
+            };
+            let verdict = match limiter.as_mut() {
+                Some(l) => l.check(ip, now_ms),
+                None => Verdict::Allow,
+            };
+            if verdict == Verdict::Drop {
+                metrics.rate_dropped.inc();
+                continue;
+            }
+            let ctx = RequestContext {
+                receive_timestamp: nanos_to_ntp(ts),
+                unix_now,
+                clock: &clock,
+                ring: &keys,
+                policy: &shared.policy,
+                rate_kiss: verdict == Verdict::Kiss,
+            };
+            let result = respond(
+                &rx[i][..len],
+                &ctx,
+                &mut tx[out],
+                &mut |b| rng.fill_bytes(b),
+                &mut now_ntp,
+            );
+            let resp = match result {
+                Ok(r) => r,
+                Err(why) => {
+                    metrics.dropped(why);
+                    continue;
+                }
+            };
+            match resp {
+                Response::Plain(_) => metrics.plain.inc(),
+                Response::Nts { cookies, .. } => {
+                    metrics.nts.inc();
+                    metrics.cookies_issued.add(cookies as u64);
+                }
+                Response::Nak { why, .. } => metrics.nak(why.reason()),
+                Response::Rate(_) => metrics.rate_kiss.inc(),
+            }
+            tx_addr[out] = rx_addr[i];
+            tx_iov[out] = libc::iovec {
+                iov_base: tx[out].as_mut_ptr() as *mut libc::c_void,
+                iov_len: resp.len(),
+            };
+            let ctrl_len = if use_pktinfo {
+                write_pktinfo(&meta, &mut tx_ctrl[out])
+            } else {
+                0
+            };
+            let th = &mut tx_hdr[out].msg_hdr;
+            th.msg_name = &mut tx_addr[out] as *mut _ as *mut libc::c_void;
+            th.msg_namelen = rx_hdr[i].msg_hdr.msg_namelen;
+            th.msg_iov = &mut tx_iov[out];
+            th.msg_iovlen = 1;
+            th.msg_control = if ctrl_len > 0 {
+                tx_ctrl[out].as_mut_ptr() as *mut libc::c_void
+            } else {
+                std::ptr::null_mut()
+            };
+            th.msg_controllen = ctrl_len;
+            th.msg_flags = 0;
+            out += 1;
+        }
+        drop(keys);
+        drop(clock);
+        let mut sent = 0usize;
+        while sent < out {
+            // SAFETY: headers [sent, out) point into live buffers set up above.
+            let r =
+                unsafe { libc::sendmmsg(fd, tx_hdr[sent..].as_mut_ptr(), (out - sent) as u32, 0) };
+            if r <= 0 {
+                // Skip the datagram the kernel refused (e.g. unreachable destination).
+                metrics.send_errors.inc();
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+    }
+}
