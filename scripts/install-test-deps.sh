@@ -164,6 +164,26 @@ else
     $SUDO chmod 0755 "$NTPSEC_DIR"
 fi
 
+# ntpdig (plain NTP client, its own package) goes into the same folder.
+NTPDIG="$NTPSEC_DIR/usr/bin/ntpdig"
+if [ -f "$NTPDIG" ]; then
+    log "ntpdig: already extracted in $NTPSEC_DIR"
+else
+    DIG_DEB="$(ls -1 "$CACHE_DIR"/ntpsec-ntpdig_*.deb 2>/dev/null | sort | tail -n 1 || true)"
+    if [ -z "$DIG_DEB" ]; then
+        apt_update_once
+        dl="$($SUDO mktemp -d "$CACHE_DIR/download.XXXXXX")" || die "mktemp in $CACHE_DIR failed"
+        if id _apt >/dev/null 2>&1; then $SUDO chown _apt "$dl" 2>/dev/null || true; fi
+        (cd "$dl" && $SUDO apt-get download -q ntpsec-ntpdig) || { $SUDO rm -rf "$dl"; die "apt-get download ntpsec-ntpdig failed"; }
+        $SUDO mv "$dl"/ntpsec-ntpdig_*.deb "$CACHE_DIR"/
+        $SUDO rm -rf "$dl"
+        DIG_DEB="$(ls -1 "$CACHE_DIR"/ntpsec-ntpdig_*.deb | sort | tail -n 1)"
+    fi
+    log "extracting $DIG_DEB into $NTPSEC_DIR"
+    $SUDO dpkg-deb -x "$DIG_DEB" "$NTPSEC_DIR" || die "dpkg-deb -x $DIG_DEB failed"
+    [ -f "$NTPDIG" ] || die "no usr/bin/ntpdig in $DIG_DEB"
+fi
+
 [ -x "$NTPD" ] || die "$NTPD missing"
 # The dynamic loader must resolve all of ntpd's libraries.
 if command -v ldd >/dev/null 2>&1 && ldd "$NTPD" | grep -q "not found"; then

@@ -1,6 +1,7 @@
 //! `nts-client`: the NTS client agent. This crate holds the I/O shells; the
 //! protocol and clock algorithms live in `nts-proto`.
 
+pub mod exchange;
 pub mod ke;
 
 /// Split `host`, `host:port`, `[v6]` or `[v6]:port` into host and port.

@@ -496,7 +496,7 @@ mod tests {
             let mut req = if i % 2 == 0 {
                 let mut r = vec![0u8; (rng.next_u32() % 600) as usize];
                 rng.fill_bytes(&mut r);
-                if r.len() > 0 {
+                if !r.is_empty() {
                     r[0] = 0x23; // v4 client, so the fields get parsed
                 }
                 r

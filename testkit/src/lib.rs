@@ -51,6 +51,7 @@ pub mod ntpsec;
 pub mod peers;
 pub mod ports;
 pub mod process;
+pub mod stack;
 
 pub use error::{Error, Result};
 

@@ -227,7 +227,7 @@ pub fn start(settings: Settings) -> Result<Running> {
         );
     }
 
-    let rate = cfg.rate_limit.enabled.then(|| RateSettings {
+    let rate = cfg.rate_limit.enabled.then_some(RateSettings {
         rate: cfg.rate_limit.rate,
         burst: cfg.rate_limit.burst,
         kiss_interval_ms: (cfg.rate_limit.kiss_interval * 1000.0) as u64,

@@ -1,0 +1,352 @@
+//! Valid inputs for each target, built with nts-proto itself: real NTS-KE
+//! requests and responses, NTP packets carrying genuine cookies and valid
+//! authenticators, genuine cookies. `examples/gen_seeds.rs` writes them to
+//! `seeds/TARGET/`, from which `scripts/fuzz.sh` starts each run.
+
+use crate::{c2s_key, ring, s2c_key, ChunkPlan, NOW};
+use nts_proto::aead::{AeadAlgorithm, AeadKey};
+use nts_proto::cookie::{self, CookieContents};
+use nts_proto::extension_field::{field_type, write_field, Authenticator};
+use nts_proto::ke_client::build_request;
+use nts_proto::ke_record::{ErrorCode, Record};
+use nts_proto::ke_server::{encode_error, encode_response, Negotiation, NtpTarget};
+use nts_proto::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp};
+
+pub type Seed = (&'static str, Vec<u8>);
+
+fn records(list: &[(Record, bool)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (r, c) in list {
+        r.encode(*c, &mut out);
+    }
+    out
+}
+
+/// A cookie from the fixed ring's current key carrying the fixed session keys.
+pub fn genuine_cookie(alg: AeadAlgorithm, nonce_byte: u8) -> Vec<u8> {
+    let contents = CookieContents {
+        c2s: c2s_key(alg),
+        s2c: s2c_key(alg),
+    };
+    let key = ring().current(NOW).expect("current key");
+    cookie::seal(key, &contents, &[nonce_byte; 16])
+}
+
+fn cookies(alg: AeadAlgorithm, n: u8) -> Vec<Vec<u8>> {
+    (0..n).map(|i| genuine_cookie(alg, i)).collect()
+}
+
+pub fn ke_request() -> Vec<Seed> {
+    let req = build_request(&AeadAlgorithm::ALL);
+    let req256 = build_request(&[AeadAlgorithm::AesSivCmac256]);
+    let rich = records(&[
+        (Record::NextProtocol(vec![0]), true),
+        (Record::Warning(7), false),
+        (
+            Record::Unknown {
+                critical: false,
+                record_type: 0x4000,
+                body: vec![1, 2, 3],
+            },
+            false,
+        ),
+        (Record::AeadAlgorithm(vec![99, 17, 15]), true),
+        (Record::Server("ntp.example".into()), false),
+        (Record::Port(4123), false),
+        (Record::NewCookie(vec![0xc0; 8]), false),
+        (Record::EndOfMessage, true),
+    ]);
+    let no_ntp = records(&[
+        (Record::NextProtocol(vec![1, 2]), true),
+        (Record::EndOfMessage, true),
+    ]);
+    let no_alg = records(&[
+        (Record::NextProtocol(vec![0]), true),
+        (Record::AeadAlgorithm(vec![1, 2]), true),
+        (Record::EndOfMessage, true),
+    ]);
+    vec![
+        ("whole", ChunkPlan::encode(0, &[], &req)),
+        ("bytewise", ChunkPlan::encode(0, &[1], &req)),
+        ("pieces", ChunkPlan::encode(0, &[3, 0, 7], &req)),
+        ("aes256_only", ChunkPlan::encode(0, &[], &req256)),
+        ("small_limits", ChunkPlan::encode(1, &[5], &req)),
+        ("rich", ChunkPlan::encode(0, &[4, 11], &rich)),
+        ("no_ntp", ChunkPlan::encode(0, &[], &no_ntp)),
+        ("no_alg", ChunkPlan::encode(0, &[2], &no_alg)),
+    ]
+}
+
+pub fn ke_response() -> Vec<Seed> {
+    let target = NtpTarget {
+        server: Some("time.example.net".into()),
+        port: Some(4460),
+    };
+    let ok256 = encode_response(
+        Negotiation::Ntpv4(AeadAlgorithm::AesSivCmac256),
+        &cookies(AeadAlgorithm::AesSivCmac256, 8),
+        &target,
+    );
+    let ok512 = encode_response(
+        Negotiation::Ntpv4(AeadAlgorithm::AesSivCmac512),
+        &cookies(AeadAlgorithm::AesSivCmac512, 2),
+        &NtpTarget::default(),
+    );
+    let warned = records(&[
+        (Record::NextProtocol(vec![0]), true),
+        (Record::Warning(3), true),
+        (Record::AeadAlgorithm(vec![15]), true),
+        (Record::NewCookie(vec![0xc0; 104]), false),
+        (
+            Record::Unknown {
+                critical: false,
+                record_type: 0x1234,
+                body: vec![],
+            },
+            false,
+        ),
+        (Record::EndOfMessage, true),
+    ]);
+    let no_alg = encode_response(Negotiation::NoAlgorithm, &[], &NtpTarget::default());
+    let no_proto = encode_response(Negotiation::NoProtocol, &[], &NtpTarget::default());
+    vec![
+        ("ok256_whole", ChunkPlan::encode(0, &[], &ok256)),
+        (
+            "ok256_pieces",
+            ChunkPlan::encode(1, &[100, 1, 0, 33], &ok256),
+        ),
+        ("ok512_bytewise", ChunkPlan::encode(2, &[1], &ok512)),
+        ("warning", ChunkPlan::encode(0, &[], &warned)),
+        ("no_alg", ChunkPlan::encode(0, &[], &no_alg)),
+        ("no_proto", ChunkPlan::encode(0, &[], &no_proto)),
+        (
+            "error",
+            ChunkPlan::encode(0, &[], &encode_error(ErrorCode::BadRequest)),
+        ),
+    ]
+}
+
+pub fn ke_record() -> Vec<Seed> {
+    let all = records(&[
+        (Record::NextProtocol(vec![0]), true),
+        (Record::AeadAlgorithm(vec![17, 15]), true),
+        (Record::Error(ErrorCode::InternalServerError), true),
+        (Record::Warning(9), true),
+        (Record::NewCookie(vec![0xc0; 20]), false),
+        (Record::Server("192.0.2.1".into()), false),
+        (Record::Port(123), false),
+        (
+            Record::Unknown {
+                critical: true,
+                record_type: 0x7fff,
+                body: vec![1, 2],
+            },
+            true,
+        ),
+        (Record::EndOfMessage, true),
+    ]);
+    let response = encode_response(
+        Negotiation::Ntpv4(AeadAlgorithm::AesSivCmac256),
+        &cookies(AeadAlgorithm::AesSivCmac256, 2),
+        &NtpTarget::default(),
+    );
+    vec![
+        ("all_types", all),
+        ("request", build_request(&AeadAlgorithm::ALL)),
+        ("response", response),
+    ]
+}
+
+fn header(mode: Mode) -> NtpHeader {
+    NtpHeader {
+        leap: LeapIndicator::NoWarning,
+        version: 4,
+        mode,
+        stratum: if mode == Mode::Server { 1 } else { 0 },
+        poll: 4,
+        precision: -20,
+        root_delay: NtpShort::from_seconds(0.001),
+        root_dispersion: NtpShort::from_seconds(0.002),
+        reference_id: if mode == Mode::Server {
+            *b"GPS\0"
+        } else {
+            [0; 4]
+        },
+        reference_timestamp: NtpTimestamp::from_unix(NOW - 10, 0),
+        origin_timestamp: NtpTimestamp::from_unix(NOW, 1),
+        receive_timestamp: NtpTimestamp::from_unix(NOW, 2),
+        transmit_timestamp: NtpTimestamp::from_unix(NOW, 3),
+    }
+}
+
+/// Append an NTS Authenticator field sealing `plaintext` with `key` over everything in `packet`.
+fn authenticate(packet: &mut Vec<u8>, key: &AeadKey, nonce: &[u8], plaintext: &[u8]) {
+    let ct = key.seal(nonce, packet, plaintext);
+    let mut body = Vec::with_capacity(Authenticator::body_len(nonce.len(), ct.len()));
+    body.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
+    body.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+    body.extend_from_slice(nonce);
+    body.resize(Authenticator::body_len(nonce.len(), 0), 0);
+    body.extend_from_slice(&ct);
+    body.resize(Authenticator::body_len(nonce.len(), ct.len()), 0);
+    write_field(packet, field_type::NTS_AUTHENTICATOR, &body);
+}
+
+/// A client request: Unique Identifier, a genuine cookie, placeholders, authenticator (C2S).
+pub fn client_request(alg: AeadAlgorithm, placeholders: usize) -> Vec<u8> {
+    let cookie = genuine_cookie(alg, 0x11);
+    let mut p = header(Mode::Client).to_bytes().to_vec();
+    write_field(&mut p, field_type::UNIQUE_IDENTIFIER, &[0xaa; 32]);
+    write_field(&mut p, field_type::NTS_COOKIE, &cookie);
+    for _ in 0..placeholders {
+        write_field(
+            &mut p,
+            field_type::NTS_COOKIE_PLACEHOLDER,
+            &vec![0; cookie.len()],
+        );
+    }
+    authenticate(&mut p, &c2s_key(alg), &[0x33; 16], &[]);
+    p
+}
+
+/// A server response: Unique Identifier, authenticator (S2C) over encrypted new cookies.
+pub fn server_response(new_cookies: u8) -> Vec<u8> {
+    let alg = AeadAlgorithm::AesSivCmac256;
+    let mut inner = Vec::new();
+    for c in cookies(alg, new_cookies) {
+        write_field(&mut inner, field_type::NTS_COOKIE, &c);
+    }
+    let mut p = header(Mode::Server).to_bytes().to_vec();
+    write_field(&mut p, field_type::UNIQUE_IDENTIFIER, &[0xaa; 32]);
+    authenticate(&mut p, &s2c_key(alg), &[0x44; 16], &inner);
+    p
+}
+
+pub fn ntp_packet() -> Vec<Seed> {
+    let plain = header(Mode::Client).to_bytes().to_vec();
+    let mut v3_mac = header(Mode::Client);
+    v3_mac.version = 3;
+    let mut v3_mac = v3_mac.to_bytes().to_vec();
+    v3_mac.extend_from_slice(&[0x01; 20]); // key id + MD5 digest
+    let mut nak = header(Mode::Server);
+    nak.stratum = 0;
+    nak.reference_id = kiss::NTSN;
+    let mut nak = nak.to_bytes().to_vec();
+    write_field(&mut nak, field_type::UNIQUE_IDENTIFIER, &[0xaa; 32]);
+    vec![
+        ("plain_client", plain),
+        ("v3_legacy_mac", v3_mac),
+        ("nts_nak", nak),
+        (
+            "nts_request_256",
+            client_request(AeadAlgorithm::AesSivCmac256, 0),
+        ),
+        (
+            "nts_request_512_placeholders",
+            client_request(AeadAlgorithm::AesSivCmac512, 2),
+        ),
+        ("nts_response", server_response(1)),
+        ("nts_response_3_cookies", server_response(3)),
+    ]
+}
+
+pub fn cookie_open() -> Vec<Seed> {
+    let old_key = &ring().keys()[0];
+    let old = cookie::seal(
+        old_key,
+        &CookieContents {
+            c2s: c2s_key(AeadAlgorithm::AesSivCmac256),
+            s2c: s2c_key(AeadAlgorithm::AesSivCmac256),
+        },
+        &[0x77; 16],
+    );
+    vec![
+        (
+            "genuine_256",
+            genuine_cookie(AeadAlgorithm::AesSivCmac256, 1),
+        ),
+        (
+            "genuine_512",
+            genuine_cookie(AeadAlgorithm::AesSivCmac512, 2),
+        ),
+        ("genuine_old_key", old),
+        ("short", vec![0; 20]),
+    ]
+}
+
+/// Every target's seeds, by target name.
+pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
+    vec![
+        ("ntp_packet", ntp_packet()),
+        ("ke_record", ke_record()),
+        ("ke_request", ke_request()),
+        ("ke_response", ke_response()),
+        ("cookie_open", cookie_open()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seeds reach the deep paths of each target, and the committed seed
+    /// files are what this module builds (regenerate with `cargo run --example gen_seeds`).
+    #[test]
+    fn seeds_are_valid_and_committed() {
+        for (name, data) in ntp_packet() {
+            let d = crate::ntp_packet::check(&data);
+            assert!(d.header, "{name}");
+            if name.starts_with("nts_request") {
+                assert!(d.cookie_opened && d.authenticated, "{name}: {d:?}");
+            }
+            if name.starts_with("nts_response") {
+                assert!(d.authenticated && d.inner_fields > 0, "{name}: {d:?}");
+            }
+        }
+        for (name, data) in ke_record() {
+            assert!(crate::ke_record::check(&data) >= 3, "{name}");
+        }
+        for (name, data) in ke_request() {
+            let r = crate::ke_request::check(&data);
+            assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
+        }
+        for (name, data) in ke_response() {
+            let r = crate::ke_response::check(&data);
+            if name.starts_with("ok") || name == "warning" {
+                assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
+            } else {
+                assert!(r.is_err(), "{name}: {r:?}");
+            }
+        }
+        for (name, data) in cookie_open() {
+            let opened = crate::cookie_open::check_open(&data);
+            assert_eq!(opened, name.starts_with("genuine"), "{name}");
+            crate::cookie_open::check(&data);
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+        for (target, seeds) in all() {
+            for (name, data) in seeds {
+                let path = dir.join(target).join(name);
+                let committed =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(committed, data, "{} is stale", path.display());
+            }
+        }
+    }
+
+    /// Replay the corpus the fuzzer has grown, if any (crash artifacts are replayed
+    /// with `cargo fuzz run -s none TARGET fuzz/artifacts/TARGET/crash-...`).
+    #[test]
+    fn replay_corpus() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        for (target, _) in all() {
+            let Ok(dir) = std::fs::read_dir(root.join(target)) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let data = std::fs::read(entry.path()).unwrap_or_default();
+                crate::run(target, &data);
+            }
+        }
+    }
+}

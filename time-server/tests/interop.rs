@@ -1,0 +1,185 @@
+//! Real NTS clients (chrony 4.3, NTPsec 1.2.2) and NTPsec's ntpdig against
+//! nts-ke-server plus nts-time-server on loopback. No client touches the clock:
+//! chronyd runs with -x, NTPsec without CAP_SYS_TIME.
+
+use std::time::Duration;
+use testkit::certs::TestPki;
+use testkit::chrony::{ChronyClient, NtsSource};
+use testkit::stack::{self, KeServerOptions, TimeServerOptions};
+
+struct Stack {
+    ke: stack::Daemon,
+    ts: stack::Daemon,
+    pki: TestPki,
+    _dir: tempfile::TempDir,
+}
+
+fn stack_with(ts_opts: TimeServerOptions) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate().unwrap();
+    let root = dir.path().join("root.key");
+    stack::write_root_secret(&root).unwrap();
+    let ts = stack::start_time_server(dir.path(), &root, &ts_opts).unwrap();
+    let ke = stack::start_ke_server(
+        dir.path(),
+        &pki,
+        &root,
+        &KeServerOptions {
+            ntp_port: ts.port(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    Stack {
+        ke,
+        ts,
+        pki,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn chrony_client_gets_cookies_and_authenticated_time() {
+    let Some(bins) = testkit::peers::require_chrony() else {
+        return;
+    };
+    let s = stack_with(TimeServerOptions::default());
+    // chrony is told only the KE port: the NTP port comes from Port Negotiation.
+    let client = ChronyClient::builder(&bins)
+        .source(NtsSource {
+            host: "127.0.0.1".into(),
+            ke_port: s.ke.port(),
+            ntp_port: None,
+        })
+        .trusted_certs(s.pki.ca_path())
+        .start()
+        .unwrap();
+    let status = client
+        .wait_until(
+            Duration::from_secs(60),
+            "8 cookies, authenticated, selected",
+            |st| {
+                st.authdata
+                    .first()
+                    .is_some_and(|a| a.cookies == 8 && a.nak == 0)
+                    && st
+                        .ntpdata
+                        .first()
+                        .is_some_and(|n| n.authenticated && n.total_good_rx >= 4)
+                    && st.sources.first().is_some_and(|src| src.reach != 0)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", s.ke.guard.logs(), s.ts.guard.logs()));
+    let auth = &status.authdata[0];
+    assert_eq!(
+        auth.cookie_length, 104,
+        "AES-SIV-CMAC-256 cookies are 104 bytes"
+    );
+    assert_eq!(auth.key_type, 15);
+    let ntp = &status.ntpdata[0];
+    assert_eq!(
+        ntp.remote_port,
+        s.ts.port(),
+        "NTP went to the negotiated port"
+    );
+    assert_eq!(ntp.stratum, 1);
+    assert!(ntp.tests_passed(), "{:?}", ntp.tests);
+    // Same clock on both ends: the offset is tiny.
+    let src = &status.sources[0];
+    assert!(
+        src.measured_offset.abs() < 0.001,
+        "offset {}",
+        src.measured_offset
+    );
+    assert_eq!(s.ke.metric("nts_ke_key_exchanges_total"), 1.0);
+    assert!(s.ts.metric("nts_time_responses_total{kind=\"nts\"}") >= 4.0);
+    assert_eq!(
+        s.ts.metric("nts_time_requests_dropped_total{reason=\"auth_failed\"}"),
+        0.0
+    );
+    eprintln!(
+        "chrony via nts-time-server: offset {:+.1} us, delay {:.1} us, {} good responses",
+        src.measured_offset * 1e6,
+        ntp.peer_delay * 1e6,
+        ntp.total_good_rx
+    );
+}
+
+#[test]
+fn ntpsec_client_gets_cookies_and_authenticated_time() {
+    let Some(bins) = testkit::peers::require_ntpsec() else {
+        return;
+    };
+    let s = stack_with(TimeServerOptions::default());
+    // NTPsec verifies DNS names only: use localhost.
+    let client = testkit::ntpsec::NtpsecClient::builder(&bins)
+        .nts_server("localhost", s.ke.port())
+        .ca(s.pki.ca_path())
+        .start()
+        .unwrap();
+    let ke = client
+        .wait_for_nts_ke(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ke.guard.logs()));
+    assert!(ke.ok, "{ke:?}");
+    assert_eq!(ke.cookies, Some(8));
+    assert_eq!(ke.aead, Some(15));
+    assert_eq!(ke.ntp_port, Some(s.ts.port()));
+    let counters = client
+        .wait_for_nts_responses(3, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ts.guard.logs()));
+    assert_eq!(counters.client_recvs_error(), 0);
+    assert!(s.ts.metric("nts_time_responses_total{kind=\"nts\"}") >= 3.0);
+}
+
+#[test]
+fn ntpdig_gets_plain_ntp() {
+    let Some(bins) = testkit::peers::require_ntpsec() else {
+        return;
+    };
+    // ntpdig only speaks to port 123: hold the machine-wide lock NTPsec tests use for it.
+    let _lock = testkit::ports::ResourceLock::acquire(
+        testkit::ntpsec::PORT_123_LOCK,
+        Duration::from_secs(300),
+    )
+    .expect("port 123 lock");
+    let s = stack_with(TimeServerOptions {
+        port: Some(123),
+        ..Default::default()
+    });
+    let ntpdig = bins
+        .ntpd
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("bin/ntpdig");
+    let out = std::process::Command::new(&bins.capsh)
+        .args(["--drop=cap_sys_time", "--"])
+        .arg("-c")
+        .arg(format!(
+            "exec {} {} -j -t 5 127.0.0.1",
+            bins.python3.display(),
+            ntpdig.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ntpdig failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ntpdig -j prints one JSON object per server.
+    assert!(
+        text.contains("\"stratum\": 1") || text.contains("\"stratum\":1"),
+        "{text}"
+    );
+    let offset: f64 = text
+        .split("\"offset\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {text}"));
+    assert!(offset.abs() < 0.01, "{offset}");
+    assert_eq!(s.ts.metric("nts_time_responses_total{kind=\"plain\"}"), 1.0);
+}
