@@ -186,8 +186,13 @@ pub fn field_wire_len(body_len: usize) -> usize {
     padded4(4 + body_len).max(MIN_FIELD_LEN)
 }
 
+/// Longest body a field can carry (its length is a 16-bit count including the header).
+pub const MAX_FIELD_BODY: usize = u16::MAX as usize - 3 - 4;
+
 /// Append a field of type `field_type` carrying `body` to `out`, zero-padded.
+/// A body longer than [`MAX_FIELD_BODY`] is cut there rather than written with a wrapped length.
 pub fn write_field(out: &mut Vec<u8>, field_type: u16, body: &[u8]) {
+    let body = &body[..body.len().min(MAX_FIELD_BODY)];
     let len = field_wire_len(body.len());
     out.extend_from_slice(&field_type.to_be_bytes());
     out.extend_from_slice(&(len as u16).to_be_bytes());
@@ -352,6 +357,15 @@ mod tests {
         assert!(Authenticator::parse(&[0, 0, 0, 16]).is_err());
         assert!(Authenticator::parse(&[0, 16, 0, 4]).is_err());
         assert!(Authenticator::parse(&[0, 16]).is_err());
+    }
+
+    #[test]
+    fn oversized_body_is_cut_not_wrapped() {
+        let mut out = Vec::new();
+        write_field(&mut out, 0x7777, &vec![1u8; 70_000]);
+        let f = ExtensionFields::new(&out, 1).next().unwrap().unwrap();
+        assert_eq!(f.wire_len(), out.len());
+        assert!(out.len() <= u16::MAX as usize);
     }
 
     #[test]

@@ -224,7 +224,12 @@ impl Record {
             Self::Server(s) => body.extend_from_slice(s.as_bytes()),
             Self::Unknown { body: b, .. } => body.extend_from_slice(b),
         }
-        body.truncate(u16::MAX as usize);
+        // Keep lists of 16-bit values whole when cutting at the 16-bit length limit.
+        let max = match self {
+            Self::NextProtocol(_) | Self::AeadAlgorithm(_) => u16::MAX as usize - 1,
+            _ => u16::MAX as usize,
+        };
+        body.truncate(max);
         let word = self.record_type() | if critical { CRITICAL } else { 0 };
         out.extend_from_slice(&word.to_be_bytes());
         out.extend_from_slice(&(body.len() as u16).to_be_bytes());

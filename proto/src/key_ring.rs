@@ -17,6 +17,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Algorithm that seals cookies (independent of what clients negotiate).
 pub const COOKIE_KEY_ALGORITHM: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
+/// Most past epochs a ring holds (bounds memory and derivation work).
+pub const MAX_PAST_EPOCHS: u64 = 1000;
 /// Length of the root secret.
 pub const ROOT_SECRET_LEN: usize = 32;
 const HKDF_SALT: &[u8] = b"nts-cookie-key/v1";
@@ -198,17 +200,22 @@ impl KeyRing {
     }
 
     /// Derive every key that is usable at `now`: past epochs still accepted, the current epoch and the next.
+    ///
+    /// At most [`MAX_PAST_EPOCHS`] past keys are derived, whatever the schedule says.
     pub fn derive(root: &RootSecret, schedule: &KeySchedule, now: u64) -> Self {
         let current = schedule.epoch_start(now);
         let p = schedule.rotation_period.max(1);
-        let mut keys = Vec::with_capacity(schedule.past_epochs as usize + 2);
-        for back in (1..=schedule.past_epochs as u64).rev() {
-            if let Some(start) = current.checked_sub(back * p) {
+        let past = (schedule.past_epochs as u64).min(MAX_PAST_EPOCHS);
+        let mut keys = Vec::with_capacity(past as usize + 2);
+        for back in (1..=past).rev() {
+            if let Some(start) = back.checked_mul(p).and_then(|d| current.checked_sub(d)) {
                 keys.push(root.derive_key(start, schedule));
             }
         }
         keys.push(root.derive_key(current, schedule));
-        keys.push(root.derive_key(current + p, schedule));
+        if let Some(next) = current.checked_add(p) {
+            keys.push(root.derive_key(next, schedule));
+        }
         Self { keys }
     }
 
@@ -298,6 +305,19 @@ mod tests {
             Err(KeyLookupError::Unknown(KeyId(5)))
         );
         assert_eq!(ring.without_expired(1_000_100).keys().len(), 4);
+    }
+
+    #[test]
+    fn extreme_schedules_are_bounded() {
+        let r = root();
+        let ring = KeyRing::derive(
+            &r,
+            &KeySchedule::new(u64::MAX / 2, u32::MAX).unwrap(),
+            u64::MAX - 5,
+        );
+        assert!(ring.keys().len() <= MAX_PAST_EPOCHS as usize + 2);
+        let ring = KeyRing::derive(&r, &KeySchedule::new(1, u32::MAX).unwrap(), 10);
+        assert_eq!(ring.keys().len(), 10 + 2);
     }
 
     #[test]
