@@ -3,6 +3,7 @@
 
 pub mod exchange;
 pub mod ke;
+pub mod query;
 
 /// Split `host`, `host:port`, `[v6]` or `[v6]:port` into host and port.
 pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
