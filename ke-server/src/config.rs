@@ -19,10 +19,43 @@ pub struct Config {
     #[serde(default)]
     pub ntp: NtpSection,
     pub cookie_keys: CookieKeysSection,
+    /// Key distribution to time servers over gRPC with mutual TLS (absent: off).
+    pub key_sync: Option<KeySyncSection>,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
     pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySyncSection {
+    /// TCP address of the gRPC service.
+    pub listen: SocketAddr,
+    /// CA whose certificates time servers must present.
+    pub client_ca: PathBuf,
+    /// This service's certificate chain and key (PEM).
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+    /// Seconds between the load reports time servers send.
+    #[serde(default = "default_report_interval")]
+    pub report_interval: f64,
+    /// Seconds without a report after which a time server is no longer offered to clients.
+    #[serde(default = "default_expiry")]
+    pub expiry: f64,
+    /// How Server Negotiation picks among live time servers.
+    #[serde(default = "default_selection")]
+    pub selection: crate::registry::Selection,
+}
+
+fn default_report_interval() -> f64 {
+    5.0
+}
+fn default_expiry() -> f64 {
+    15.0
+}
+fn default_selection() -> crate::registry::Selection {
+    crate::registry::Selection::RoundRobin
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +189,8 @@ pub struct Settings {
     pub reload_interval: Duration,
     pub schedule: KeySchedule,
     pub algorithms: Vec<AeadAlgorithm>,
+    pub report_interval: Duration,
+    pub expiry: Duration,
 }
 
 impl Config {
@@ -236,7 +271,24 @@ impl Config {
                 "cookie_keys.aead_algorithms: AES-SIV-CMAC-256 is mandatory (RFC 8915 section 5.1)"
             );
         }
+        let (report_interval, expiry) = match &self.key_sync {
+            Some(k) => {
+                let r = seconds("key_sync.report_interval", k.report_interval)?;
+                let e = seconds("key_sync.expiry", k.expiry)?;
+                if e <= r {
+                    bail!(
+                        "key_sync.expiry = {}: must be longer than key_sync.report_interval ({})",
+                        k.expiry,
+                        k.report_interval
+                    );
+                }
+                (r, e)
+            }
+            None => (Duration::from_secs(5), Duration::from_secs(15)),
+        };
         Ok(Settings {
+            report_interval,
+            expiry,
             handshake_timeout,
             request_timeout,
             reload_interval,

@@ -19,6 +19,12 @@ pub struct DevPki {
     pub ca_key: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The key-sync (gRPC) service's certificate.
+    pub keysync_cert: PathBuf,
+    pub keysync_key: PathBuf,
+    /// The client certificate time servers present to the key-sync service.
+    pub time_server_cert: PathBuf,
+    pub time_server_key: PathBuf,
 }
 
 impl DevPki {
@@ -28,6 +34,10 @@ impl DevPki {
             ca_key: dir.join("ca-key.pem"),
             server_cert: dir.join("ke-cert.pem"),
             server_key: dir.join("ke-key.pem"),
+            keysync_cert: dir.join("keysync-cert.pem"),
+            keysync_key: dir.join("keysync-key.pem"),
+            time_server_cert: dir.join("time-server-cert.pem"),
+            time_server_key: dir.join("time-server-key.pem"),
         }
     }
 
@@ -53,19 +63,40 @@ impl DevPki {
             let cert = params.self_signed(&key)?;
             write_file(&p.ca_key, key.serialize_pem().as_bytes(), 0o600)?;
             write_file(&p.ca_cert, cert.pem().as_bytes(), 0o644)?;
-            // A new CA invalidates the old server certificate.
-            let _ = std::fs::remove_file(&p.server_cert);
+            // A new CA invalidates every certificate it did not sign.
+            for f in [&p.server_cert, &p.keysync_cert, &p.time_server_cert] {
+                let _ = std::fs::remove_file(f);
+            }
             generated = true;
         }
-        if !p.server_cert.exists() || !p.server_key.exists() {
-            let (cert, key) = issue(
-                &p,
-                &["localhost", "127.0.0.1", "::1"],
-                &[ExtendedKeyUsagePurpose::ServerAuth],
-            )?;
-            write_file(&p.server_key, key.as_bytes(), 0o600)?;
-            write_file(&p.server_cert, cert.as_bytes(), 0o644)?;
-            generated = true;
+        let loopback = ["localhost", "127.0.0.1", "::1"];
+        let leaves: [(&PathBuf, &PathBuf, &[&str], ExtendedKeyUsagePurpose); 3] = [
+            (
+                &p.server_cert,
+                &p.server_key,
+                &loopback,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                &p.keysync_cert,
+                &p.keysync_key,
+                &loopback,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                &p.time_server_cert,
+                &p.time_server_key,
+                &["time-server"],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ];
+        for (cert_path, key_path, names, usage) in leaves {
+            if !cert_path.exists() || !key_path.exists() {
+                let (cert, key) = issue(&p, names, &[usage])?;
+                write_file(key_path, key.as_bytes(), 0o600)?;
+                write_file(cert_path, cert.as_bytes(), 0o644)?;
+                generated = true;
+            }
         }
         Ok((p, generated))
     }

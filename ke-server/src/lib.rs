@@ -5,7 +5,9 @@
 pub mod certificate;
 pub mod config;
 pub mod dev_pki;
+pub mod key_sync;
 pub mod metrics;
+pub mod registry;
 pub mod root_secret;
 pub mod server;
 
@@ -28,6 +30,8 @@ pub const DEV_NTP_PORT: u16 = 4123;
 pub const DEV_LISTEN: &str = "127.0.0.1:4460";
 /// Name of the cookie root secret inside a `--dev` state directory.
 pub const DEV_ROOT_SECRET: &str = "cookie-root.key";
+/// Key-sync (gRPC) address in `--dev` mode.
+pub const DEV_KEY_SYNC: &str = "127.0.0.1:4461";
 
 /// Configuration for `--dev`: development certificates and secrets in `state_dir`, loopback only.
 pub fn dev_config(state_dir: &Path) -> Result<Config> {
@@ -48,10 +52,18 @@ server = "127.0.0.1"
 port = {DEV_NTP_PORT}
 [cookie_keys]
 root_secret_file = {root:?}
+[key_sync]
+listen = "{DEV_KEY_SYNC}"
+client_ca = {ca:?}
+certificate_chain = {ks_chain:?}
+private_key = {ks_key:?}
 "#,
         chain = pki.server_cert,
         key = pki.server_key,
         root = state_dir.join(DEV_ROOT_SECRET),
+        ca = pki.ca_cert,
+        ks_chain = pki.keysync_cert,
+        ks_key = pki.keysync_key,
     );
     Config::parse(&text, Path::new("--dev"))
 }
@@ -71,11 +83,13 @@ fn tls_config(
     Ok(cfg)
 }
 
-/// Keep the ring current: re-derive at every epoch boundary (and at least every minute).
+/// Keep the ring current: re-derive at every epoch boundary (and at least every minute),
+/// and tell key-sync watchers.
 async fn maintain_ring(
     root: RootSecret,
     schedule: KeySchedule,
     ring: Arc<ArcSwap<KeyRing>>,
+    watchers: tokio::sync::watch::Sender<Arc<KeyRing>>,
     metrics: Arc<Metrics>,
 ) {
     loop {
@@ -90,7 +104,9 @@ async fn maintain_ring(
                 keys = fresh.keys().len(),
                 "cookie key ring updated"
             );
-            ring.store(Arc::new(fresh));
+            let fresh = Arc::new(fresh);
+            ring.store(fresh.clone());
+            watchers.send_replace(fresh);
         }
         let next = schedule.epoch_start(now) + schedule.rotation_period;
         let wait = (next - now).clamp(1, 60);
@@ -127,11 +143,46 @@ async fn watch_certificate(cert: Arc<ReloadingCert>, every: Duration, metrics: A
 struct Health {
     metrics: Arc<Metrics>,
     ring: Arc<ArcSwap<KeyRing>>,
+    registry: Option<Arc<registry::Registry>>,
 }
 
 impl nts_ops::http::Observable for Health {
     fn render_metrics(&self) -> String {
-        self.metrics.render()
+        let mut out = self.metrics.render();
+        if let Some(r) = &self.registry {
+            let view = r.view(std::time::Instant::now());
+            let mut e = nts_ops::metrics::Exposition::new();
+            let alive = view.iter().filter(|v| v.alive).count();
+            e.gauges(
+                "nts_ke_registered_time_servers",
+                "Time servers in the registry, by state.",
+                &[
+                    (&[("state", "alive")], alive as f64),
+                    (&[("state", "dead")], (view.len() - alive) as f64),
+                ],
+            );
+            let labels: Vec<[(&str, &str); 2]> = view
+                .iter()
+                .map(|v| {
+                    [
+                        ("server_id", v.server_id.as_str()),
+                        ("address", v.address.as_str()),
+                    ]
+                })
+                .collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&view)
+                .map(|(l, v)| (&l[..], v.requests_per_second))
+                .collect();
+            e.gauges(
+                "nts_ke_time_server_requests_per_second",
+                "Load each registered time server last reported.",
+                &samples,
+            );
+            out.push_str(&e.finish());
+        }
+        out
     }
 
     fn readiness(&self) -> Result<(), String> {
@@ -169,11 +220,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
         );
     }
     let metrics = Arc::new(Metrics::default());
-    let ring = Arc::new(ArcSwap::from_pointee(KeyRing::derive(
-        &root,
-        &settings.schedule,
-        unix_now(),
-    )));
+    let initial = Arc::new(KeyRing::derive(&root, &settings.schedule, unix_now()));
+    let ring = Arc::new(ArcSwap::new(initial.clone()));
+    let (ring_tx, ring_rx) = tokio::sync::watch::channel(initial);
 
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
@@ -182,6 +231,14 @@ pub async fn start(settings: Settings) -> Result<Running> {
             .with_context(|| format!("server.listen: cannot bind {addr}"))?;
         listeners.push(l);
     }
+    let key_sync_listener = match &cfg.key_sync {
+        Some(k) => Some(
+            tokio::net::TcpListener::bind(k.listen)
+                .await
+                .with_context(|| format!("key_sync.listen: cannot bind {}", k.listen))?,
+        ),
+        None => None,
+    };
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -197,12 +254,40 @@ pub async fn start(settings: Settings) -> Result<Running> {
         server: cfg.ntp.server.clone(),
         port: cfg.ntp.port,
     };
+    let registry = cfg
+        .key_sync
+        .as_ref()
+        .map(|k| Arc::new(registry::Registry::new(settings.expiry, k.selection)));
+    if let (Some(k), Some(listener)) = (&cfg.key_sync, key_sync_listener) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ks_cert = Arc::new(
+            ReloadingCert::load(&k.certificate_chain, &k.private_key, provider.clone())
+                .context("key_sync.certificate_chain / key_sync.private_key")?,
+        );
+        let tls = key_sync::mtls_config(ks_cert.clone(), &k.client_ca, provider)?;
+        let service = key_sync::KeySyncService {
+            ring: ring_rx,
+            schedule: settings.schedule,
+            registry: registry.clone().context("registry exists with key_sync")?,
+            metrics: metrics.clone(),
+            report_interval: settings.report_interval,
+            expiry: settings.expiry,
+        };
+        tracing::info!(addr = %listener.local_addr()?, "key sync (gRPC, mutual TLS) listening");
+        tokio::spawn(key_sync::serve(listener, tls, service));
+        tokio::spawn(watch_certificate(
+            ks_cert,
+            settings.reload_interval,
+            metrics.clone(),
+        ));
+    }
     let svc = Arc::new(KeService::new(
         acceptor,
         settings.clone(),
         ring.clone(),
         metrics.clone(),
         target,
+        registry.clone(),
     ));
     let ke_addrs = listeners
         .iter()
@@ -215,6 +300,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
         root,
         settings.schedule,
         ring.clone(),
+        ring_tx,
         metrics.clone(),
     ));
     tokio::spawn(watch_certificate(
@@ -227,6 +313,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
         let health = Arc::new(Health {
             metrics: metrics.clone(),
             ring,
+            registry,
         });
         tokio::spawn(nts_ops::http::serve(l, health));
     }

@@ -59,6 +59,12 @@ pub struct Metrics {
     pub cert_reloads_ok: Counter,
     pub cert_reloads_failed: Counter,
     pub current_key_id: Gauge,
+    pub key_sync_connections: Counter,
+    pub key_sync_refused: Counter,
+    pub key_watchers: Gauge,
+    pub key_sets_sent: Counter,
+    pub negotiated_registered: Counter,
+    pub negotiated_fallback: Counter,
 }
 
 impl Metrics {
@@ -163,6 +169,34 @@ impl Metrics {
             "nts_ke_cookie_key_id",
             "Key id new cookies are sealed with.",
             self.current_key_id.get(),
+        );
+        e.counter(
+            "nts_ke_key_sync_connections_total",
+            "Key-sync (gRPC) connections that passed mutual TLS.",
+            self.key_sync_connections.get(),
+        );
+        e.counter(
+            "nts_ke_key_sync_refused_total",
+            "Key-sync connections refused at the TLS handshake (no or untrusted client certificate).",
+            self.key_sync_refused.get(),
+        );
+        e.gauge(
+            "nts_ke_key_watchers",
+            "Time servers currently watching the key set.",
+            self.key_watchers.get(),
+        );
+        e.counter(
+            "nts_ke_key_sets_sent_total",
+            "Key sets streamed to time servers.",
+            self.key_sets_sent.get(),
+        );
+        e.counters(
+            "nts_ke_server_negotiation_total",
+            "Time server named in Server Negotiation: a registered one, or the configured fallback.",
+            &[
+                (&[("source", "registry")], self.negotiated_registered.get()),
+                (&[("source", "fallback")], self.negotiated_fallback.get()),
+            ],
         );
         e.finish()
     }

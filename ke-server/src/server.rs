@@ -35,7 +35,9 @@ pub struct KeService {
     pub settings: Arc<Settings>,
     pub ring: Arc<ArcSwap<KeyRing>>,
     pub metrics: Arc<Metrics>,
+    /// Configured time server, used when no registered one is alive.
     pub target: NtpTarget,
+    pub registry: Option<Arc<crate::registry::Registry>>,
     limiter: Option<Mutex<RateLimiter>>,
     slots: Arc<Semaphore>,
     epoch: Instant,
@@ -48,6 +50,7 @@ impl KeService {
         ring: Arc<ArcSwap<KeyRing>>,
         metrics: Arc<Metrics>,
         target: NtpTarget,
+        registry: Option<Arc<crate::registry::Registry>>,
     ) -> Self {
         let s = &settings.config.server;
         let limiter = (s.connections_per_minute > 0).then(|| {
@@ -65,6 +68,7 @@ impl KeService {
             ring,
             metrics,
             target,
+            registry,
             limiter,
             slots,
             epoch: Instant::now(),
@@ -248,8 +252,22 @@ impl KeService {
             Some(cookies) => {
                 self.metrics.key_exchanges_ok.inc();
                 self.metrics.cookies_issued.add(cookies.len() as u64);
-                tracing::debug!(%peer, aead = %alg, "key exchange completed");
-                Ok(encode_response(neg, &cookies, &self.target))
+                let registered = self.registry.as_ref().and_then(|r| r.pick(Instant::now()));
+                let target = match registered {
+                    Some(t) => {
+                        self.metrics.negotiated_registered.inc();
+                        NtpTarget {
+                            server: Some(t.host),
+                            port: Some(t.port),
+                        }
+                    }
+                    None => {
+                        self.metrics.negotiated_fallback.inc();
+                        self.target.clone()
+                    }
+                };
+                tracing::debug!(%peer, aead = %alg, ntp = ?target, "key exchange completed");
+                Ok(encode_response(neg, &cookies, &target))
             }
             None => {
                 self.metrics.internal_errors.inc();

@@ -4,12 +4,15 @@
 //! on any input and never panic.
 
 pub mod aead;
+pub mod clock;
 pub mod cookie;
 pub mod extension_field;
 pub mod ke_client;
 pub mod ke_record;
 pub mod ke_server;
 pub mod key_ring;
+#[cfg(feature = "grpc")]
+pub mod key_sync;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;

@@ -190,7 +190,8 @@ impl Default for KeServerOptions {
     }
 }
 
-fn start_daemon(
+/// Write `config` to `dir/NAME.toml`, start `bin --config` with it, and wait for `ready_log` in its output.
+pub fn start_daemon(
     name: &str,
     bin: PathBuf,
     config: &str,

@@ -19,7 +19,10 @@ pub struct Config {
     pub clock: ClockSection,
     #[serde(default)]
     pub timestamping: TimestampingSection,
-    pub keys: KeysSection,
+    /// Keys from a root secret file on this host (single-host setups)...
+    pub keys: Option<KeysSection>,
+    /// ...or from ke-servers over gRPC with mutual TLS.
+    pub key_sync: Option<KeySyncSection>,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
@@ -168,6 +171,31 @@ fn default_past_epochs() -> u32 {
     KeySchedule::default().past_epochs
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySyncSection {
+    /// `host:port` of every ke-server's key-sync service.
+    pub endpoints: Vec<String>,
+    /// CA that signed the ke-servers' key-sync certificates.
+    pub ca: PathBuf,
+    /// This time server's client certificate and key (from the CA the ke-servers trust).
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+    /// Name to verify in the ke-servers' certificates (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// `host:port` clients should send NTP to (default: the first listen address).
+    pub advertise: Option<String>,
+    /// Identity in the registry (default: host name and advertised port).
+    pub server_id: Option<String>,
+    /// Longest wait between reconnection attempts, in seconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: f64,
+}
+
+fn default_max_backoff() -> f64 {
+    30.0
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
@@ -294,9 +322,40 @@ impl Config {
         {
             bail!("timestamping.interface: required when timestamping.mode = \"hardware\"");
         }
-        let k = &self.keys;
-        let schedule = KeySchedule::new(k.rotation_period, k.past_epochs)
-            .map_err(|e| anyhow::anyhow!("keys.rotation_period: {e}"))?;
+        let schedule = match (&self.keys, &self.key_sync) {
+            (Some(_), Some(_)) => {
+                bail!("[keys] and [key_sync]: configure one source of cookie keys, not both")
+            }
+            (None, None) => bail!("[keys] or [key_sync]: a source of cookie keys is required"),
+            (Some(k), None) => KeySchedule::new(k.rotation_period, k.past_epochs)
+                .map_err(|e| anyhow::anyhow!("keys.rotation_period: {e}"))?,
+            (None, Some(ks)) => {
+                if ks.endpoints.is_empty() {
+                    bail!("key_sync.endpoints: at least one ke-server is needed");
+                }
+                for ep in &ks.endpoints {
+                    let port_ok = ep
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_some();
+                    if !port_ok {
+                        bail!("key_sync.endpoints: {ep:?} is not host:port");
+                    }
+                }
+                if let Some(a) = &ks.advertise {
+                    if a.rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_none()
+                    {
+                        bail!("key_sync.advertise = {a:?}: must be host:port");
+                    }
+                } else if s.listen[0].ip().is_unspecified() {
+                    bail!("key_sync.advertise: required when server.listen[0] ({}) is a wildcard address", s.listen[0]);
+                }
+                positive("key_sync.max_backoff", ks.max_backoff, 3600.0)?;
+                KeySchedule::default()
+            }
+        };
         let workers = if s.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -30,6 +30,11 @@ impl KeyStore {
         self.refreshed_at.store(now, Ordering::Relaxed);
     }
 
+    /// Replace the ring without counting it as a refresh (pruning expired keys).
+    pub fn replace(&self, ring: KeyRing) {
+        self.ring.store(Arc::new(ring));
+    }
+
     /// Seconds since the key set was refreshed, or None if it never was.
     pub fn age(&self, now: u64) -> Option<u64> {
         match self.refreshed_at.load(Ordering::Relaxed) {
@@ -77,7 +82,7 @@ pub fn run_file_source(path: PathBuf, schedule: KeySchedule, store: Arc<KeyStore
                 // Keys past their window must stop opening cookies even without a refresh.
                 let pruned = store.load().without_expired(now);
                 if pruned.keys().len() != store.load().keys().len() {
-                    store.ring.store(Arc::new(pruned));
+                    store.replace(pruned);
                 }
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod clock_state;
 pub mod config;
+pub mod key_sync_client;
 pub mod keys;
 pub mod metrics;
 pub mod timestamping;
@@ -26,8 +27,12 @@ use worker::{RateSettings, Shared};
 /// Default UDP address in `--dev` mode (the port `nts-ke-server --dev` sends clients to).
 pub const DEV_LISTEN: &str = "127.0.0.1:4123";
 
-/// Configuration for `--dev`: loopback, local reference clock, keys from the
-/// `nts-ke-server --dev` that uses the same state directory.
+/// Key-sync address of `nts-ke-server --dev`.
+pub const DEV_KEY_SYNC: &str = "127.0.0.1:4461";
+
+/// Configuration for `--dev`: loopback, local reference clock, keys over gRPC
+/// from the `nts-ke-server --dev` that uses the same state directory (its
+/// development CA issued this server's client certificate).
 pub fn dev_config(state_dir: &Path) -> Result<Config> {
     let text = format!(
         r#"
@@ -37,12 +42,24 @@ listen = ["{DEV_LISTEN}"]
 local_reference = true
 stratum = 1
 reference_id = "LOCL"
-[keys]
-root_secret_file = {root:?}
+[key_sync]
+endpoints = ["{DEV_KEY_SYNC}"]
+ca = {ca:?}
+certificate_chain = {cert:?}
+private_key = {key:?}
 "#,
-        root = state_dir.join("cookie-root.key"),
+        ca = state_dir.join("ca.pem"),
+        cert = state_dir.join("time-server-cert.pem"),
+        key = state_dir.join("time-server-key.pem"),
     );
     Config::parse(&text, Path::new("--dev"))
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "time-server".into())
 }
 
 fn bind_socket(addr: SocketAddr, receive_buffer: usize) -> Result<socket2::Socket> {
@@ -142,7 +159,12 @@ pub fn start(settings: Settings) -> Result<Running> {
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
         .context("server.user/server.group: cannot drop privileges")?;
 
-    let metrics = Arc::new(Metrics::new(sockets.len()));
+    let endpoints = cfg
+        .key_sync
+        .as_ref()
+        .map(|k| k.endpoints.clone())
+        .unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(sockets.len(), &endpoints));
     metrics.timestamp_source.store(
         match source {
             TimestampSource::User => 0,
@@ -168,17 +190,53 @@ pub fn start(settings: Settings) -> Result<Running> {
     });
 
     let mut threads = Vec::new();
-    {
-        let (path, schedule, keys) = (
-            cfg.keys.root_secret_file.clone(),
-            settings.schedule,
-            keys.clone(),
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name("keys".into())
-                .spawn(move || keys::run_file_source(path, schedule, keys))?,
-        );
+    match (&cfg.keys, &cfg.key_sync) {
+        (Some(k), _) => {
+            let (path, schedule, keys) =
+                (k.root_secret_file.clone(), settings.schedule, keys.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("keys".into())
+                    .spawn(move || keys::run_file_source(path, schedule, keys))?,
+            );
+        }
+        (None, Some(ks)) => {
+            let advertise = ks.advertise.clone().unwrap_or_else(|| addrs[0].to_string());
+            let (host, port) = advertise
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .context("key_sync.advertise: must be host:port")?;
+            let info = nts_proto::key_sync::pb::TimeServerInfo {
+                server_id: ks
+                    .server_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{port}", host_name())),
+                ntp_host: host,
+                ntp_port: port as u32,
+                workers: workers as u32,
+                timestamping: source.label().to_string(),
+            };
+            let client = key_sync_client::KeySyncClientSettings {
+                endpoints: ks.endpoints.clone(),
+                ca: ks.ca.clone(),
+                certificate_chain: ks.certificate_chain.clone(),
+                private_key: ks.private_key.clone(),
+                server_name: ks.server_name.clone(),
+                info,
+                max_backoff: Duration::from_secs_f64(ks.max_backoff),
+            };
+            threads.push(key_sync_client::spawn(
+                client,
+                keys.clone(),
+                metrics.clone(),
+            )?);
+        }
+        (None, None) => bail!("[keys] or [key_sync]: a source of cookie keys is required"),
     }
     {
         let shared = shared.clone();

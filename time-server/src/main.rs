@@ -61,6 +61,25 @@ fn main() -> Result<()> {
         config.log.level = level.clone();
     }
     nts_ops::init_logging(&config.log.level);
+    if cli.dev {
+        // The ke-server started beside us creates the development PKI; give it a moment.
+        let cert = cli.state_dir.join("time-server-cert.pem");
+        let mut waited = 0;
+        while !cert.exists() {
+            if waited == 0 {
+                tracing::info!(file = %cert.display(), "waiting for nts-ke-server --dev to create the development certificates");
+            }
+            if waited >= 600 {
+                bail!(
+                    "{} did not appear: start `nts-ke-server --dev --state-dir {}` first",
+                    cert.display(),
+                    cli.state_dir.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            waited += 1;
+        }
+    }
     let settings = config.validate()?;
     if cli.check_config {
         println!("configuration OK");

@@ -3,7 +3,7 @@
 
 use nts_ops::metrics::{Counter, Exposition};
 use nts_proto::ntp_server::DropReason;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 
 /// Cookie failure labels, as `CookieError::reason` returns them.
 pub const NAK_REASONS: [&str; 5] = [
@@ -54,11 +54,21 @@ pub struct Metrics {
     pub synchronized: AtomicI64,
     pub stratum: AtomicI64,
     pub leap: AtomicI64,
+    /// Key-sync endpoints and whether each link is up.
+    pub key_sync_endpoints: Vec<(String, AtomicBool)>,
+    pub key_sync_reconnects: AtomicU64,
+    pub key_sets_received: AtomicU64,
 }
 
 impl Metrics {
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize, key_sync_endpoints: &[String]) -> Self {
         Self {
+            key_sync_endpoints: key_sync_endpoints
+                .iter()
+                .map(|e| (e.clone(), AtomicBool::new(false)))
+                .collect(),
+            key_sync_reconnects: AtomicU64::new(0),
+            key_sets_received: AtomicU64::new(0),
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
             timestamp_source: AtomicU8::new(0),
             keys_held: AtomicI64::new(0),
@@ -67,6 +77,17 @@ impl Metrics {
             stratum: AtomicI64::new(16),
             leap: AtomicI64::new(3),
         }
+    }
+
+    pub fn key_sync_link_up(&self, index: usize, up: bool) {
+        if let Some((_, flag)) = self.key_sync_endpoints.get(index) {
+            flag.store(up, Ordering::Relaxed);
+        }
+    }
+
+    /// Datagrams received by all workers so far.
+    pub fn requests_received(&self) -> u64 {
+        self.sum(|w| w.received.get())
     }
 
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
@@ -178,6 +199,33 @@ impl Metrics {
             "Leap indicator announced.",
             self.leap.load(Ordering::Relaxed),
         );
+        if !self.key_sync_endpoints.is_empty() {
+            let labels: Vec<[(&str, &str); 1]> = self
+                .key_sync_endpoints
+                .iter()
+                .map(|(ep, _)| [("endpoint", ep.as_str())])
+                .collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&self.key_sync_endpoints)
+                .map(|(l, (_, up))| (&l[..], up.load(Ordering::Relaxed) as u8 as f64))
+                .collect();
+            e.gauges(
+                "nts_time_key_sync_link_up",
+                "1 while the key-sync stream to this ke-server is up.",
+                &samples,
+            );
+            e.counter(
+                "nts_time_key_sync_reconnects_total",
+                "Key-sync reconnection attempts.",
+                self.key_sync_reconnects.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "nts_time_key_sets_received_total",
+                "Key sets received from ke-servers.",
+                self.key_sets_received.load(Ordering::Relaxed),
+            );
+        }
         e.finish()
     }
 }

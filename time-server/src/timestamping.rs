@@ -483,26 +483,38 @@ mod tests {
         enable(&sock, false, true).unwrap();
         let addr = sock.local_addr().unwrap().as_socket().unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = crate::clock_state::now_nanos();
-        tx.send_to(b"hello", addr).unwrap();
-        let mut data = [0u8; 64];
-        let mut ctrl = [0u8; 256];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: msghdr points at buffers that live for the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = ctrl.len();
-        // SAFETY: recvmsg on our own socket with valid buffers.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-        assert_eq!(n, 5);
-        let m = parse_control(&ctrl[..msg.msg_controllen]);
-        let sw = m.software.expect("kernel software timestamp");
-        let after = crate::clock_state::now_nanos();
+        // The kernel turns receive stamping on through deferred work: the first
+        // packets after enabling may arrive unstamped (the worker then stamps them
+        // in user space and counts it). Retry until a stamped one arrives.
+        let mut stamped = None;
+        for _ in 0..50 {
+            let before = crate::clock_state::now_nanos();
+            tx.send_to(b"hello", addr).unwrap();
+            let mut data = [0u8; 64];
+            let mut ctrl = [0u8; 256];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            };
+            // SAFETY: msghdr points at buffers that live for the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = ctrl.len();
+            // SAFETY: recvmsg on our own socket with valid buffers.
+            let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+            assert_eq!(n, 5);
+            let m = parse_control(&ctrl[..msg.msg_controllen]);
+            let after = crate::clock_state::now_nanos();
+            if m.software.is_some() {
+                stamped = Some((before, m, after));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (before, m, after) = stamped.expect("kernel software timestamp");
+        let sw = m.software.unwrap();
         assert!(
             sw + 1_000_000 >= before && sw <= after,
             "{before} {sw} {after}"

@@ -1,0 +1,206 @@
+//! The registry of time servers: who registered, when they were last heard
+//! from, how loaded they are. Server Negotiation picks from the live entries.
+
+use nts_proto::key_sync::pb::TimeServerInfo;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How Server Negotiation chooses among live time servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    RoundRobin,
+    LeastLoaded,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    info: TimeServerInfo,
+    last_seen: Instant,
+    requests_per_second: f64,
+    has_keys: bool,
+    healthy: bool,
+}
+
+/// A time server clients can be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+/// What /metrics shows about one registered server.
+#[derive(Debug, Clone)]
+pub struct EntryView {
+    pub server_id: String,
+    pub address: String,
+    pub alive: bool,
+    pub requests_per_second: f64,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    entries: Mutex<HashMap<String, Entry>>,
+    expiry: Duration,
+    selection: Selection,
+    next: AtomicUsize,
+}
+
+impl Registry {
+    pub fn new(expiry: Duration, selection: Selection) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            expiry,
+            selection,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add or refresh a registration (not yet eligible until it reports keys).
+    pub fn register(&self, info: TimeServerInfo, now: Instant) {
+        let mut e = self.lock();
+        let entry = e.entry(info.server_id.clone()).or_insert(Entry {
+            info: info.clone(),
+            last_seen: now,
+            requests_per_second: 0.0,
+            has_keys: false,
+            healthy: false,
+        });
+        entry.info = info;
+        entry.last_seen = now;
+    }
+
+    /// Record a heartbeat with load and health.
+    pub fn report(
+        &self,
+        info: TimeServerInfo,
+        rps: f64,
+        has_keys: bool,
+        healthy: bool,
+        now: Instant,
+    ) {
+        let mut e = self.lock();
+        let rps = if rps.is_finite() && rps >= 0.0 {
+            rps
+        } else {
+            0.0
+        };
+        e.insert(
+            info.server_id.clone(),
+            Entry {
+                info,
+                last_seen: now,
+                requests_per_second: rps,
+                has_keys,
+                healthy,
+            },
+        );
+    }
+
+    fn eligible(&self, e: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(e.last_seen) <= self.expiry
+            && e.has_keys
+            && e.healthy
+            && !e.info.ntp_host.is_empty()
+            && e.info.ntp_port != 0
+    }
+
+    /// Choose a live time server, or None when none is eligible.
+    pub fn pick(&self, now: Instant) -> Option<Target> {
+        let mut e = self.lock();
+        // Forget entries dead for a long time so the map stays bounded by live servers.
+        let expiry = self.expiry;
+        e.retain(|_, v| now.saturating_duration_since(v.last_seen) <= expiry * 10);
+        let mut live: Vec<&Entry> = e.values().filter(|v| self.eligible(v, now)).collect();
+        if live.is_empty() {
+            return None;
+        }
+        live.sort_by(|a, b| a.info.server_id.cmp(&b.info.server_id));
+        let chosen = match self.selection {
+            Selection::RoundRobin => live[self.next.fetch_add(1, Ordering::Relaxed) % live.len()],
+            Selection::LeastLoaded => live
+                .iter()
+                .min_by(|a, b| {
+                    let la = a.requests_per_second / a.info.workers.max(1) as f64;
+                    let lb = b.requests_per_second / b.info.workers.max(1) as f64;
+                    la.total_cmp(&lb)
+                })
+                .copied()?,
+        };
+        Some(Target {
+            host: chosen.info.ntp_host.clone(),
+            port: chosen.info.ntp_port as u16,
+        })
+    }
+
+    pub fn view(&self, now: Instant) -> Vec<EntryView> {
+        let e = self.lock();
+        let mut v: Vec<EntryView> = e
+            .values()
+            .map(|x| EntryView {
+                server_id: x.info.server_id.clone(),
+                address: format!("{}:{}", x.info.ntp_host, x.info.ntp_port),
+                alive: self.eligible(x, now),
+                requests_per_second: x.requests_per_second,
+            })
+            .collect();
+        v.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, port: u32, workers: u32) -> TimeServerInfo {
+        TimeServerInfo {
+            server_id: id.into(),
+            ntp_host: "127.0.0.1".into(),
+            ntp_port: port,
+            workers,
+            timestamping: "software".into(),
+        }
+    }
+
+    #[test]
+    fn only_live_servers_with_keys_are_picked() {
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin);
+        let t0 = Instant::now();
+        assert_eq!(r.pick(t0), None);
+        r.register(info("a", 1001, 2), t0);
+        assert_eq!(r.pick(t0), None, "registered but no keys yet");
+        r.report(info("a", 1001, 2), 0.0, true, true, t0);
+        r.report(info("b", 1002, 2), 0.0, true, true, t0);
+        r.report(info("c", 1003, 2), 0.0, false, true, t0);
+        let mut seen: Vec<u16> = (0..4).map(|_| r.pick(t0).unwrap().port).collect();
+        seen.sort();
+        assert_eq!(seen, vec![1001, 1001, 1002, 1002]);
+        // b goes silent: after the expiry only a is picked.
+        let t1 = t0 + Duration::from_secs(11);
+        r.report(info("a", 1001, 2), 0.0, true, true, t1);
+        assert!((0..4).all(|_| r.pick(t1).unwrap().port == 1001));
+        // Unhealthy servers are skipped.
+        r.report(info("a", 1001, 2), 0.0, true, false, t1);
+        assert_eq!(r.pick(t1), None);
+        assert_eq!(r.view(t1).len(), 3);
+    }
+
+    #[test]
+    fn least_loaded_per_worker() {
+        let r = Registry::new(Duration::from_secs(10), Selection::LeastLoaded);
+        let t = Instant::now();
+        r.report(info("a", 1, 1), 100.0, true, true, t);
+        r.report(info("b", 2, 4), 200.0, true, true, t);
+        r.report(info("c", 3, 1), f64::NAN, true, true, t);
+        assert_eq!(r.pick(t).unwrap().port, 3, "NaN counts as idle");
+        r.report(info("c", 3, 1), 500.0, true, true, t);
+        assert_eq!(r.pick(t).unwrap().port, 2);
+    }
+}

@@ -1,0 +1,488 @@
+//! The agent: per-source filters, selection and the discipline, as one state
+//! machine that an I/O shell drives.
+//!
+//! The shell owns the sockets, the timers and the clock. It tells the agent
+//! when it sent a poll ([`Agent::poll_sent`]) and hands it every checked
+//! response ([`Agent::on_sample`]); it calls [`Agent::tick`] at
+//! [`Agent::next_deadline`]; and it carries out the [`ClockCommand`]s these
+//! return. Every time argument is the same monotonic clock in seconds (for
+//! example CLOCK_MONOTONIC, which is slewed with the system clock but never
+//! stepped); the epoch does not matter.
+//!
+//! On each sample: the source's filter takes it; every source with data and
+//! a synchronized server is offered to selection (falsetickers out,
+//! clustering, combination into the system offset); if the source that just
+//! answered is among the survivors, its new sample goes to the discipline's
+//! Kalman filter, weighted by the source's noise and the sample's excess
+//! delay. Feeding survivors' samples one by one into the filter is itself the
+//! combination, with inverse-variance weights, and uses each sample once.
+
+use super::clock_trait::ClockCommand;
+use super::discipline::{Discipline, DisciplineConfig, Measurement};
+use super::filter::{ClockFilter, FilterOutput};
+use super::sample::Sample;
+use super::select::{select, Candidate, SelectConfig, SelectError, Selection};
+use super::{SourceId, PHI};
+
+/// Agent parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AgentConfig {
+    /// Selection: minimum agreeing sources, clustering floor, maximum distance.
+    pub select: SelectConfig,
+    pub discipline: DisciplineConfig,
+    /// Dispersion growth rate for root distances (RFC 5905 PHI).
+    pub phi: f64,
+    /// Polls at start (and after [`Agent::reset_source`]) sent `burst_interval` apart.
+    pub burst: u32,
+    pub burst_interval: f64,
+    /// Floor of a source's assumed measurement noise (seconds, one standard deviation).
+    pub min_noise: f64,
+    /// How much a sample's delay above its source's minimum counts against
+    /// it: its variance is noise² + (weight · excess delay / 2)².
+    pub excess_delay_weight: f64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            select: SelectConfig::default(),
+            discipline: DisciplineConfig::default(),
+            phi: PHI,
+            burst: 4,
+            burst_interval: 2.0,
+            min_noise: 1e-7,
+            excess_delay_weight: 1.0,
+        }
+    }
+}
+
+/// Where a source stands after the last selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// No measurement yet (or none since it was reset).
+    NoData,
+    /// Not offered to selection: unreachable, unsynchronized server, or too distant.
+    Unselectable,
+    /// Its interval does not meet the majority's.
+    Falseticker,
+    /// Agrees, but clustering left it out of the combination.
+    Outlier,
+    /// Combined.
+    Survivor,
+    /// Combined, and the one with the least root distance.
+    SystemPeer,
+}
+
+/// One source, for a status view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceStatus {
+    pub id: SourceId,
+    pub state: SourceState,
+    /// Reachability register: one bit per poll, newest lowest.
+    pub reach: u8,
+    /// The filter's view now, if it has data.
+    pub filter: Option<FilterOutput>,
+    /// Its poll interval now (seconds).
+    pub poll_interval: f64,
+    pub polls: u32,
+}
+
+/// The agent's view of synchronization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentStatus {
+    /// The discipline has taken at least one update and is not panicking.
+    pub synchronized: bool,
+    pub observe_only: bool,
+    pub panicked: bool,
+    /// Estimated offset now (seconds, true minus ours) and its standard deviation.
+    pub offset: Option<f64>,
+    pub offset_sd: Option<f64>,
+    /// Base frequency correction in force (ppm).
+    pub frequency_ppm: f64,
+    /// Frequency error not yet corrected (ppm) and the frequency's standard deviation.
+    pub residual_frequency_ppm: Option<f64>,
+    pub frequency_sd_ppm: Option<f64>,
+    pub poll_exponent: i8,
+    pub updates: u64,
+    pub steps: u32,
+    /// The last selection, or why there was none.
+    pub selection: Result<Selection, SelectError>,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    id: SourceId,
+    filter: ClockFilter,
+    reach: u8,
+    polls: u32,
+    last_poll: Option<f64>,
+    state: SourceState,
+}
+
+/// The client agent's clock state machine.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    cfg: AgentConfig,
+    sources: Vec<Source>,
+    next_id: u32,
+    discipline: Discipline,
+    selection: Result<Selection, SelectError>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Self {
+        Self {
+            cfg,
+            sources: Vec::new(),
+            next_id: 0,
+            discipline: Discipline::new(cfg.discipline),
+            selection: Err(SelectError::NoCandidates),
+        }
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// Start tracking a new source; its first polls are a burst.
+    pub fn add_source(&mut self) -> SourceId {
+        let id = SourceId(self.next_id);
+        self.next_id += 1;
+        self.sources.push(Source {
+            id,
+            filter: ClockFilter::new(self.cfg.phi),
+            reach: 0,
+            polls: 0,
+            last_poll: None,
+            state: SourceState::NoData,
+        });
+        id
+    }
+
+    /// Stop tracking a source. Returns whether it existed.
+    pub fn remove_source(&mut self, id: SourceId) -> bool {
+        let before = self.sources.len();
+        self.sources.retain(|s| s.id != id);
+        before != self.sources.len()
+    }
+
+    /// Forget a source's samples and burst again (after a new NTS-KE, a new
+    /// address, or a kiss-o'-death).
+    pub fn reset_source(&mut self, id: SourceId) {
+        if let Some(s) = self.source_mut(id) {
+            s.filter.clear();
+            s.reach = 0;
+            s.polls = 0;
+            s.state = SourceState::NoData;
+        }
+    }
+
+    /// The ids of every source.
+    pub fn source_ids(&self) -> Vec<SourceId> {
+        self.sources.iter().map(|s| s.id).collect()
+    }
+
+    fn source(&self, id: SourceId) -> Option<&Source> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+
+    fn source_mut(&mut self, id: SourceId) -> Option<&mut Source> {
+        self.sources.iter_mut().find(|s| s.id == id)
+    }
+
+    /// The interval between this source's polls (seconds): `burst_interval`
+    /// during its burst, then the system poll interval.
+    pub fn poll_interval(&self, id: SourceId) -> Option<f64> {
+        let s = self.source(id)?;
+        Some(if s.polls < self.cfg.burst {
+            self.cfg.burst_interval
+        } else {
+            self.discipline.poll_interval()
+        })
+    }
+
+    /// When to poll this source next (monotonic seconds);
+    /// `f64::NEG_INFINITY` if it has never been polled (poll now).
+    pub fn next_poll(&self, id: SourceId) -> Option<f64> {
+        let s = self.source(id)?;
+        let interval = self.poll_interval(id)?;
+        Some(s.last_poll.map_or(f64::NEG_INFINITY, |t| t + interval))
+    }
+
+    /// The shell sent a poll to this source at `now`.
+    pub fn poll_sent(&mut self, id: SourceId, now: f64) {
+        if let Some(s) = self.source_mut(id) {
+            s.reach <<= 1;
+            s.polls = s.polls.saturating_add(1);
+            s.last_poll = Some(now);
+        }
+    }
+
+    /// A checked response from `id` arrived at `now` and measured `sample`.
+    pub fn on_sample(&mut self, id: SourceId, sample: Sample, now: f64) -> Vec<ClockCommand> {
+        // A request in flight across a step measured garbage.
+        if let Some(step) = self.discipline.last_step() {
+            if now - sample.round_trip <= step {
+                return Vec::new();
+            }
+        }
+        let mut cmds = self.discipline.advance(now);
+        let p = self.discipline.projection(now);
+        let half = sample.round_trip / 2.0;
+        let c_mid = p.correction - self.discipline.commanded_frequency_ppm() * 1e-6 * half;
+        let Some(src) = self.source_mut(id) else {
+            return cmds;
+        };
+        src.reach |= 1;
+        src.filter.add(&sample, now - half, c_mid);
+        cmds.extend(self.select_and_update(now, id));
+        cmds
+    }
+
+    fn select_and_update(&mut self, now: f64, trigger: SourceId) -> Vec<ClockCommand> {
+        let p = self.discipline.projection(now);
+        let mut outputs: Vec<(SourceId, FilterOutput)> = Vec::with_capacity(self.sources.len());
+        let mut candidates = Vec::with_capacity(self.sources.len());
+        for s in self.sources.iter_mut() {
+            let Some(o) = s.filter.output(&p) else {
+                s.state = SourceState::NoData;
+                continue;
+            };
+            s.state = SourceState::Unselectable;
+            if s.reach != 0 && o.server.is_synchronized() {
+                candidates.push(Candidate {
+                    id: s.id,
+                    offset: o.offset,
+                    root_distance: o.root_distance,
+                    jitter: o.jitter,
+                });
+            }
+            outputs.push((s.id, o));
+        }
+        self.selection = select(&candidates, &self.cfg.select);
+        let Ok(sel) = &self.selection else {
+            return Vec::new();
+        };
+        for s in self.sources.iter_mut() {
+            s.state = if sel.system_peer == s.id {
+                SourceState::SystemPeer
+            } else if sel.survivors.contains(&s.id) {
+                SourceState::Survivor
+            } else if sel.truechimers.contains(&s.id) {
+                SourceState::Outlier
+            } else if sel.falsetickers.contains(&s.id) {
+                SourceState::Falseticker
+            } else {
+                s.state
+            };
+        }
+
+        if !sel.survivors.contains(&trigger) {
+            return Vec::new();
+        }
+        let min_noise = self.cfg.min_noise;
+        let excess_weight = self.cfg.excess_delay_weight;
+        let noise = |o: &FilterOutput| {
+            // The spread of the register's offsets; until a source has a few
+            // samples that means little, and delay/4 is assumed at least.
+            let mut sd = o.noise.max(min_noise);
+            if o.samples < 4 {
+                sd = sd.max(o.delay / 4.0);
+            }
+            sd
+        };
+        let out = |id: SourceId| outputs.iter().find(|(i, _)| *i == id).map(|(_, o)| *o);
+        let round_variance: f64 = sel
+            .survivors
+            .iter()
+            .zip(&sel.weights)
+            .filter_map(|(id, w)| out(*id).map(|o| (w * noise(&o)).powi(2)))
+            .sum();
+        let Some(trigger_out) = out(trigger) else {
+            return Vec::new();
+        };
+        let root_distance = sel.root_distance;
+        let Some(src) = self.source_mut(trigger) else {
+            return Vec::new();
+        };
+        let Some(latest) = src.filter.latest(&p).filter(|l| !l.used) else {
+            return Vec::new();
+        };
+        src.filter.mark_latest_used();
+        // The new sample, weighted by its source's noise and by how much
+        // more delay it met than the best sample in the register.
+        let m = Measurement {
+            offset: latest.offset,
+            variance: noise(&trigger_out).powi(2)
+                + (excess_weight * latest.excess_delay / 2.0).powi(2),
+            round_variance,
+            root_distance,
+        };
+        let (_, cmds) = self.discipline.update(now, &m);
+        cmds
+    }
+
+    /// Let time pass: ends a slew when due. Call at [`next_deadline`](Self::next_deadline).
+    pub fn tick(&mut self, now: f64) -> Vec<ClockCommand> {
+        self.discipline.advance(now)
+    }
+
+    /// When [`tick`](Self::tick) must next be called (monotonic seconds), if at all.
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.discipline.next_deadline()
+    }
+
+    /// The last selection, or why there was none.
+    pub fn selection(&self) -> Result<&Selection, SelectError> {
+        self.selection.as_ref().map_err(|e| *e)
+    }
+
+    /// The discipline loop (estimates, poll interval, step count).
+    pub fn discipline(&self) -> &Discipline {
+        &self.discipline
+    }
+
+    /// Base frequency correction in force (ppm).
+    pub fn frequency_ppm(&self) -> f64 {
+        self.discipline.frequency_ppm()
+    }
+
+    /// One source's status at `now`.
+    pub fn source_status(&self, id: SourceId, now: f64) -> Option<SourceStatus> {
+        let s = self.source(id)?;
+        let p = self.discipline.projection(now);
+        Some(SourceStatus {
+            id,
+            state: s.state,
+            reach: s.reach,
+            filter: s.filter.output(&p),
+            poll_interval: self.poll_interval(id)?,
+            polls: s.polls,
+        })
+    }
+
+    /// Every source's status at `now`.
+    pub fn sources(&self, now: f64) -> Vec<SourceStatus> {
+        self.sources
+            .iter()
+            .filter_map(|s| self.source_status(s.id, now))
+            .collect()
+    }
+
+    /// The agent's status at `now`.
+    pub fn status(&self, now: f64) -> AgentStatus {
+        let d = &self.discipline;
+        let e = d.estimate(now);
+        AgentStatus {
+            synchronized: e.is_some() && !d.panicked(),
+            observe_only: d.config().observe_only,
+            panicked: d.panicked(),
+            offset: e.map(|e| e.offset),
+            offset_sd: e.map(|e| e.offset_sd),
+            frequency_ppm: d.frequency_ppm(),
+            residual_frequency_ppm: e.map(|e| e.residual_frequency_ppm),
+            frequency_sd_ppm: e.map(|e| e.frequency_sd_ppm),
+            poll_exponent: d.poll_exponent(),
+            updates: d.updates(),
+            steps: d.steps(),
+            selection: self.selection.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::sample::ServerInfo;
+
+    fn sample(offset: f64) -> Sample {
+        Sample::new(offset, 1e-3, 1e-3, ServerInfo::default(), 1e-9)
+    }
+
+    #[test]
+    fn burst_then_system_poll() {
+        let mut a = Agent::new(AgentConfig::default());
+        let id = a.add_source();
+        assert_eq!(a.next_poll(id), Some(f64::NEG_INFINITY));
+        for i in 0..4 {
+            assert_eq!(a.poll_interval(id), Some(2.0));
+            a.poll_sent(id, f64::from(i) * 2.0);
+        }
+        assert_eq!(a.poll_interval(id), Some(16.0));
+        assert_eq!(a.next_poll(id), Some(6.0 + 16.0));
+        assert_eq!(a.source_status(id, 7.0).unwrap().reach, 0);
+        assert!(a.remove_source(id));
+        assert!(!a.remove_source(id));
+        assert_eq!(a.next_poll(id), None);
+    }
+
+    #[test]
+    fn min_sources_gates_the_clock() {
+        let mut a = Agent::new(AgentConfig {
+            select: SelectConfig {
+                min_sources: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let ids: Vec<_> = (0..3).map(|_| a.add_source()).collect();
+        a.poll_sent(ids[0], 0.0);
+        assert!(a.on_sample(ids[0], sample(0.5), 0.001).is_empty());
+        a.poll_sent(ids[1], 0.0);
+        assert!(a.on_sample(ids[1], sample(0.5), 0.002).is_empty());
+        assert!(matches!(
+            a.selection(),
+            Err(SelectError::TooFewSources {
+                found: 2,
+                required: 3
+            })
+        ));
+        a.poll_sent(ids[2], 0.0);
+        let cmds = a.on_sample(ids[2], sample(0.5), 0.003);
+        assert!(matches!(cmds[0], ClockCommand::Step { offset } if (offset - 0.5).abs() < 1e-3));
+        let st = a.status(0.003);
+        assert_eq!(st.steps, 1);
+        assert!(st.synchronized);
+        // A sample sent before the step and received after it is dropped.
+        a.poll_sent(ids[0], 0.0025);
+        assert!(a.on_sample(ids[0], sample(0.5), 0.0035).is_empty());
+        assert_eq!(a.status(0.004).updates, 1);
+    }
+
+    #[test]
+    fn unsynchronized_servers_are_not_selectable() {
+        let mut a = Agent::new(AgentConfig::default());
+        let id = a.add_source();
+        a.poll_sent(id, 0.0);
+        let mut s = sample(0.0);
+        s.server.stratum = 16;
+        assert!(a.on_sample(id, s, 0.001).is_empty());
+        assert_eq!(
+            a.source_status(id, 0.001).unwrap().state,
+            SourceState::Unselectable
+        );
+        assert_eq!(a.selection(), Err(SelectError::NoCandidates));
+    }
+
+    #[test]
+    fn observe_only_reports_without_commanding() {
+        let mut cfg = AgentConfig::default();
+        cfg.discipline.observe_only = true;
+        let mut a = Agent::new(cfg);
+        let id = a.add_source();
+        for i in 0..8 {
+            let t = f64::from(i) * 2.0;
+            a.poll_sent(id, t);
+            assert!(a.on_sample(id, sample(0.25), t + 0.001).is_empty());
+            assert!(a.tick(t + 1.0).is_empty());
+        }
+        let st = a.status(16.0);
+        assert!(st.observe_only);
+        assert!((st.offset.unwrap() - 0.25).abs() < 1e-3, "{st:?}");
+        assert_eq!(st.steps, 0);
+        assert_eq!(
+            a.source_status(id, 16.0).unwrap().state,
+            SourceState::SystemPeer
+        );
+    }
+}

@@ -1,0 +1,687 @@
+//! The discipline loop over phase and frequency.
+//!
+//! **Estimator.** A two-state Kalman filter over x = (θ, f): θ is the offset
+//! (true time minus our clock, what the combined measurement observes) and f
+//! its free drift rate, minus the clock's frequency error left after the
+//! current correction. Between measurements the model is
+//! θ' = θ + (f − s)·dt with s the slew rate the agent itself commanded (a
+//! known input), and f a random walk (process noise `wander`, the oscillator's
+//! frequency wander; `phase_noise` adds white frequency noise). Each new
+//! sample of a surviving source is a measurement of θ with its own variance
+//! R (see [`Measurement`]).
+//!
+//! **Control.** Certainty equivalence: after each update the whole frequency
+//! estimate goes into the base frequency correction (f := 0, clamped to
+//! ±`max_frequency_ppm`), and the whole offset estimate is slewed out by
+//! adding a slew rate of at most `max_slew_ppm` to the frequency for as long
+//! as it takes (at least `min_slew_duration`), after which the base frequency
+//! is set again. The filter's gain is the loop's time constant: while the
+//! frequency is uncertain it follows the measurements closely, and as it
+//! converges it averages over longer and longer spans, down to what the
+//! assumed wander allows.
+//!
+//! **Step, slew, panic.** During the first `step_limit` updates an offset
+//! beyond `step_threshold` is stepped (chrony's `makestep 0.1 3`); after
+//! that everything is slewed. An offset beyond `panic_threshold` (ntpd's
+//! 1000 s) is never acted on: the agent says [`ClockCommand::Panic`] and
+//! leaves the clock alone until the offset is back within the threshold.
+//!
+//! **Outliers.** A measurement whose innovation exceeds `outlier_gate`
+//! standard deviations is ignored, unless `outlier_limit` of them come in a
+//! row: then the offset is taken to have really moved and the filter's offset
+//! uncertainty is opened up to accept it.
+//!
+//! **Poll interval.** The system poll exponent goes up (by one, after
+//! `poll_hold` agreeing updates) when free-running for twice the current
+//! interval would add less offset variance than `poll_error_ratio`² times
+//! the variance of one round of measurements, and down (after half as many)
+//! when one interval adds more than that round's whole variance, or when
+//! measurements keep surprising the filter (innovations beyond 3σ, outliers).
+
+use super::clock_trait::{ClockCommand, SyncStatus};
+use super::filter::Projection;
+
+/// Discipline parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DisciplineConfig {
+    /// Offsets beyond this (seconds) are stepped during the first `step_limit` updates.
+    pub step_threshold: f64,
+    /// How many clock updates may step (0: never step).
+    pub step_limit: u32,
+    /// Offsets beyond this (seconds) are refused; None accepts any offset.
+    pub panic_threshold: Option<f64>,
+    /// Limit of the frequency correction, slew included (ppm). Linux allows 500.
+    pub max_frequency_ppm: f64,
+    /// Fastest slew of an offset (ppm of frequency on top of the base).
+    pub max_slew_ppm: f64,
+    /// Shortest time over which an offset is slewed (seconds).
+    pub min_slew_duration: f64,
+    /// Assumed random-walk frequency noise of the local oscillator: the
+    /// frequency's variance grows by this many (s/s)² per second. 1e-18 is
+    /// about 0.03 ppm of wander per 1000 s, a PC crystal in a quiet room.
+    pub wander: f64,
+    /// Assumed white frequency noise of the local oscillator (s²/s).
+    pub phase_noise: f64,
+    /// The frequency correction already in force at start (ppm), e.g. from a drift file.
+    pub initial_frequency_ppm: f64,
+    /// How far off that may be (ppm, one standard deviation).
+    pub initial_frequency_uncertainty_ppm: f64,
+    /// Poll interval bounds, as log2 seconds.
+    pub min_poll: i8,
+    pub max_poll: i8,
+    /// Updates that must agree before the poll interval changes.
+    pub poll_hold: i32,
+    /// The poll interval lengthens while free-running for twice the interval
+    /// would add less than (this ratio × one round's measurement noise) of
+    /// offset error.
+    pub poll_error_ratio: f64,
+    /// Innovations beyond this many standard deviations are outliers.
+    pub outlier_gate: f64,
+    /// This many outliers in a row are accepted as a real change.
+    pub outlier_limit: u32,
+    /// Compute everything, command nothing.
+    pub observe_only: bool,
+}
+
+impl Default for DisciplineConfig {
+    fn default() -> Self {
+        Self {
+            step_threshold: 0.1,
+            step_limit: 3,
+            panic_threshold: Some(1000.0),
+            max_frequency_ppm: 500.0,
+            max_slew_ppm: 500.0,
+            min_slew_duration: 1.0,
+            wander: 1e-18,
+            phase_noise: 1e-18,
+            initial_frequency_ppm: 0.0,
+            initial_frequency_uncertainty_ppm: 200.0,
+            min_poll: 4,
+            max_poll: 10,
+            poll_hold: 8,
+            poll_error_ratio: 0.25,
+            outlier_gate: 5.0,
+            outlier_limit: 3,
+            observe_only: false,
+        }
+    }
+}
+
+/// One combined measurement handed to the discipline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Combined offset (seconds, true minus ours).
+    pub offset: f64,
+    /// The variance to give it in this update (s²).
+    pub variance: f64,
+    /// The variance of one full round of measurements from every survivor
+    /// (s²), which the poll adaptation compares against.
+    pub round_variance: f64,
+    /// Root distance of the selection (seconds), for the kernel's maxerror.
+    pub root_distance: f64,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// The filter took the measurement (and the clock was corrected unless observing).
+    Accepted,
+    /// The measurement was an outlier and ignored.
+    Outlier,
+    /// Beyond the panic threshold: nothing was done to the clock.
+    Panic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Kalman {
+    theta: f64,
+    f: f64,
+    p00: f64,
+    p01: f64,
+    p11: f64,
+}
+
+impl Kalman {
+    fn predict(&mut self, dt: f64, slew: f64, q: f64, qp: f64) {
+        self.theta += (self.f - slew) * dt;
+        self.p00 += 2.0 * dt * self.p01 + dt * dt * self.p11 + q * dt.powi(3) / 3.0 + qp * dt;
+        self.p01 += dt * self.p11 + q * dt * dt / 2.0;
+        self.p11 += q * dt;
+    }
+
+    fn update(&mut self, z: f64, r: f64) -> f64 {
+        let s = self.p00 + r;
+        let k0 = self.p00 / s;
+        let k1 = self.p01 / s;
+        let nu = z - self.theta;
+        self.theta += k0 * nu;
+        self.f += k1 * nu;
+        let (p00, p01, p11) = (self.p00, self.p01, self.p11);
+        self.p00 = (1.0 - k0) * p00;
+        self.p01 = (1.0 - k0) * p01;
+        self.p11 = (p11 - k1 * p01).max(0.0);
+        nu
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Slew {
+    /// Seconds per second, on top of the base frequency.
+    rate: f64,
+    /// Monotonic time at which it should end.
+    end: f64,
+}
+
+/// The loop's state.
+#[derive(Debug, Clone)]
+pub struct Discipline {
+    cfg: DisciplineConfig,
+    kf: Option<Kalman>,
+    /// Time the state was last advanced to.
+    t: Option<f64>,
+    /// Base frequency correction (s/s).
+    base: f64,
+    slew: Option<Slew>,
+    /// C(t): total correction applied up to `t` (seconds).
+    correction: f64,
+    updates: u64,
+    acted: u32,
+    steps: u32,
+    last_step: Option<f64>,
+    poll: i8,
+    jiggle: i32,
+    outliers: u32,
+    panicked: bool,
+    last_innovation: f64,
+    status: Option<SyncStatus>,
+}
+
+/// A snapshot of the loop's estimates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Offset now (seconds, true minus ours) and its standard deviation.
+    pub offset: f64,
+    pub offset_sd: f64,
+    /// Residual frequency error not yet corrected (ppm, positive: the clock
+    /// is slow) and its standard deviation.
+    pub residual_frequency_ppm: f64,
+    pub frequency_sd_ppm: f64,
+}
+
+impl Discipline {
+    pub fn new(cfg: DisciplineConfig) -> Self {
+        Self {
+            cfg,
+            kf: None,
+            t: None,
+            base: cfg.initial_frequency_ppm * 1e-6,
+            slew: None,
+            correction: 0.0,
+            updates: 0,
+            acted: 0,
+            steps: 0,
+            last_step: None,
+            poll: cfg.min_poll,
+            jiggle: 0,
+            outliers: 0,
+            panicked: false,
+            last_innovation: 0.0,
+            status: None,
+        }
+    }
+
+    pub fn config(&self) -> &DisciplineConfig {
+        &self.cfg
+    }
+
+    fn commanding(&self) -> bool {
+        !self.cfg.observe_only && !self.panicked
+    }
+
+    /// Bring the state up to `now`; ends a slew that is due. Returns the
+    /// commands that requires.
+    pub fn advance(&mut self, now: f64) -> Vec<ClockCommand> {
+        let mut cmds = Vec::new();
+        let Some(t) = self.t else {
+            self.t = Some(now);
+            return cmds;
+        };
+        let slew_rate = self.slew.map_or(0.0, |s| s.rate);
+        if now > t {
+            let dt = now - t;
+            if let Some(kf) = self.kf.as_mut() {
+                kf.predict(dt, slew_rate, self.cfg.wander, self.cfg.phase_noise);
+            }
+            self.correction += (self.base + slew_rate) * dt;
+            self.t = Some(now);
+        }
+        if let Some(s) = self.slew {
+            if now >= s.end - 1e-9 {
+                self.slew = None;
+                if self.commanding() {
+                    cmds.push(ClockCommand::SetFrequency {
+                        ppm: self.base * 1e6,
+                    });
+                }
+            }
+        }
+        cmds
+    }
+
+    /// When [`advance`](Self::advance) must next be called (the end of the
+    /// slew in progress).
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.slew.map(|s| s.end)
+    }
+
+    /// How to carry source samples forward to `now`.
+    pub fn projection(&self, now: f64) -> Projection {
+        let slew_rate = self.slew.map_or(0.0, |s| s.rate);
+        let correction = match self.t {
+            Some(t) if now > t => self.correction + (self.base + slew_rate) * (now - t),
+            _ => self.correction,
+        };
+        let (f, sd) = match self.kf {
+            Some(kf) => (kf.f, kf.p11.sqrt()),
+            None => (0.0, self.cfg.initial_frequency_uncertainty_ppm * 1e-6),
+        };
+        Projection {
+            now,
+            correction,
+            drift: self.base + f,
+            drift_uncertainty: sd,
+        }
+    }
+
+    /// The total correction applied up to `now` (see [`Projection::correction`]).
+    pub fn correction_at(&self, now: f64) -> f64 {
+        self.projection(now).correction
+    }
+
+    /// Take one combined measurement at `now`.
+    pub fn update(&mut self, now: f64, m: &Measurement) -> (UpdateKind, Vec<ClockCommand>) {
+        let mut cmds = self.advance(now);
+        let r = m.variance.max(1e-18);
+        let mut nu_norm = 0.0;
+        match self.kf.as_mut() {
+            None => {
+                let sd = self.cfg.initial_frequency_uncertainty_ppm * 1e-6;
+                self.kf = Some(Kalman {
+                    theta: m.offset,
+                    f: 0.0,
+                    p00: r,
+                    p01: 0.0,
+                    p11: sd * sd,
+                });
+                self.last_innovation = 0.0;
+            }
+            Some(kf) => {
+                let nu = m.offset - kf.theta;
+                let s = kf.p00 + r;
+                if nu * nu > self.cfg.outlier_gate.powi(2) * s {
+                    self.outliers += 1;
+                    if self.outliers < self.cfg.outlier_limit {
+                        self.adapt_poll(-2);
+                        return (UpdateKind::Outlier, cmds);
+                    }
+                    // It persists: the offset really moved. Accept it.
+                    kf.p00 += nu * nu;
+                    kf.p01 = 0.0;
+                }
+                self.outliers = 0;
+                nu_norm = (nu * nu / (kf.p00 + r)).sqrt();
+                self.last_innovation = kf.update(m.offset, r);
+            }
+        }
+        self.updates += 1;
+        let kf = self.kf.expect("initialised above");
+
+        if let Some(limit) = self.cfg.panic_threshold {
+            if kf.theta.abs() > limit {
+                let first = !self.panicked;
+                self.panicked = true;
+                self.slew = None;
+                if !self.cfg.observe_only {
+                    cmds.push(ClockCommand::Panic {
+                        offset: kf.theta,
+                        threshold: limit,
+                    });
+                    if first {
+                        let s = SyncStatus::UNSYNCHRONIZED;
+                        self.status = Some(s);
+                        cmds.push(ClockCommand::SetSyncStatus(s));
+                    }
+                }
+                return (UpdateKind::Panic, cmds);
+            }
+        }
+        self.panicked = false;
+
+        // Poll adaptation (done in observe-only mode too: it still measures).
+        let t_poll = self.poll_interval();
+        let q = self.cfg.wander;
+        let growth = |t: f64| {
+            (2.0 * t * kf.p01 + t * t * kf.p11 + q * t.powi(3) / 3.0 + self.cfg.phase_noise * t)
+                .max(0.0)
+        };
+        let round = m.round_variance.max(1e-18) * self.cfg.poll_error_ratio.powi(2);
+        let mut vote = 0;
+        if nu_norm > 3.0 {
+            vote = -2;
+        } else if growth(2.0 * t_poll) < round {
+            vote = 1;
+        } else if growth(t_poll) > 16.0 * round {
+            vote = -1;
+        }
+        self.adapt_poll(vote);
+
+        if self.cfg.observe_only {
+            return (UpdateKind::Accepted, cmds);
+        }
+        self.acted += 1;
+        let mut kf = kf;
+
+        // Step, only at start-up.
+        if self.acted <= self.cfg.step_limit && kf.theta.abs() > self.cfg.step_threshold {
+            let offset = kf.theta;
+            cmds.push(ClockCommand::Step { offset });
+            kf.theta = 0.0;
+            self.correction += offset;
+            self.steps += 1;
+            self.last_step = Some(now);
+            self.slew = None;
+        }
+
+        // Frequency: the whole estimate goes into the base correction.
+        let max_f = self.cfg.max_frequency_ppm * 1e-6;
+        let new_base = (self.base + kf.f).clamp(-max_f, max_f);
+        kf.f -= new_base - self.base;
+        self.base = new_base;
+
+        // Phase: slew the whole offset estimate out.
+        let amount = kf.theta;
+        let max_rate = self.cfg.max_slew_ppm * 1e-6;
+        let duration = (amount.abs() / max_rate).max(self.cfg.min_slew_duration);
+        let mut rate = amount / duration;
+        rate = (self.base + rate).clamp(-max_f, max_f) - self.base;
+        self.slew = None;
+        if rate != 0.0 && amount != 0.0 {
+            self.slew = Some(Slew {
+                rate,
+                end: now + amount / rate,
+            });
+        }
+        cmds.push(ClockCommand::SetFrequency {
+            ppm: (self.base + rate) * 1e6,
+        });
+        self.kf = Some(kf);
+
+        let status = SyncStatus {
+            synchronized: true,
+            max_error: m.root_distance + kf.theta.abs(),
+            est_error: kf.p00.sqrt(),
+        };
+        self.status = Some(status);
+        cmds.push(ClockCommand::SetSyncStatus(status));
+        (UpdateKind::Accepted, cmds)
+    }
+
+    fn adapt_poll(&mut self, vote: i32) {
+        if vote == 0 {
+            return;
+        }
+        if (vote > 0) != (self.jiggle > 0) && self.jiggle != 0 {
+            self.jiggle = 0;
+        }
+        self.jiggle += vote;
+        if self.jiggle >= self.cfg.poll_hold {
+            self.poll = (self.poll + 1).min(self.cfg.max_poll);
+            self.jiggle = 0;
+        } else if self.jiggle <= -((self.cfg.poll_hold + 1) / 2) {
+            self.poll = (self.poll - 1).max(self.cfg.min_poll);
+            self.jiggle = 0;
+        }
+    }
+
+    /// The system poll exponent (log2 seconds).
+    pub fn poll_exponent(&self) -> i8 {
+        self.poll
+    }
+
+    /// The system poll interval (seconds).
+    pub fn poll_interval(&self) -> f64 {
+        2f64.powi(i32::from(self.poll))
+    }
+
+    /// The offset and frequency estimates carried forward to `now`, once
+    /// there has been a measurement.
+    pub fn estimate(&self, now: f64) -> Option<Estimate> {
+        let mut kf = self.kf?;
+        if let Some(t) = self.t {
+            if now > t {
+                let slew = self.slew.map_or(0.0, |s| s.rate);
+                kf.predict(now - t, slew, self.cfg.wander, self.cfg.phase_noise);
+            }
+        }
+        Some(Estimate {
+            offset: kf.theta,
+            offset_sd: kf.p00.sqrt(),
+            residual_frequency_ppm: kf.f * 1e6,
+            frequency_sd_ppm: kf.p11.sqrt() * 1e6,
+        })
+    }
+
+    /// The base frequency correction in force (ppm), without any slew.
+    pub fn frequency_ppm(&self) -> f64 {
+        self.base * 1e6
+    }
+
+    /// The frequency correction the clock has now, slew included (ppm).
+    pub fn commanded_frequency_ppm(&self) -> f64 {
+        (self.base + self.slew.map_or(0.0, |s| s.rate)) * 1e6
+    }
+
+    /// Updates taken so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Steps commanded so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// Monotonic time of the last step.
+    pub fn last_step(&self) -> Option<f64> {
+        self.last_step
+    }
+
+    /// Whether the last update was beyond the panic threshold.
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
+
+    /// The innovation (measurement minus prediction) of the last update (seconds).
+    pub fn last_innovation(&self) -> f64 {
+        self.last_innovation
+    }
+
+    /// The kernel status last sent.
+    pub fn sync_status(&self) -> Option<SyncStatus> {
+        self.status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(offset: f64) -> Measurement {
+        Measurement {
+            offset,
+            variance: 1e-10,
+            round_variance: 1e-10,
+            root_distance: 1e-3,
+        }
+    }
+
+    fn freq(cmds: &[ClockCommand]) -> Option<f64> {
+        cmds.iter().rev().find_map(|c| match c {
+            ClockCommand::SetFrequency { ppm } => Some(*ppm),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn steps_at_startup_only() {
+        let mut d = Discipline::new(DisciplineConfig::default());
+        let (k, cmds) = d.update(0.0, &m(-0.5));
+        assert_eq!(k, UpdateKind::Accepted);
+        assert_eq!(cmds[0], ClockCommand::Step { offset: -0.5 });
+        assert_eq!(d.steps(), 1);
+        assert!((d.correction_at(0.0) + 0.5).abs() < 1e-12);
+        assert!(cmds
+            .iter()
+            .any(|c| matches!(c, ClockCommand::SetSyncStatus(s) if s.synchronized)));
+        // Later large offsets (after persisting past the outlier gate) are slewed.
+        let mut d = Discipline::new(DisciplineConfig {
+            step_limit: 1,
+            ..Default::default()
+        });
+        d.update(0.0, &m(0.0));
+        let mut stepped = false;
+        for i in 1..10 {
+            let (_, cmds) = d.update(f64::from(i) * 16.0, &m(0.3));
+            stepped |= cmds.iter().any(|c| matches!(c, ClockCommand::Step { .. }));
+        }
+        assert!(!stepped);
+        assert_eq!(d.steps(), 0);
+    }
+
+    #[test]
+    fn slew_is_rate_limited_and_ends_on_time() {
+        let mut d = Discipline::new(DisciplineConfig {
+            step_limit: 0,
+            max_slew_ppm: 100.0,
+            ..Default::default()
+        });
+        let (_, cmds) = d.update(0.0, &m(0.01));
+        // 10 ms at 100 ppm: 100 s.
+        assert!((freq(&cmds).unwrap() - 100.0).abs() < 1e-6);
+        let end = d.next_deadline().unwrap();
+        assert!((end - 100.0).abs() < 1e-6, "{end}");
+        assert!(d.advance(50.0).is_empty());
+        let cmds = d.advance(end);
+        assert_eq!(cmds, vec![ClockCommand::SetFrequency { ppm: 0.0 }]);
+        assert_eq!(d.next_deadline(), None);
+        assert!((d.correction_at(end) - 0.01).abs() < 1e-12);
+        // The state knows the offset has been slewed out.
+        assert!(d.estimate(end).unwrap().offset.abs() < 1e-9);
+    }
+
+    #[test]
+    fn frequency_is_limited() {
+        let mut d = Discipline::new(DisciplineConfig {
+            step_limit: 0,
+            outlier_gate: 1e9,
+            ..Default::default()
+        });
+        // Offset growing by 1 ms per second: a 1000 ppm slow clock.
+        let mut last = 0.0;
+        for i in 0..20 {
+            let t = f64::from(i);
+            let (_, cmds) = d.update(t, &m(1e-3 * t - d.correction_at(t)));
+            last = freq(&cmds).unwrap();
+            assert!(last.abs() <= 500.0 + 1e-9);
+        }
+        assert!((last - 500.0).abs() < 1e-6);
+        assert!((d.frequency_ppm() - 500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn panic_refuses_to_act() {
+        let mut d = Discipline::new(DisciplineConfig::default());
+        let (k, cmds) = d.update(0.0, &m(5000.0));
+        assert_eq!(k, UpdateKind::Panic);
+        assert!(d.panicked());
+        assert_eq!(
+            cmds[0],
+            ClockCommand::Panic {
+                offset: 5000.0,
+                threshold: 1000.0
+            }
+        );
+        assert!(!cmds.iter().any(|c| matches!(
+            c,
+            ClockCommand::Step { .. } | ClockCommand::SetFrequency { .. }
+        )));
+        // No panic threshold: the first update may step any distance.
+        let mut d = Discipline::new(DisciplineConfig {
+            panic_threshold: None,
+            ..Default::default()
+        });
+        let (_, cmds) = d.update(0.0, &m(5000.0));
+        assert_eq!(cmds[0], ClockCommand::Step { offset: 5000.0 });
+    }
+
+    #[test]
+    fn observe_only_commands_nothing() {
+        let mut d = Discipline::new(DisciplineConfig {
+            observe_only: true,
+            ..Default::default()
+        });
+        for i in 0..10 {
+            let t = f64::from(i) * 16.0;
+            let (_, cmds) = d.update(t, &m(0.5 + 1e-4 * t));
+            assert!(cmds.is_empty());
+            assert!(d.advance(t + 1.0).is_empty());
+        }
+        let e = d.estimate(150.0).unwrap();
+        assert!((e.offset - (0.5 + 1e-4 * 150.0)).abs() < 1e-6, "{e:?}");
+        assert!((e.residual_frequency_ppm - 100.0).abs() < 0.1, "{e:?}");
+        assert_eq!(d.steps(), 0);
+    }
+
+    #[test]
+    fn a_lone_outlier_is_ignored() {
+        let mut d = Discipline::new(DisciplineConfig::default());
+        for i in 0..20 {
+            d.update(f64::from(i) * 16.0, &m(0.0));
+        }
+        let (k, _) = d.update(320.0, &m(0.01));
+        assert_eq!(k, UpdateKind::Outlier);
+        let (k, _) = d.update(336.0, &m(0.0));
+        assert_eq!(k, UpdateKind::Accepted);
+        assert!(d.estimate(336.0).unwrap().offset.abs() < 1e-6);
+    }
+
+    #[test]
+    fn poll_lengthens_when_quiet() {
+        let mut d = Discipline::new(DisciplineConfig::default());
+        let noisy = Measurement {
+            variance: 1e-9,
+            round_variance: 1e-9,
+            ..m(0.0)
+        };
+        let mut t = 0.0;
+        for _ in 0..400 {
+            d.update(t, &noisy);
+            t += d.poll_interval();
+        }
+        assert!(d.poll_exponent() >= 6, "{}", d.poll_exponent());
+        assert!(d.poll_exponent() <= 10);
+        // Measurements that keep surprising the filter shorten it again.
+        for i in 0..40 {
+            let off = if i % 2 == 0 { 3e-4 } else { -3e-4 };
+            d.update(
+                t,
+                &Measurement {
+                    offset: off,
+                    ..noisy
+                },
+            );
+            t += d.poll_interval();
+        }
+        assert_eq!(d.poll_exponent(), 4);
+    }
+}

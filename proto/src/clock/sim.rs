@@ -1,0 +1,567 @@
+//! A deterministic network and clock simulator that drives an [`Agent`]
+//! exactly as an I/O shell would: it polls when the agent says, builds each
+//! response from four timestamps taken on the simulated clock and on the
+//! servers' clocks, and applies the agent's commands to a [`SimulatedClock`].
+//!
+//! Time is event-driven (polls, arrivals, slew ends, trace points), so a
+//! simulated hour costs milliseconds. Everything random comes from one seeded
+//! [`Rng`]: the same [`Scenario`] always gives the same [`SimReport`].
+
+use super::agent::{Agent, AgentConfig, AgentStatus};
+use super::clock_trait::{apply_command, Clock, ClockCommand};
+use super::sample::{Sample, ServerInfo};
+use super::sim_clock::{offset_timestamp, SimulatedClock};
+use super::SourceId;
+use crate::ntp_packet::NtpTimestamp;
+
+/// SplitMix64: a small, fast, seedable generator (not for cryptography).
+#[derive(Debug, Clone)]
+pub struct Rng {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed,
+            spare: None,
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = 2.0 * std::f64::consts::PI * u2;
+        self.spare = Some(r * a.sin());
+        r * a.cos()
+    }
+}
+
+/// One simulated server and the path to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerModel {
+    /// The server's clock minus true time (seconds): non-zero makes it lie.
+    pub offset: f64,
+    /// Mean round-trip network delay (seconds).
+    pub delay: f64,
+    /// Standard deviation of each direction's delay (seconds, Gaussian,
+    /// independent per direction and per packet).
+    pub jitter: f64,
+    /// Mean outbound delay minus mean return delay (seconds).
+    pub asymmetry: f64,
+    /// Probability that any one packet (request or response) is lost.
+    pub loss: f64,
+    /// Time between the server's receive and transmit timestamps (seconds).
+    pub processing: f64,
+    pub info: ServerInfo,
+}
+
+impl ServerModel {
+    /// An honest server `delay` away with `jitter` on each direction.
+    pub fn new(delay: f64, jitter: f64) -> Self {
+        Self {
+            offset: 0.0,
+            delay,
+            jitter,
+            asymmetry: 0.0,
+            loss: 0.0,
+            processing: 20e-6,
+            info: ServerInfo::default(),
+        }
+    }
+}
+
+/// Everything about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub seed: u64,
+    /// Simulated seconds.
+    pub duration: f64,
+    /// Initial clock minus true time (seconds).
+    pub initial_offset: f64,
+    /// The clock's frequency error (ppm, positive: fast).
+    pub frequency_ppm: f64,
+    /// Random-walk frequency noise of the clock ((s/s)² per second).
+    pub wander: f64,
+    pub servers: Vec<ServerModel>,
+    pub agent: AgentConfig,
+    /// Precision of the client's timestamps (seconds).
+    pub local_precision: f64,
+    /// Seconds between trace points.
+    pub trace_interval: f64,
+}
+
+impl Scenario {
+    /// The acceptance baseline: +100 ppm, +0.5 s, four servers 1 ms away with
+    /// 50 µs of Gaussian jitter on each direction (round trip 1 ms ± 71 µs,
+    /// one standard deviation), 40 minutes, three sources must agree.
+    pub fn baseline(seed: u64) -> Self {
+        let mut agent = AgentConfig::default();
+        agent.select.min_sources = 3;
+        Self {
+            seed,
+            duration: 2400.0,
+            initial_offset: 0.5,
+            frequency_ppm: 100.0,
+            wander: 0.0,
+            servers: vec![ServerModel::new(1e-3, 50e-6); 4],
+            agent,
+            local_precision: 1e-9,
+            trace_interval: 1.0,
+        }
+    }
+}
+
+/// The simulation's state at one instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TracePoint {
+    /// True time (seconds since the start).
+    pub time: f64,
+    /// Clock minus true time (seconds).
+    pub offset: f64,
+    /// The clock's frequency error with the base correction, slews left out (ppm).
+    pub frequency_error_ppm: f64,
+    /// The clock's rate error with everything (ppm).
+    pub rate_error_ppm: f64,
+    pub poll_exponent: i8,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub trace: Vec<TracePoint>,
+    /// Steps: (true time, seconds).
+    pub steps: Vec<(f64, f64)>,
+    /// Panic commands received.
+    pub panics: usize,
+    pub polls: usize,
+    pub samples: usize,
+    /// Clock updates the discipline took.
+    pub updates: u64,
+    /// Per server: ever combined (survivor) after it first took part in a selection.
+    pub ever_survivor: Vec<bool>,
+    /// Per server: ever marked a falseticker.
+    pub ever_falseticker: Vec<bool>,
+    /// Per server: marked a falseticker in the last selection.
+    pub final_falseticker: Vec<bool>,
+    pub status: AgentStatus,
+}
+
+impl SimReport {
+    fn window(&self, from: f64, to: f64) -> impl Iterator<Item = &TracePoint> {
+        self.trace
+            .iter()
+            .filter(move |p| p.time >= from && p.time <= to)
+    }
+
+    /// RMS of the clock's offset from true time over [from, to] (seconds).
+    pub fn offset_rms(&self, from: f64, to: f64) -> f64 {
+        let (n, s) = self
+            .window(from, to)
+            .fold((0usize, 0.0), |(n, s), p| (n + 1, s + p.offset * p.offset));
+        (s / n.max(1) as f64).sqrt()
+    }
+
+    /// Mean of the offset over [from, to] (seconds).
+    pub fn offset_mean(&self, from: f64, to: f64) -> f64 {
+        let (n, s) = self
+            .window(from, to)
+            .fold((0usize, 0.0), |(n, s), p| (n + 1, s + p.offset));
+        s / n.max(1) as f64
+    }
+
+    /// Largest |offset| over [from, to] (seconds).
+    pub fn max_abs_offset(&self, from: f64, to: f64) -> f64 {
+        self.window(from, to)
+            .map(|p| p.offset.abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Largest |frequency error| over [from, to] (ppm).
+    pub fn max_abs_frequency_error(&self, from: f64, to: f64) -> f64 {
+        self.window(from, to)
+            .map(|p| p.frequency_error_ppm.abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Mean |rate error| over [from, to] (ppm): includes the slews.
+    pub fn mean_abs_rate_error(&self, from: f64, to: f64) -> f64 {
+        let (n, s) = self.window(from, to).fold((0usize, 0.0), |(n, s), p| {
+            (n + 1, s + p.rate_error_ppm.abs())
+        });
+        s / n.max(1) as f64
+    }
+
+    /// The poll exponent at the end.
+    pub fn final_poll_exponent(&self) -> i8 {
+        self.status.poll_exponent
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    server: usize,
+    arrival: f64,
+    t1: NtpTimestamp,
+    t2: NtpTimestamp,
+    t3: NtpTimestamp,
+}
+
+enum Event {
+    Trace,
+    Poll(usize),
+    Arrival(usize),
+    Deadline,
+}
+
+/// Run one scenario to its end.
+pub fn run(sc: &Scenario) -> SimReport {
+    let mut rng = Rng::new(sc.seed);
+    let mut clock =
+        SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed).with_wander(sc.wander);
+    let mut agent = Agent::new(sc.agent);
+    let ids: Vec<SourceId> = sc.servers.iter().map(|_| agent.add_source()).collect();
+    let n = sc.servers.len();
+    // Sources start a little apart, as a shell resolving names would.
+    let first_poll: Vec<f64> = (0..n).map(|i| 0.1 + 0.37 * i as f64).collect();
+    let mut polled = vec![false; n];
+    let mut flights: Vec<Flight> = Vec::new();
+    let mut next_trace = 0.0;
+    let mut report = SimReport {
+        trace: Vec::new(),
+        steps: Vec::new(),
+        panics: 0,
+        polls: 0,
+        samples: 0,
+        updates: 0,
+        ever_survivor: vec![false; n],
+        ever_falseticker: vec![false; n],
+        final_falseticker: vec![false; n],
+        status: agent.status(0.0),
+    };
+
+    loop {
+        let now = clock.true_time();
+        let mono = clock.monotonic();
+        let rate = clock.rate();
+        let to_true = |m: f64| now + ((m - mono) / (1.0 + rate)).max(0.0);
+
+        let mut next = (next_trace, Event::Trace);
+        let mut consider = |t: f64, e: Event| {
+            if t < next.0 {
+                next = (t, e);
+            }
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let due = if polled[i] {
+                to_true(agent.next_poll(*id).unwrap_or(f64::INFINITY))
+            } else {
+                first_poll[i]
+            };
+            consider(due.max(now), Event::Poll(i));
+        }
+        for (k, f) in flights.iter().enumerate() {
+            consider(f.arrival, Event::Arrival(k));
+        }
+        if let Some(d) = agent.next_deadline() {
+            consider(to_true(d), Event::Deadline);
+        }
+        let (t, event) = next;
+        if t > sc.duration {
+            break;
+        }
+        clock.advance(t - now);
+        let mono = clock.monotonic();
+
+        let mut cmds = Vec::new();
+        match event {
+            Event::Trace => {
+                report.trace.push(TracePoint {
+                    time: clock.true_time(),
+                    offset: clock.offset(),
+                    frequency_error_ppm: clock.intrinsic_frequency_ppm() + agent.frequency_ppm(),
+                    rate_error_ppm: clock.rate() * 1e6,
+                    poll_exponent: agent.discipline().poll_exponent(),
+                });
+                next_trace += sc.trace_interval;
+            }
+            Event::Deadline => cmds = agent.tick(mono),
+            Event::Poll(i) => {
+                agent.poll_sent(ids[i], mono);
+                polled[i] = true;
+                report.polls += 1;
+                let s = &sc.servers[i];
+                let t1 = clock.now().expect("infallible");
+                let lost_request = rng.uniform() < s.loss;
+                let lost_response = rng.uniform() < s.loss;
+                let fwd = (s.delay / 2.0 + s.asymmetry / 2.0 + s.jitter * rng.normal()).max(1e-6);
+                let back = (s.delay / 2.0 - s.asymmetry / 2.0 + s.jitter * rng.normal()).max(1e-6);
+                if !lost_request && !lost_response {
+                    let at_server = clock.true_time() + fwd;
+                    let epoch = clock.true_timestamp(0.0);
+                    flights.push(Flight {
+                        server: i,
+                        arrival: at_server + s.processing + back,
+                        t1,
+                        t2: offset_timestamp(epoch, at_server + s.offset),
+                        t3: offset_timestamp(epoch, at_server + s.processing + s.offset),
+                    });
+                }
+            }
+            Event::Arrival(k) => {
+                let f = flights.swap_remove(k);
+                let t4 = clock.now().expect("infallible");
+                let s = &sc.servers[f.server];
+                if let Ok(sample) =
+                    Sample::from_timestamps(f.t1, f.t2, f.t3, t4, s.info, sc.local_precision)
+                {
+                    report.samples += 1;
+                    cmds = agent.on_sample(ids[f.server], sample, mono);
+                    if let Ok(sel) = agent.selection() {
+                        for (i, id) in ids.iter().enumerate() {
+                            report.ever_survivor[i] |= sel.survivors.contains(id);
+                            let ft = sel.falsetickers.contains(id);
+                            report.ever_falseticker[i] |= ft;
+                            report.final_falseticker[i] = ft;
+                        }
+                    }
+                }
+            }
+        }
+        for cmd in &cmds {
+            match cmd {
+                ClockCommand::Panic { .. } => report.panics += 1,
+                ClockCommand::Step { offset } => {
+                    report.steps.push((clock.true_time(), *offset));
+                    apply_command(&mut clock, cmd).expect("infallible");
+                }
+                _ => apply_command(&mut clock, cmd).expect("infallible"),
+            }
+        }
+    }
+    report.updates = agent.discipline().updates();
+    report.status = agent.status(clock.monotonic());
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: f64 = 60.0;
+
+    fn show(name: &str, seed: u64, r: &SimReport, from: f64, to: f64) {
+        println!(
+            "{name} seed {seed}: steps {:?}, offset rms {:.2} µs, mean {:.2} µs, max {:.2} µs, max |freq err| {:.4} ppm, mean |rate err| {:.4} ppm, poll 2^{}, updates {}, samples {}/{} polls",
+            r.steps,
+            r.offset_rms(from, to) * 1e6,
+            r.offset_mean(from, to) * 1e6,
+            r.max_abs_offset(from, to) * 1e6,
+            r.max_abs_frequency_error(from, to),
+            r.mean_abs_rate_error(from, to),
+            r.final_poll_exponent(),
+            r.updates,
+            r.samples,
+            r.polls,
+        );
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_roughly_normal() {
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        for _ in 0..100 {
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        let mut r = Rng::new(1);
+        let xs: Vec<f64> = (0..20000).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.03, "{mean}");
+        assert!((var - 1.0).abs() < 0.05, "{var}");
+    }
+
+    fn check_converged(name: &str, sc: &Scenario) -> SimReport {
+        let r = run(sc);
+        show(name, sc.seed, &r, 30.0 * MINUTE, 40.0 * MINUTE);
+        assert_eq!(r.steps.len(), 1, "{name}: steps {:?}", r.steps);
+        assert!(
+            (r.steps[0].1 + 0.5).abs() < 1e-3,
+            "{name}: step {:?}",
+            r.steps
+        );
+        assert_eq!(r.panics, 0);
+        let rms = r.offset_rms(30.0 * MINUTE, 40.0 * MINUTE);
+        assert!(rms < 20e-6, "{name} seed {}: offset rms {rms}", sc.seed);
+        let ferr = r.max_abs_frequency_error(30.0 * MINUTE, 40.0 * MINUTE);
+        assert!(
+            ferr < 0.1,
+            "{name} seed {}: frequency error {ferr} ppm",
+            sc.seed
+        );
+        r
+    }
+
+    #[test]
+    fn baseline_steps_once_then_holds_microseconds() {
+        for seed in 1..=5 {
+            check_converged("baseline", &Scenario::baseline(seed));
+        }
+    }
+
+    #[test]
+    fn a_source_one_second_off_is_a_falseticker() {
+        for seed in 1..=5 {
+            let mut sc = Scenario::baseline(seed);
+            sc.servers[2].offset = 1.0;
+            let r = check_converged("falseticker", &sc);
+            assert!(r.ever_falseticker[2] && r.final_falseticker[2]);
+            assert!(!r.ever_survivor[2], "the liar was combined");
+            for i in [0, 1, 3] {
+                assert!(r.ever_survivor[i] && !r.ever_falseticker[i], "server {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn asymmetry_wander_and_loss_stay_stable_without_stepping_again() {
+        for seed in 1..=3 {
+            let mut sc = Scenario::baseline(seed);
+            sc.duration = 4.0 * 3600.0;
+            sc.wander = 1e-17;
+            for (s, asym) in sc.servers.iter_mut().zip([200e-6, -100e-6, 50e-6, 0.0]) {
+                s.asymmetry = asym;
+                s.loss = 0.1;
+            }
+            let r = run(&sc);
+            let end = sc.duration;
+            show("hostile", seed, &r, 30.0 * MINUTE, end);
+            assert_eq!(r.steps.len(), 1, "steps {:?}", r.steps);
+            assert_eq!(r.panics, 0);
+            // The combined asymmetry (about +19 µs of offset, unknowable to
+            // the client) shows up as a constant error; the clock must stay
+            // close to it.
+            let max = r.max_abs_offset(30.0 * MINUTE, end);
+            assert!(max < 200e-6, "max offset {max}");
+            let rms = r.offset_rms(30.0 * MINUTE, end);
+            assert!(rms < 60e-6, "rms {rms}");
+            let ferr = r.max_abs_frequency_error(30.0 * MINUTE, end);
+            assert!(ferr < 0.5, "frequency error {ferr}");
+        }
+    }
+
+    #[test]
+    fn an_absurd_offset_panics_and_the_clock_is_left_alone() {
+        let mut sc = Scenario::baseline(1);
+        sc.initial_offset = 2000.0;
+        sc.duration = 300.0;
+        let r = run(&sc);
+        assert!(r.panics > 0);
+        assert!(r.steps.is_empty());
+        assert!(r.status.panicked && !r.status.synchronized);
+        // No frequency was set: the clock still runs 100 ppm fast.
+        let last = r.trace.last().unwrap();
+        assert!((last.rate_error_ppm - 100.0).abs() < 1e-9);
+        assert!((last.offset - (2000.0 + 100e-6 * last.time)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn observe_only_measures_without_touching_the_clock() {
+        let mut sc = Scenario::baseline(3);
+        sc.agent.discipline.observe_only = true;
+        sc.duration = 600.0;
+        let r = run(&sc);
+        assert!(r.steps.is_empty() && r.panics == 0);
+        let last = r.trace.last().unwrap();
+        assert!((last.rate_error_ppm - 100.0).abs() < 1e-9);
+        // It still knows the offset (true minus ours) and the frequency error.
+        let est = r.status.offset.unwrap();
+        let truth = -(0.5 + 100e-6 * 600.0);
+        assert!((est - truth).abs() < 50e-6, "{est} vs {truth}");
+        let f = r.status.residual_frequency_ppm.unwrap();
+        assert!((f + 100.0).abs() < 0.1, "{f}");
+    }
+
+    /// The numbers in docs/clock-discipline.md:
+    /// `cargo test -p nts-proto --lib clock::sim -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn report_many_seeds() {
+        fn stats(mut v: Vec<f64>) -> String {
+            v.sort_by(f64::total_cmp);
+            let median = v[v.len() / 2];
+            format!("median {:.4}, worst {:.4}", median, v[v.len() - 1])
+        }
+        type Setup = fn(&mut Scenario);
+        let scenarios: [(&str, Setup, f64); 4] = [
+            ("baseline", |_| {}, 2400.0),
+            ("falseticker", |sc| sc.servers[2].offset = 1.0, 2400.0),
+            (
+                "hostile",
+                |sc| {
+                    sc.duration = 4.0 * 3600.0;
+                    sc.wander = 1e-17;
+                    for (s, asym) in sc.servers.iter_mut().zip([200e-6, -100e-6, 50e-6, 0.0]) {
+                        s.asymmetry = asym;
+                        s.loss = 0.1;
+                    }
+                },
+                4.0 * 3600.0,
+            ),
+            (
+                "hostile-24h",
+                |sc| {
+                    sc.duration = 24.0 * 3600.0;
+                    sc.wander = 1e-17;
+                    for (s, asym) in sc.servers.iter_mut().zip([200e-6, -100e-6, 50e-6, 0.0]) {
+                        s.asymmetry = asym;
+                        s.loss = 0.1;
+                    }
+                },
+                24.0 * 3600.0,
+            ),
+        ];
+        for (name, setup, end) in scenarios {
+            let (mut rms, mut mean, mut max, mut ferr, mut steps, mut poll) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for seed in 1..=20 {
+                let mut sc = Scenario::baseline(seed);
+                setup(&mut sc);
+                let r = run(&sc);
+                let from = 30.0 * MINUTE;
+                rms.push(r.offset_rms(from, end) * 1e6);
+                mean.push(r.offset_mean(from, end).abs() * 1e6);
+                max.push(r.max_abs_offset(from, end) * 1e6);
+                ferr.push(r.max_abs_frequency_error(from, end));
+                steps.push(r.steps.len() as f64);
+                poll.push(f64::from(r.final_poll_exponent()));
+            }
+            println!("{name} (20 seeds, from 30 min to {:.0} min):", end / 60.0);
+            println!("  offset rms µs: {}", stats(rms));
+            println!("  |mean offset| µs: {}", stats(mean));
+            println!("  max |offset| µs: {}", stats(max));
+            println!("  max |frequency error| ppm: {}", stats(ferr));
+            println!("  steps: {}", stats(steps));
+            println!("  final poll exponent: {}", stats(poll));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Getting cookie keys from the key master(s) over gRPC with mutual TLS.
+//!
+//! One task per ke-server endpoint: connect, register, watch the key set,
+//! report load. Every endpoint's latest set is kept; the ring in service is
+//! their union (replicas derive identical keys, so this only matters while one
+//! is unreachable or misconfigured), minus keys whose window has ended. When
+//! links are down the server keeps serving with what it has, pruning keys as
+//! they expire, and reconnects with exponential backoff and jitter.
+
+use crate::keys::{unix_now, KeyStore};
+use crate::metrics::Metrics;
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use nts_proto::key_ring::{CookieKey, KeyRing};
+use nts_proto::key_sync::keys_from_set;
+use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
+use nts_proto::key_sync::pb::{LoadReport, RegisterRequest, TimeServerInfo, WatchKeysRequest};
+use rand::Rng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the client needs to know.
+#[derive(Debug, Clone)]
+pub struct KeySyncClientSettings {
+    /// `host:port` of each ke-server's key-sync service.
+    pub endpoints: Vec<String>,
+    pub ca: PathBuf,
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+    /// Name to verify in the ke-servers' certificates (default: each endpoint's host).
+    pub server_name: Option<String>,
+    pub info: TimeServerInfo,
+    pub max_backoff: Duration,
+}
+
+/// Per-endpoint latest key sets, merged into the ring in service.
+struct Merger {
+    sets: Mutex<HashMap<String, Vec<CookieKey>>>,
+    store: Arc<KeyStore>,
+}
+
+impl Merger {
+    fn update(&self, endpoint: &str, keys: Vec<CookieKey>) {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.insert(endpoint.to_string(), keys);
+        self.publish(&sets, true);
+    }
+
+    /// Rebuild the ring from every endpoint's latest set, dropping expired keys.
+    fn publish(&self, sets: &HashMap<String, Vec<CookieKey>>, fresh: bool) {
+        let now = unix_now();
+        let all: Vec<CookieKey> = sets
+            .values()
+            .flatten()
+            .filter(|k| now < k.not_after)
+            .cloned()
+            .collect();
+        let ring = KeyRing::from_keys(all);
+        if fresh {
+            self.store.store(ring, now);
+        } else if ring.keys().len() != self.store.load().keys().len() {
+            self.store.replace(ring);
+        }
+    }
+
+    fn prune(&self) {
+        let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&sets, false);
+    }
+}
+
+pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(&s.ca)
+        .with_context(|| format!("key_sync.ca {}", s.ca.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("key_sync.ca {}: not PEM", s.ca.display()))?;
+    let (added, _) = roots.add_parsable_certificates(cas);
+    if added == 0 {
+        anyhow::bail!("key_sync.ca {}: no usable CA certificate", s.ca.display());
+    }
+    let chain = CertificateDer::pem_file_iter(&s.certificate_chain)
+        .with_context(|| {
+            format!(
+                "key_sync.certificate_chain {}",
+                s.certificate_chain.display()
+            )
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "key_sync.certificate_chain {}: not PEM",
+                s.certificate_chain.display()
+            )
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&s.private_key)
+        .with_context(|| format!("key_sync.private_key {}", s.private_key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("key_sync.certificate_chain / key_sync.private_key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Start the key-sync client on its own thread and runtime. Fails at once on bad
+/// certificate files; connection problems are retried forever.
+pub fn spawn(
+    settings: KeySyncClientSettings,
+    store: Arc<KeyStore>,
+    metrics: Arc<Metrics>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let tls = client_tls(&settings)?;
+    let merger = Arc::new(Merger {
+        sets: Mutex::new(HashMap::new()),
+        store,
+    });
+    let handle = std::thread::Builder::new()
+        .name("key-sync".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("key sync cannot start a runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for (i, endpoint) in settings.endpoints.iter().enumerate() {
+                    tokio::spawn(run_endpoint(
+                        i,
+                        endpoint.clone(),
+                        settings.clone(),
+                        tls.clone(),
+                        merger.clone(),
+                        metrics.clone(),
+                    ));
+                }
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    merger.prune();
+                }
+            });
+        })?;
+    Ok(handle)
+}
+
+/// Open an HTTP/2 channel to `endpoint` (`host:port`) over our TLS configuration,
+/// verifying `server_name` (default: the host) in the server's certificate.
+pub async fn connect(
+    endpoint: &str,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: Option<&str>,
+) -> Result<tonic::transport::Channel> {
+    let (host, _) = endpoint
+        .rsplit_once(':')
+        .with_context(|| format!("endpoint {endpoint:?} is not host:port"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = server_name.map(str::to_string).unwrap_or(host);
+    let server_name =
+        ServerName::try_from(name.clone()).with_context(|| format!("bad server name {name:?}"))?;
+    let target = endpoint.to_string();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let tls = tls.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))
+}
+
+async fn run_endpoint(
+    index: usize,
+    endpoint: String,
+    settings: KeySyncClientSettings,
+    tls: Arc<rustls::ClientConfig>,
+    merger: Arc<Merger>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut got_keys = false;
+        let result = session(
+            &endpoint,
+            &settings,
+            tls.clone(),
+            &merger,
+            &metrics,
+            index,
+            &mut got_keys,
+        )
+        .await;
+        metrics.key_sync_link_up(index, false);
+        match result {
+            Ok(()) => tracing::warn!(endpoint = %endpoint, "key-sync stream ended; reconnecting"),
+            Err(e) => tracing::warn!(endpoint = %endpoint, "key-sync link down: {e:#}"),
+        }
+        if got_keys {
+            backoff = Duration::from_millis(250);
+        }
+        // Full jitter: spread reconnections of many time servers after a ke-server restart.
+        let wait = rand::thread_rng().gen_range(backoff / 2..=backoff);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(settings.max_backoff);
+        metrics.key_sync_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn session(
+    endpoint: &str,
+    settings: &KeySyncClientSettings,
+    tls: Arc<rustls::ClientConfig>,
+    merger: &Merger,
+    metrics: &Metrics,
+    index: usize,
+    got_keys: &mut bool,
+) -> Result<()> {
+    let channel = connect(endpoint, tls, settings.server_name.as_deref()).await?;
+    let mut client = KeySyncClient::new(channel);
+    let reg = client
+        .register(RegisterRequest {
+            info: Some(settings.info.clone()),
+        })
+        .await
+        .context("register")?
+        .into_inner();
+    let report_every = Duration::from_millis(reg.report_interval_ms.clamp(200, 300_000));
+    let mut stream = client
+        .watch_keys(WatchKeysRequest {
+            server_id: settings.info.server_id.clone(),
+        })
+        .await
+        .context("watch keys")?
+        .into_inner();
+    metrics.key_sync_link_up(index, true);
+    tracing::info!(endpoint = %endpoint, "key-sync link up");
+    let mut last_count = metrics.requests_received();
+    let mut last_at = std::time::Instant::now();
+    let mut tick = tokio::time::interval(report_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let report_now = tokio::select! {
+            msg = stream.message() => {
+                let Some(set) = msg.context("key stream")? else { return Ok(()) };
+                let keys = keys_from_set(&set).context("malformed key set")?;
+                tracing::debug!(endpoint = %endpoint, keys = keys.len(), "key set received");
+                metrics.key_sets_received.fetch_add(1, Ordering::Relaxed);
+                merger.update(endpoint, keys);
+                let first = !*got_keys;
+                *got_keys = true;
+                // Report at once after the first set, so the ke-server can send clients here.
+                first
+            }
+            _ = tick.tick() => true,
+        };
+        if report_now {
+            let count = metrics.requests_received();
+            let secs = last_at.elapsed().as_secs_f64().max(1e-3);
+            let rps = count.saturating_sub(last_count) as f64 / secs;
+            last_count = count;
+            last_at = std::time::Instant::now();
+            client
+                .report(LoadReport {
+                    info: Some(settings.info.clone()),
+                    requests_per_second: rps,
+                    has_keys: merger.store.has_keys(unix_now()),
+                    healthy: true,
+                })
+                .await
+                .context("report")?;
+        }
+    }
+}
