@@ -2,12 +2,15 @@
 //! matching answer, check it, and compute offset and delay from the four
 //! timestamps (RFC 5905 section 8).
 
+use nts_ops::socket_timestamps::{self, parse_control, RecvMeta};
 use nts_proto::aead::AeadKey;
 use nts_proto::ntp_client::{build_request, check_response, ResponseCheckError};
 use nts_proto::ntp_packet::{LeapIndicator, NtpHeader, NtpTimestamp};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// NTS credentials for one request.
@@ -29,6 +32,10 @@ pub struct Sample {
     pub header: NtpHeader,
     pub authenticated: bool,
     pub cookies: Vec<Vec<u8>>,
+    /// Our send and receive times (the kernel's where available).
+    pub t1: NtpTimestamp,
+    pub t4: NtpTimestamp,
+    pub stamps: StampSources,
 }
 
 #[derive(Debug, Error)]
@@ -50,6 +57,10 @@ fn now_ntp() -> NtpTimestamp {
     NtpTimestamp::from_unix(d.as_secs(), d.subsec_nanos())
 }
 
+fn nanos_to_ntp(n: u64) -> NtpTimestamp {
+    NtpTimestamp::from_unix(n / 1_000_000_000, (n % 1_000_000_000) as u32)
+}
+
 /// Offset and delay from client send (t1), server receive (t2), server send (t3), client receive (t4).
 pub fn offset_delay(
     t1: NtpTimestamp,
@@ -62,9 +73,43 @@ pub fn offset_delay(
     (offset, delay)
 }
 
+/// `recvmsg` with a control buffer; returns the length and what the control messages said.
+fn recv_meta(fd: RawFd, buf: &mut [u8], flags: i32) -> std::io::Result<(usize, RecvMeta)> {
+    let mut ctrl = [0u8; 512];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; it points at buffers that outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = ctrl.len();
+    // SAFETY: recvmsg on our own socket with valid buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((
+        n as usize,
+        parse_control(&ctrl[..msg.msg_controllen.min(ctrl.len())]),
+    ))
+}
+
+/// Where the four timestamps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StampSources {
+    /// t1 from the kernel's transmit timestamp (else a clock read before sending).
+    pub kernel_tx: bool,
+    /// t4 from the kernel's receive timestamp (else a clock read after receiving).
+    pub kernel_rx: bool,
+}
+
 /// Query `server` once. Answers that do not match the request (origin timestamp,
 /// Unique Identifier, authenticator) are ignored until `timeout`; an NTS NAK or a
-/// kiss-o'-death that matches is returned as an error.
+/// kiss-o'-death that matches is returned as an error. Send and receive times come
+/// from the kernel (`SO_TIMESTAMPING`) where it provides them.
 pub async fn exchange(
     server: SocketAddr,
     nts: Option<NtsCredentials<'_>>,
@@ -77,8 +122,12 @@ pub async fn exchange(
     }
     .parse()
     .expect("literal");
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(server).await?;
+    let std_sock = std::net::UdpSocket::bind(bind)?;
+    std_sock.connect(server)?;
+    std_sock.set_nonblocking(true)?;
+    let stamping = socket_timestamps::enable_rx_tx(&std_sock).is_ok();
+    let sock = UdpSocket::from_std(std_sock)?;
+    let fd = sock.as_raw_fd();
     let mut req = Vec::with_capacity(512);
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
     let pending = build_request(
@@ -86,30 +135,62 @@ pub async fn exchange(
         nts.as_ref().map(|n| (n.cookie, n.placeholders, n.c2s)),
         &mut rng,
     );
-    let t1 = now_ntp();
+    let mut t1 = now_ntp();
     sock.send(&req).await?;
+    let mut stamps = StampSources::default();
+    if stamping {
+        // The transmit stamp arrives on the error queue almost at once.
+        let tx = tokio::time::timeout(
+            Duration::from_millis(20),
+            sock.async_io(Interest::ERROR, || {
+                let mut b = [0u8; 64];
+                recv_meta(fd, &mut b, libc::MSG_ERRQUEUE)
+            }),
+        )
+        .await;
+        if let Ok(Ok((_, meta))) = tx {
+            if let Some(t) = meta.software {
+                t1 = nanos_to_ntp(t);
+                stamps.kernel_tx = true;
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 2048];
     loop {
-        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        let got = tokio::time::timeout_at(
+            deadline,
+            sock.async_io(Interest::READABLE, || recv_meta(fd, &mut buf, 0)),
+        )
+        .await;
+        let (n, meta) = match got {
             Err(_) => return Err(ExchangeError::Timeout(timeout)),
             Ok(r) => r?,
         };
-        let t4 = now_ntp();
-        let checked =
-            match check_response(&buf[..n], &pending, nts.as_ref().map(|n| n.s2c)) {
-                Ok(c) => c,
-                // Spoofed or stale datagrams: keep waiting for the real answer.
-                Err(
-                    ResponseCheckError::OriginMismatch
-                    | ResponseCheckError::UniqueIdMismatch
-                    | ResponseCheckError::Malformed(_),
-                ) => continue,
-                Err(
-                    ResponseCheckError::AuthenticationFailed | ResponseCheckError::Unauthenticated,
-                ) if nts.is_some() => continue,
-                Err(e) => return Err(e.into()),
-            };
+        let t4 = match meta.software {
+            Some(t) => {
+                stamps.kernel_rx = true;
+                nanos_to_ntp(t)
+            }
+            None => now_ntp(),
+        };
+        let checked = match check_response(&buf[..n], &pending, nts.as_ref().map(|n| n.s2c)) {
+            Ok(c) => c,
+            // Spoofed or stale datagrams: keep waiting for the real answer.
+            Err(
+                ResponseCheckError::OriginMismatch
+                | ResponseCheckError::UniqueIdMismatch
+                | ResponseCheckError::Malformed(_),
+            ) => continue,
+            Err(ResponseCheckError::AuthenticationFailed | ResponseCheckError::Unauthenticated)
+                if nts.is_some() =>
+            {
+                return Err(ExchangeError::Check(
+                    ResponseCheckError::AuthenticationFailed,
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let h = checked.header;
         if h.leap == LeapIndicator::Unsynchronized || h.stratum == 0 || h.stratum >= 16 {
             return Err(ExchangeError::Unsynchronized);
@@ -121,6 +202,9 @@ pub async fn exchange(
             header: h,
             authenticated: checked.authenticated,
             cookies: checked.cookies,
+            t1,
+            t4,
+            stamps,
         });
     }
 }

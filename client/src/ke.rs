@@ -108,21 +108,35 @@ pub async fn key_exchange(
     algorithms: &[AeadAlgorithm],
     timeout: Duration,
 ) -> Result<KeOutcome, KeError> {
-    tokio::time::timeout(timeout, exchange(host, port, tls, algorithms))
+    key_exchange_at(host, host, port, tls, algorithms, timeout).await
+}
+
+/// Key exchange connecting to `connect` (a name or an address, e.g. one member of a
+/// pool) while verifying the certificate for, and sending SNI of, `host`.
+pub async fn key_exchange_at(
+    connect: &str,
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    algorithms: &[AeadAlgorithm],
+    timeout: Duration,
+) -> Result<KeOutcome, KeError> {
+    tokio::time::timeout(timeout, exchange(connect, host, port, tls, algorithms))
         .await
         .map_err(|_| KeError::Timeout)?
 }
 
 async fn exchange(
+    connect: &str,
     host: &str,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
     algorithms: &[AeadAlgorithm],
 ) -> Result<KeOutcome, KeError> {
-    let target = format!("{host}:{port}");
+    let target = format!("{connect}:{port}");
     let name =
         ServerName::try_from(host.to_string()).map_err(|_| KeError::ServerName(host.into()))?;
-    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+    let tcp = TcpStream::connect((connect.trim_start_matches('[').trim_end_matches(']'), port))
         .await
         .map_err(|e| KeError::Connect(target.clone(), e))?;
     let _ = tcp.set_nodelay(true);
@@ -176,7 +190,7 @@ async fn exchange(
         c2s,
         s2c,
         cookies: response.cookies,
-        ntp_server: response.server.unwrap_or_else(|| host.to_string()),
+        ntp_server: response.server.unwrap_or_else(|| connect.to_string()),
         ntp_port: response.port.unwrap_or(DEFAULT_NTP_PORT),
         warnings: response.warnings,
     })

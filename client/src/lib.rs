@@ -1,9 +1,14 @@
 //! `nts-client`: the NTS client agent. This crate holds the I/O shells; the
 //! protocol and clock algorithms live in `nts-proto`.
 
+pub mod agent;
+pub mod config;
 pub mod exchange;
 pub mod ke;
+pub mod metrics;
 pub mod query;
+pub mod status;
+pub mod system_clock;
 
 /// Split `host`, `host:port`, `[v6]` or `[v6]:port` into host and port.
 pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {

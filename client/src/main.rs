@@ -15,6 +15,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: measure against the configured sources and discipline the clock
+    /// (or only observe). See docs/client.md.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Development mode: observe-only against the local stack of `nts-ke-server --dev`.
+        #[arg(long)]
+        dev: bool,
+        /// State directory for --dev (where the development CA is).
+        #[arg(long, value_name = "DIR", default_value = "./nts-dev")]
+        state_dir: PathBuf,
+        /// Metrics and health endpoint (replaces metrics.listen).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Status socket (replaces status.socket).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Log level (replaces log.level).
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<String>,
+        /// Check the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Show the running agent's sources and NTS state (like `chronyc sources` and `ntpq -c nts`).
+    Status {
+        /// The agent's status socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/nts-client/status.sock"
+        )]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the offset to one server once (NTS unless --no-nts), like `chronyd -Q` or `ntpdig`.
     Query {
         /// With NTS: the KE server as HOST or HOST:PORT (default 4460). With --no-nts: the NTP server (default port 123).
@@ -54,10 +92,137 @@ enum Command {
     },
 }
 
+fn dev_config(state_dir: &std::path::Path) -> Result<nts_client::config::Config> {
+    let text = format!(
+        r#"
+[[source]]
+type = "nts"
+address = "127.0.0.1:4460"
+[nts]
+ca_files = [{ca:?}]
+system_roots = false
+[clock]
+mode = "observe"
+minpoll = 2
+maxpoll = 4
+[status]
+socket = {sock:?}
+"#,
+        ca = state_dir.join("ca.pem"),
+        sock = state_dir.join("client.sock"),
+    );
+    nts_client::config::Config::parse(&text, std::path::Path::new("--dev"))
+}
+
+struct Health(std::sync::Arc<nts_client::agent::Shared>);
+
+impl nts_ops::http::Observable for Health {
+    fn render_metrics(&self) -> String {
+        let r = self
+            .0
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        nts_client::metrics::render(&r)
+    }
+
+    fn readiness(&self) -> std::result::Result<(), String> {
+        let r = self.0.report.lock().unwrap_or_else(|p| p.into_inner());
+        nts_client::metrics::readiness(&r)
+    }
+}
+
+fn run_agent(
+    mut config: nts_client::config::Config,
+    metrics_listen: Option<std::net::SocketAddr>,
+    socket: Option<PathBuf>,
+) -> Result<()> {
+    if metrics_listen.is_some() {
+        config.metrics.listen = metrics_listen;
+    }
+    if let Some(s) = socket {
+        config.status.socket = s;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shared = std::sync::Arc::new(nts_client::agent::Shared {
+            report: Default::default(),
+        });
+        if let Some(addr) = config.metrics.listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot bind {addr}"))?;
+            tokio::spawn(nts_ops::http::serve(
+                l,
+                std::sync::Arc::new(Health(shared.clone())),
+            ));
+        }
+        let sock = config.status.socket.clone();
+        let s2 = shared.clone();
+        let status_task = tokio::spawn(async move {
+            if let Err(e) = nts_client::status::serve(&sock, s2).await {
+                tracing::warn!("status socket {} unavailable: {e}", sock.display());
+            }
+        });
+        let agent = tokio::spawn(nts_client::agent::run(config, shared));
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = agent => { r??; }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        status_task.abort();
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            dev,
+            state_dir,
+            metrics_listen,
+            socket,
+            log_level,
+            check_config,
+        } => {
+            let cfg = match (config, dev) {
+                (Some(p), _) => nts_client::config::Config::load(&p)?,
+                (None, true) => dev_config(&state_dir)?,
+                (None, false) => {
+                    anyhow::bail!("either --config FILE or --dev is required (see --help)")
+                }
+            };
+            nts_ops::init_logging(log_level.as_deref().unwrap_or(&cfg.log.level));
+            cfg.validate()?;
+            if check_config {
+                println!("configuration OK");
+                return Ok(());
+            }
+            return run_agent(cfg, metrics_listen, socket);
+        }
+        Command::Status { socket, json } => {
+            let r = nts_client::status::fetch(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.render());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     nts_ops::init_logging("warn");
     match cli.command {
+        Command::Run { .. } | Command::Status { .. } => unreachable!("handled above"),
         Command::Query {
             server,
             ca,

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod metrics;
 pub mod privileges;
+pub mod socket_timestamps;
 
 /// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.
 pub fn init_logging(level: &str) {

@@ -136,15 +136,19 @@ pub fn start(settings: Settings) -> Result<Running> {
         },
     };
     for (addr, s) in &sockets {
+        // Wildcard binds need each datagram's destination to answer from the same address.
+        let pktinfo = addr.ip().is_unspecified().then_some(addr.is_ipv6());
         if source != TimestampSource::User {
-            timestamping::enable(
-                s,
-                source == TimestampSource::Hardware,
-                addr.ip().is_unspecified(),
-            )
-            .with_context(|| format!("enabling SO_TIMESTAMPING on {addr}"))?;
-        } else if addr.ip().is_unspecified() {
-            timestamping::enable(s, false, true)?;
+            timestamping::enable(s, source == TimestampSource::Hardware, pktinfo)
+                .with_context(|| format!("enabling SO_TIMESTAMPING on {addr}"))?;
+        } else if let Some(v6) = pktinfo {
+            let (level, name) = if v6 {
+                (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+            } else {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+            };
+            nts_ops::socket_timestamps::setsockopt_u32(s, level, name, 1)
+                .with_context(|| format!("enabling packet info on {addr}"))?;
         }
     }
     tracing::info!(source = source.label(), "receive timestamps");
