@@ -50,8 +50,11 @@ enum Command {
         )]
         socket: PathBuf,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "brief")]
         json: bool,
+        /// Print one line.
+        #[arg(long)]
+        brief: bool,
     },
     /// Measure the offset to one server once (NTS unless --no-nts), like `chronyd -Q` or `ntpdig`.
     Query {
@@ -196,7 +199,17 @@ fn main() -> Result<()> {
         } => {
             let cfg = match (config, dev) {
                 (Some(p), _) => nts_client::config::Config::load(&p)?,
-                (None, true) => dev_config(&state_dir)?,
+                (None, true) => {
+                    // The ke-server started beside us creates the development CA; wait for it.
+                    let ca = state_dir.join("ca.pem");
+                    for _ in 0..600 {
+                        if ca.exists() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    dev_config(&state_dir)?
+                }
                 (None, false) => {
                     anyhow::bail!("either --config FILE or --dev is required (see --help)")
                 }
@@ -209,10 +222,16 @@ fn main() -> Result<()> {
             }
             return run_agent(cfg, metrics_listen, socket);
         }
-        Command::Status { socket, json } => {
+        Command::Status {
+            socket,
+            json,
+            brief,
+        } => {
             let r = nts_client::status::fetch(&socket)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if brief {
+                println!("{}", r.brief());
             } else {
                 print!("{}", r.render());
             }

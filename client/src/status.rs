@@ -64,6 +64,38 @@ impl StatusReport {
             .any(|s| s.offset.is_some() && s.reach != 0)
     }
 
+    /// One line: mode, offset, and each source's state.
+    pub fn brief(&self) -> String {
+        let sources: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} reach {:o} offset {} {}",
+                    s.name,
+                    s.state,
+                    s.reach,
+                    us(s.offset),
+                    if s.authenticated {
+                        format!("NTS, {} cookies", s.cookies)
+                    } else {
+                        "unauthenticated".into()
+                    }
+                )
+            })
+            .collect();
+        format!(
+            "{}: offset {} | {}",
+            if self.observe_only {
+                "observe-only"
+            } else {
+                "disciplining"
+            },
+            us(self.offset),
+            sources.join(" | ")
+        )
+    }
+
     /// Text like `chronyc sources` followed by NTS state per source.
     pub fn render(&self) -> String {
         let mut o = String::new();

@@ -111,7 +111,8 @@ pub fn check_response(
     }
     let mut uid_ok = false;
     let mut auth: Option<(usize, &[u8])> = None;
-    for f in ExtensionFields::new(rest, 64) {
+    let mut fields = ExtensionFields::new(rest, 64);
+    for f in &mut fields {
         let f = f.map_err(|_| E::Malformed("bad extension field"))?;
         if auth.is_some() {
             return Err(E::Malformed("field after the authenticator"));
@@ -126,6 +127,9 @@ pub fn check_response(
             field_type::NTS_AUTHENTICATOR => auth = Some((HEADER_LEN + f.offset, f.body)),
             _ => {}
         }
+    }
+    if auth.is_some() && fields.trailing_mac() {
+        return Err(E::Malformed("bytes after the authenticator"));
     }
     let Some(s2c) = s2c else {
         if let Some(code) = header.kiss_code() {
@@ -289,6 +293,26 @@ mod tests {
                     assert!(check_response(&bad, &p, Some(&s.s2c)).is_err(), "byte {i}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nothing_may_follow_the_authenticator() {
+        let s = setup(AeadAlgorithm::AesSivCmac256);
+        let mut req = Vec::new();
+        let p = build_request(&mut req, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
+        let (_, out) = serve(&s, &req, false);
+        for extra in [4usize, 20, 24] {
+            let mut r = req.clone();
+            r.extend(std::iter::repeat_n(0xffu8, extra));
+            assert_eq!(
+                serve(&s, &r, false).0,
+                Err(DropReason::MalformedNts),
+                "{extra}"
+            );
+            let mut o = out.clone();
+            o.extend(std::iter::repeat_n(0xffu8, extra));
+            assert!(check_response(&o, &p, Some(&s.s2c)).is_err(), "{extra}");
         }
     }
 

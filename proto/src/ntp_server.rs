@@ -196,6 +196,10 @@ fn scan<'a>(req: &'a [u8], policy: &ServerPolicy) -> Result<NtsRequest<'a>, Drop
             _ => {}
         }
     }
+    if nts.authenticator.is_some() && fields.trailing_mac() {
+        // Trailing bytes after the authenticator would be unauthenticated.
+        return Err(DropReason::MalformedNts);
+    }
     Ok(nts)
 }
 

@@ -15,7 +15,9 @@ pub mod cookie_open;
 pub mod ke_record;
 pub mod ke_request;
 pub mod ke_response;
+pub mod ntp_client;
 pub mod ntp_packet;
+pub mod ntp_server;
 pub mod seeds;
 
 /// The Unix time at which every target runs (the ring is derived for it).
@@ -56,6 +58,20 @@ pub fn s2c_key(alg: AeadAlgorithm) -> AeadKey {
     AeadKey::new(alg, &[0x5c; 64][..alg.key_len()]).expect("right length")
 }
 
+/// A deterministic stand-in for a random source: fills buffers with a running
+/// byte counter, so every run (and every seed) is reproducible.
+#[derive(Debug, Clone)]
+pub struct Counter(pub u8);
+
+impl Counter {
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.0;
+            self.0 = self.0.wrapping_add(1);
+        }
+    }
+}
+
 /// Run the named target's checks on one input (panics on a finding).
 pub fn run(target: &str, data: &[u8]) {
     match target {
@@ -72,6 +88,12 @@ pub fn run(target: &str, data: &[u8]) {
             let _ = ke_response::check(data);
         }
         "cookie_open" => cookie_open::check(data),
+        "ntp_server" => {
+            ntp_server::check(data);
+        }
+        "ntp_client" => {
+            ntp_client::check(data);
+        }
         other => panic!("unknown fuzz target {other}"),
     }
 }

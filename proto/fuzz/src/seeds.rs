@@ -274,6 +274,117 @@ pub fn cookie_open() -> Vec<Seed> {
     ]
 }
 
+/// A client request from `nts_proto::ntp_client::build_request`, with a cookie
+/// of the fixed ring and `placeholders` placeholders (answers the fixed pending request).
+pub fn ntp_request(cookie: &[u8], placeholders: usize, alg: AeadAlgorithm) -> Vec<u8> {
+    crate::ntp_client::request(Some((cookie, placeholders, &c2s_key(alg)))).0
+}
+
+fn set_version(mut p: Vec<u8>, version: u8) -> Vec<u8> {
+    p[0] = (p[0] & !0x38) | (version << 3);
+    p
+}
+
+/// A request built by hand around `cookie`, sealed with the C2S key over
+/// `encrypted` (extension fields) with a nonce of `nonce_len` bytes.
+fn hand_request(
+    version: u8,
+    alg: AeadAlgorithm,
+    cookie: &[u8],
+    placeholders: usize,
+    nonce_len: usize,
+    encrypted: &[u8],
+) -> Vec<u8> {
+    let plain = crate::ntp_client::request(None).0;
+    let mut p = set_version(plain, version);
+    write_field(&mut p, field_type::UNIQUE_IDENTIFIER, &[0xab; 32]);
+    write_field(&mut p, 0x7777, &[0x01; 12]); // an unknown field, authenticated
+    write_field(&mut p, field_type::NTS_COOKIE, cookie);
+    for _ in 0..placeholders {
+        write_field(
+            &mut p,
+            field_type::NTS_COOKIE_PLACEHOLDER,
+            &vec![0; cookie.len()],
+        );
+    }
+    authenticate(&mut p, &c2s_key(alg), &vec![0x33; nonce_len], encrypted);
+    p
+}
+
+pub fn ntp_server() -> Vec<Seed> {
+    use AeadAlgorithm::{AesSivCmac256 as A256, AesSivCmac512 as A512};
+    let c256 = genuine_cookie(A256, 0x21);
+    let c512 = genuine_cookie(A512, 0x22);
+    let mut bad_tag = ntp_request(&c256, 1, A256);
+    *bad_tag.last_mut().expect("not empty") ^= 1;
+    let mut wrong_id = c256.clone();
+    wrong_id[0] ^= 0xff;
+    let mut forged = c256.clone();
+    forged[30] ^= 1;
+    let old = cookie::seal(
+        &ring().keys()[0],
+        &CookieContents {
+            c2s: c2s_key(A256),
+            s2c: s2c_key(A256),
+        },
+        &[0x23; 16],
+    );
+    let mut inner = Vec::new();
+    write_field(&mut inner, 0x7778, &[0x02; 16]);
+    let mut legacy_mac = ntp_request(&c256, 0, A256);
+    legacy_mac.extend_from_slice(&[0x01; 20]);
+    let plain = crate::ntp_client::request(None).0;
+    vec![
+        ("nts_256_0", ntp_request(&c256, 0, A256)),
+        ("nts_256_1", ntp_request(&c256, 1, A256)),
+        ("nts_256_7", ntp_request(&c256, 7, A256)),
+        ("nts_512_0", ntp_request(&c512, 0, A512)),
+        ("nts_512_1", ntp_request(&c512, 1, A512)),
+        ("nts_512_7", ntp_request(&c512, 7, A512)),
+        ("nts_old_key", ntp_request(&old, 2, A256)),
+        ("nts_v3", hand_request(3, A256, &c256, 1, 16, &[])),
+        (
+            "nts_short_nonce_encrypted",
+            hand_request(4, A512, &c512, 3, 5, &inner),
+        ),
+        ("nts_legacy_mac_after_auth", legacy_mac),
+        ("plain", plain.clone()),
+        ("plain_v3", set_version(plain, 3)),
+        ("bad_tag", bad_tag),
+        ("wrong_key_id", ntp_request(&wrong_id, 0, A256)),
+        ("forged_cookie", ntp_request(&forged, 1, A256)),
+    ]
+}
+
+pub fn ntp_client() -> Vec<Seed> {
+    use crate::ntp_server::serve;
+    use AeadAlgorithm::{AesSivCmac256 as A256, AesSivCmac512 as A512};
+    let c256 = genuine_cookie(A256, 0x31);
+    let c512 = genuine_cookie(A512, 0x32);
+    let mut forged = c256.clone();
+    forged[30] ^= 1;
+    let plain = crate::ntp_client::request(None).0;
+    // An authenticated DENY kiss (respond never sends one; a server may).
+    let pending = crate::ntp_client::pending();
+    let mut deny = header(Mode::Server);
+    deny.stratum = 0;
+    deny.reference_id = kiss::DENY;
+    deny.origin_timestamp = pending.origin;
+    let mut deny = deny.to_bytes().to_vec();
+    write_field(&mut deny, field_type::UNIQUE_IDENTIFIER, &pending.unique_id);
+    authenticate(&mut deny, &s2c_key(A256), &[0x45; 16], &[]);
+    vec![
+        ("nts_256_0", serve(&ntp_request(&c256, 0, A256), false).1),
+        ("nts_256_7", serve(&ntp_request(&c256, 7, A256), false).1),
+        ("nts_512_1", serve(&ntp_request(&c512, 1, A512), false).1),
+        ("nak", serve(&ntp_request(&forged, 0, A256), false).1),
+        ("rate_nts", serve(&ntp_request(&c256, 1, A256), true).1),
+        ("rate_plain", serve(&plain, true).1),
+        ("plain", serve(&plain, false).1),
+        ("authenticated_deny", deny),
+    ]
+}
+
 /// Every target's seeds, by target name.
 pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
     vec![
@@ -282,6 +393,8 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("ke_request", ke_request()),
         ("ke_response", ke_response()),
         ("cookie_open", cookie_open()),
+        ("ntp_server", ntp_server()),
+        ("ntp_client", ntp_client()),
     ]
 }
 
@@ -323,6 +436,12 @@ mod tests {
             assert_eq!(opened, name.starts_with("genuine"), "{name}");
             crate::cookie_open::check(&data);
         }
+        for (name, data) in ntp_server() {
+            check_ntp_server_seed(name, &data);
+        }
+        for (name, data) in ntp_client() {
+            check_ntp_client_seed(name, &data);
+        }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
         for (target, seeds) in all() {
             for (name, data) in seeds {
@@ -331,6 +450,95 @@ mod tests {
                     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(committed, data, "{} is stale", path.display());
             }
+        }
+    }
+
+    fn check_ntp_server_seed(name: &str, data: &[u8]) {
+        use nts_proto::cookie::CookieError;
+        use nts_proto::ntp_server::{DropReason, Response};
+        let o = crate::ntp_server::check(data);
+        let expect_cookies = match name {
+            "nts_256_0" | "nts_512_0" => Some(1),
+            "nts_256_1" | "nts_512_1" | "nts_v3" => Some(2),
+            "nts_256_7" | "nts_512_7" => Some(8),
+            "nts_old_key" => Some(3),
+            "nts_short_nonce_encrypted" => Some(4),
+            _ => None,
+        };
+        if name == "nts_legacy_mac_after_auth" {
+            // Bytes after the authenticator would be unauthenticated: refused.
+            assert_eq!(o.normal, Err(DropReason::MalformedNts), "{name}");
+            return;
+        }
+        if let Some(n) = expect_cookies {
+            assert_eq!(
+                o.normal,
+                Ok(Response::Nts {
+                    len: o.normal.unwrap().len(),
+                    cookies: n
+                }),
+                "{name}"
+            );
+            assert!(
+                matches!(o.rate_kiss, Ok(Response::Rate(_))),
+                "{name}: {o:?}"
+            );
+            if name != "nts_short_nonce_encrypted" {
+                // Nothing encrypted: re-sealing gives back the same request.
+                assert_eq!(o.resealed, Some(o.normal), "{name}");
+            }
+            return;
+        }
+        match name {
+            "plain" | "plain_v3" => {
+                assert_eq!(o.normal, Ok(Response::Plain(48)), "{name}");
+                assert_eq!(o.rate_kiss, Ok(Response::Rate(48)), "{name}");
+            }
+            "bad_tag" => assert_eq!(o.normal, Err(DropReason::AuthenticationFailed)),
+            "wrong_key_id" => assert!(
+                matches!(
+                    o.normal,
+                    Ok(Response::Nak {
+                        why: CookieError::Key(_),
+                        ..
+                    })
+                ),
+                "{name}: {o:?}"
+            ),
+            "forged_cookie" => assert!(
+                matches!(
+                    o.normal,
+                    Ok(Response::Nak {
+                        why: CookieError::Authentication,
+                        ..
+                    })
+                ),
+                "{name}: {o:?}"
+            ),
+            other => panic!("no expectation for ntp_server seed {other}"),
+        }
+    }
+
+    fn check_ntp_client_seed(name: &str, data: &[u8]) {
+        use nts_proto::ntp_client::ResponseCheckError as E;
+        let o = crate::ntp_client::check(data);
+        let cookies = |r: &Result<nts_proto::ntp_client::CheckedResponse, E>| {
+            r.as_ref().map(|c| c.cookies.len()).ok()
+        };
+        match name {
+            "nts_256_0" => assert_eq!(cookies(&o.aes256), Some(1), "{name}: {o:?}"),
+            "nts_256_7" => assert_eq!(cookies(&o.aes256), Some(8), "{name}: {o:?}"),
+            "nts_512_1" => assert_eq!(cookies(&o.aes512), Some(2), "{name}: {o:?}"),
+            "nak" => assert_eq!(o.aes256, Err(E::NtsNak), "{name}"),
+            "rate_nts" | "rate_plain" => {
+                assert_eq!(o.plain, Err(E::Kiss(kiss::RATE)), "{name}")
+            }
+            "plain" => assert!(o.plain.as_ref().is_ok_and(|c| !c.authenticated), "{name}"),
+            "authenticated_deny" => assert_eq!(o.aes256, Err(E::Kiss(kiss::DENY)), "{name}"),
+            other => panic!("no expectation for ntp_client seed {other}"),
+        }
+        if name.starts_with("nts_") {
+            assert!(o.authenticated() && o.plain.is_ok(), "{name}: {o:?}");
         }
     }
 
