@@ -18,7 +18,8 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 "$BIN/nts-ke-server" --dev --state-dir "$STATE" --metrics-listen 127.0.0.1:9460 &
 pids+=($!)

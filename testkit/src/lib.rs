@@ -47,6 +47,7 @@ pub mod certs;
 pub mod chrony;
 mod error;
 mod fsutil;
+pub mod netns;
 pub mod ntpsec;
 pub mod peers;
 pub mod ports;
