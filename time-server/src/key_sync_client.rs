@@ -245,13 +245,16 @@ async fn session(
 ) -> Result<()> {
     let channel = connect(endpoint, tls, settings.server_name.as_deref()).await?;
     let mut client = KeySyncClient::new(channel);
-    let reg = client
-        .register(RegisterRequest {
+    let reg = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.register(RegisterRequest {
             info: Some(settings.info.clone()),
-        })
-        .await
-        .context("register")?
-        .into_inner();
+        }),
+    )
+    .await
+    .context("register timed out")?
+    .context("register")?
+    .into_inner();
     let report_every = Duration::from_millis(reg.report_interval_ms.clamp(200, 300_000));
     let mut stream = client
         .watch_keys(WatchKeysRequest {
@@ -287,14 +290,16 @@ async fn session(
             let rps = count.saturating_sub(last_count) as f64 / secs;
             last_count = count;
             last_at = std::time::Instant::now();
-            client
-                .report(LoadReport {
-                    info: Some(settings.info.clone()),
-                    requests_per_second: rps,
-                    has_keys: merger.store.has_keys(unix_now()),
-                    healthy: true,
-                })
+            let report = client.report(LoadReport {
+                info: Some(settings.info.clone()),
+                requests_per_second: rps,
+                has_keys: merger.store.has_keys(unix_now()),
+                healthy: true,
+            });
+            // A report that cannot get through in one interval means the link is gone.
+            tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)
                 .await
+                .context("report timed out")?
                 .context("report")?;
         }
     }
