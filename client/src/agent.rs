@@ -322,15 +322,49 @@ fn state_label(s: SourceState) -> &'static str {
     }
 }
 
+fn source_report(agent: &Agent, s: &Source, now: f64) -> SourceReport {
+    let ss = agent.source_status(s.id, now);
+    let f = ss.as_ref().and_then(|x| x.filter);
+    SourceReport {
+        name: s.name.clone(),
+        kind: format!("{:?}", s.kind).to_lowercase(),
+        authenticated: s.authenticated(),
+        state: ss.map_or("no_data", |x| state_label(x.state)).to_string(),
+        reach: ss.map_or(0, |x| x.reach),
+        poll: ss.map_or(0.0, |x| x.poll_interval),
+        offset: f.map(|f| f.offset).or(s.last_offset),
+        delay: f.map(|f| f.delay).or(s.last_delay),
+        jitter: f.map(|f| f.jitter),
+        stratum: f.map(|f| f.server.stratum),
+        ntp_address: s.ntp_addr.map(|a| a.to_string()),
+        ke_age: s.ke_at.map(|t| t.elapsed().as_secs_f64()),
+        ke_ok: s.ke_ok,
+        ke_failures: s.ke_failures,
+        cookies: s.cookies.len(),
+        naks: s.naks,
+        auth_failures: s.auth_failures,
+        timeouts: s.timeouts,
+        kiss: s.kiss.clone(),
+        last_error: s.last_error.clone(),
+    }
+}
+
+/// Refresh the shared report. Sources being polled right now keep their last entry.
 fn publish(
     shared: &Shared,
     agent: &Agent,
-    sources: &[Source],
+    slots: &[Option<Source>],
+    cache: &mut [SourceReport],
     started: Instant,
     observe: bool,
     commands: u64,
 ) {
     let now = started.elapsed().as_secs_f64();
+    for (slot, cached) in slots.iter().zip(cache.iter_mut()) {
+        if let Some(s) = slot {
+            *cached = source_report(agent, s, now);
+        }
+    }
     let st = agent.status(now);
     let report = StatusReport {
         observe_only: observe,
@@ -344,35 +378,7 @@ fn publish(
         steps: st.steps,
         clock_commands: commands,
         last_update_unix: unix_f64(),
-        sources: sources
-            .iter()
-            .map(|s| {
-                let ss = agent.source_status(s.id, now);
-                let f = ss.as_ref().and_then(|x| x.filter);
-                SourceReport {
-                    name: s.name.clone(),
-                    kind: format!("{:?}", s.kind).to_lowercase(),
-                    authenticated: s.authenticated(),
-                    state: ss.map_or("no_data", |x| state_label(x.state)).to_string(),
-                    reach: ss.map_or(0, |x| x.reach),
-                    poll: ss.map_or(0.0, |x| x.poll_interval),
-                    offset: f.map(|f| f.offset).or(s.last_offset),
-                    delay: f.map(|f| f.delay).or(s.last_delay),
-                    jitter: f.map(|f| f.jitter),
-                    stratum: f.map(|f| f.server.stratum),
-                    ntp_address: s.ntp_addr.map(|a| a.to_string()),
-                    ke_age: s.ke_at.map(|t| t.elapsed().as_secs_f64()),
-                    ke_ok: s.ke_ok,
-                    ke_failures: s.ke_failures,
-                    cookies: s.cookies.len(),
-                    naks: s.naks,
-                    auth_failures: s.auth_failures,
-                    timeouts: s.timeouts,
-                    kiss: s.kiss.clone(),
-                    last_error: s.last_error.clone(),
-                }
-            })
-            .collect(),
+        sources: cache.to_vec(),
     };
     *shared.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
 }
@@ -384,7 +390,7 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
     let roots = ke::root_store(&cas, cfg.nts.system_roots).context("nts.ca_files")?;
     let tls = ke::tls_config(roots);
     let mut agent = Agent::new(agent_config(&cfg, observe));
-    let mut sources = expand_sources(&cfg, &mut agent).await;
+    let sources = expand_sources(&cfg, &mut agent).await;
     let mut clock = (!observe).then(SystemClock::new);
     let started = Instant::now();
     let mut commands = 0u64;
@@ -397,11 +403,21 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
         },
         "agent started"
     );
+    let mut cache: Vec<SourceReport> = sources
+        .iter()
+        .map(|s| source_report(&agent, s, 0.0))
+        .collect();
+    // A source is in its slot while idle, and out of it (in a task) while being polled,
+    // so a slow or silent server never holds up the others.
+    let mut slots: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
+    let cfg = Arc::new(cfg);
+    let mut polls = tokio::task::JoinSet::new();
     loop {
         let now = started.elapsed().as_secs_f64();
-        // The next thing due: a poll of some source, or the discipline's deadline.
+        // The next thing due: a poll of an idle source, or the discipline's deadline.
         let mut due: Option<(f64, Option<usize>)> = agent.next_deadline().map(|d| (d, None));
-        for (i, s) in sources.iter().enumerate() {
+        for (i, s) in slots.iter().enumerate() {
+            let Some(s) = s else { continue };
             if s.denied {
                 continue;
             }
@@ -414,35 +430,37 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
             }
         }
         let (when, which) = due.unwrap_or((now + 1.0, None));
-        if when > now {
-            tokio::time::sleep(Duration::from_secs_f64((when - now).min(3600.0))).await;
-        }
-        let now = started.elapsed().as_secs_f64();
+        let wait = Duration::from_secs_f64((when - now).clamp(0.0, 3600.0));
         let mut cmds = Vec::new();
-        match which {
-            None => cmds.extend(agent.tick(now)),
-            Some(i) => {
-                let src = &mut sources[i];
-                agent.poll_sent(src.id, now);
-                match poll_source(src, &cfg, &tls).await {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let now = started.elapsed().as_secs_f64();
+                match which {
+                    None => cmds.extend(agent.tick(now)),
+                    Some(i) => {
+                        if let Some(mut src) = slots[i].take() {
+                            agent.poll_sent(src.id, now);
+                            let (cfg, tls) = (cfg.clone(), tls.clone());
+                            polls.spawn(async move {
+                                let r = poll_source(&mut src, &cfg, &tls).await;
+                                (i, src, r)
+                            });
+                        }
+                    }
+                }
+            }
+            Some(done) = polls.join_next(), if !polls.is_empty() => {
+                let Ok((i, mut src, result)) = done else { continue };
+                match result {
                     Ok(m) => {
                         src.last_error = None;
                         src.last_offset = Some(m.offset);
                         src.last_delay = Some(m.delay);
                         let info = ServerInfo::from_header(&m.header);
-                        match Sample::from_timestamps(
-                            m.t1,
-                            m.header.receive_timestamp,
-                            m.header.transmit_timestamp,
-                            m.t4,
-                            info,
-                            1e-8,
-                        ) {
-                            Ok(sample) => cmds.extend(agent.on_sample(
-                                src.id,
-                                sample,
-                                started.elapsed().as_secs_f64(),
-                            )),
+                        let t2 = m.header.receive_timestamp;
+                        let t3 = m.header.transmit_timestamp;
+                        match Sample::from_timestamps(m.t1, t2, t3, m.t4, info, 1e-8) {
+                            Ok(sample) => cmds.extend(agent.on_sample(src.id, sample, started.elapsed().as_secs_f64())),
                             Err(e) => src.last_error = Some(format!("unusable sample: {e}")),
                         }
                     }
@@ -451,6 +469,7 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
                         src.last_error = Some(e);
                     }
                 }
+                slots[i] = Some(src);
             }
         }
         for cmd in &cmds {
@@ -472,6 +491,8 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
                 (_, None) => {}
             }
         }
-        publish(&shared, &agent, &sources, started, observe, commands);
+        publish(
+            &shared, &agent, &slots, &mut cache, started, observe, commands,
+        );
     }
 }
