@@ -6,6 +6,8 @@
 #   - python3-ntp   (needed by NTPsec's ntpq/ntpdig)
 #   - libcap2-bin   (capsh, to drop CAP_SYS_TIME from ntpd)
 #   - iproute2      (ip, for network namespaces)
+#   - pebble        (Let's Encrypt's ACME test server, with pebble-challtestsrv as
+#                    its DNS; for the nts-ke-server ACME tests)
 # and extracts NTPsec (which conflicts with chrony as a package) with
 # `apt-get download` + `dpkg-deb -x` into $NTS_TESTKIT_NTPSEC_DIR (default
 # /opt/nts-testkit/ntpsec; the .deb is cached in $NTS_TESTKIT_CACHE_DIR, default
@@ -21,7 +23,7 @@ set -euo pipefail
 
 NTPSEC_DIR="${NTS_TESTKIT_NTPSEC_DIR:-/opt/nts-testkit/ntpsec}"
 CACHE_DIR="${NTS_TESTKIT_CACHE_DIR:-/opt/nts-testkit/cache}"
-PACKAGES=(chrony python3-ntp libcap2-bin iproute2)
+PACKAGES=(chrony python3-ntp libcap2-bin iproute2 pebble)
 
 log() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
@@ -89,8 +91,9 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     fi
 fi
 
-for b in chronyd chronyc capsh ip; do
-    command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || die "$b not found after install"
+for b in chronyd chronyc capsh ip pebble pebble-challtestsrv; do
+    command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || [ -x "/usr/bin/$b" ] \
+        || die "$b not found after install"
 done
 
 # 2. NTPsec, extracted (not installed: it conflicts with chrony).
@@ -200,4 +203,5 @@ fi
 /usr/bin/python3 -c 'import ntp.packet, ntp.util' 2>/dev/null \
     || die "python3-ntp not importable by /usr/bin/python3 (needed by ntpq)"
 
-log "ok: chronyd=$(command -v chronyd || echo /usr/sbin/chronyd) ntpd=$NTPD ntpq=$NTPQ"
+log "ok: chronyd=$(command -v chronyd || echo /usr/sbin/chronyd) ntpd=$NTPD ntpq=$NTPQ" \
+    "pebble=$(command -v pebble || echo /usr/bin/pebble)"

@@ -10,7 +10,7 @@ cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "installing test peers when missing (chrony, NTPsec, capsh, iproute2)"
+step "installing test peers when missing (chrony, NTPsec, capsh, iproute2, pebble)"
 scripts/install-test-deps.sh
 
 step "cargo fmt --check"

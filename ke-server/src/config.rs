@@ -15,7 +15,10 @@ use std::time::Duration;
 pub struct Config {
     #[serde(default)]
     pub server: ServerSection,
-    pub tls: TlsSection,
+    /// Certificate files on disk (exactly one of `tls` and `acme`).
+    pub tls: Option<TlsSection>,
+    /// Certificates obtained and renewed over ACME (exactly one of `tls` and `acme`).
+    pub acme: Option<AcmeSection>,
     #[serde(default)]
     pub ntp: NtpSection,
     pub cookie_keys: CookieKeysSection,
@@ -116,6 +119,255 @@ fn default_reload_interval() -> f64 {
     10.0
 }
 
+/// Let's Encrypt's production directory, the default `acme.directory`.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`acme.staging = true`).
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The ACME challenge the CA is asked to validate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ChallengeType {
+    /// TLS-ALPN-01 (RFC 8737): a TLS handshake with ALPN `acme-tls/1` on port 443.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// HTTP-01: `GET /.well-known/acme-challenge/TOKEN` on port 80.
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl ChallengeType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Http01 => "http-01",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// DNS names the certificate is for (the first is what clients usually ask for).
+    pub domains: Vec<String>,
+    /// Contact e-mail addresses for the ACME account (`mailto:` is added when missing).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// ACME directory URL; unset: Let's Encrypt production (or staging with `staging`).
+    pub directory: Option<String>,
+    /// Use Let's Encrypt's staging directory.
+    #[serde(default)]
+    pub staging: bool,
+    /// Extra PEM files of CA roots to trust when talking to the directory (private ACME CAs).
+    #[serde(default)]
+    pub ca_roots: Vec<PathBuf>,
+    /// `tls-alpn-01` (default) or `http-01`.
+    #[serde(default = "default_challenge")]
+    pub challenge: ChallengeType,
+    /// TLS-ALPN-01: address the CA's validation connections arrive on (default `[::]:443`).
+    /// When `server.listen` has this port, the NTS-KE listener answers them itself.
+    pub challenge_listen: Option<SocketAddr>,
+    /// HTTP-01: address of the small HTTP listener (default `[::]:80`).
+    pub http_listen: Option<SocketAddr>,
+    /// Directory holding the account key and certificates (files 0600).
+    pub cache_dir: PathBuf,
+    /// Seconds before expiry at which to renew; unset: when a third of the lifetime is left.
+    pub renew_before: Option<f64>,
+    /// Seconds to wait after the first failed attempt; doubled after each failure.
+    #[serde(default = "default_retry_min")]
+    pub retry_min: f64,
+    /// Longest wait between failed attempts, in seconds.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: f64,
+    /// Seconds between looks at the cache for a certificate another replica renewed.
+    #[serde(default = "default_cache_poll")]
+    pub cache_poll_interval: f64,
+}
+
+fn default_challenge() -> ChallengeType {
+    ChallengeType::TlsAlpn01
+}
+fn default_retry_min() -> f64 {
+    60.0
+}
+fn default_retry_max() -> f64 {
+    21_600.0
+}
+fn default_cache_poll() -> f64 {
+    60.0
+}
+
+/// Checked `[acme]` settings.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    pub domains: Vec<String>,
+    /// `mailto:` URLs.
+    pub contact: Vec<String>,
+    pub directory: String,
+    pub ca_roots: Vec<PathBuf>,
+    pub challenge: ChallengeType,
+    /// TLS-ALPN-01 answered by a separate listener on this address (`None`: by the
+    /// NTS-KE listener, or not at all with HTTP-01).
+    pub challenge_listener: Option<SocketAddr>,
+    /// TLS-ALPN-01 answered by the NTS-KE listener (`acme-tls/1` offered there).
+    pub ke_answers_tls_alpn: bool,
+    /// HTTP-01 listener.
+    pub http_listener: Option<SocketAddr>,
+    pub cache_dir: PathBuf,
+    pub renew_before: Option<Duration>,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub cache_poll_interval: Duration,
+}
+
+/// A DNS name an ACME CA can validate with HTTP-01 or TLS-ALPN-01: ASCII letters,
+/// digits, hyphens and dots, no wildcard, not an address. Returned lower-cased.
+pub fn check_domain(name: &str) -> std::result::Result<String, String> {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    if n.starts_with("*.") {
+        return Err("wildcard names need the DNS-01 challenge, which is not supported".into());
+    }
+    if n.parse::<std::net::IpAddr>().is_ok() {
+        return Err("IP addresses are not supported, only DNS names".into());
+    }
+    if n.is_empty() || n.len() > 253 {
+        return Err("must be a DNS name of 1 to 253 characters".into());
+    }
+    for label in n.split('.') {
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(
+                "must be a DNS name (letters, digits, hyphens; labels of 1 to 63 characters)"
+                    .into(),
+            );
+        }
+    }
+    Ok(n)
+}
+
+/// Same port, and the same address or one of them the wildcard address.
+fn same_listener(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl AcmeSection {
+    fn validate(&self, ke_listen: &[SocketAddr]) -> Result<AcmeSettings> {
+        if self.domains.is_empty() {
+            bail!("acme.domains: at least one DNS name is needed");
+        }
+        let mut domains = Vec::new();
+        for d in &self.domains {
+            let d = check_domain(d).map_err(|why| anyhow::anyhow!("acme.domains: {d:?}: {why}"))?;
+            if !domains.contains(&d) {
+                domains.push(d);
+            }
+        }
+        let mut contact = Vec::new();
+        for c in &self.contact {
+            let addr = c.strip_prefix("mailto:").unwrap_or(c);
+            let ok = addr.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && !host.is_empty() && !host.contains('@')
+            }) && addr.is_ascii()
+                && !addr.contains(|ch: char| ch.is_whitespace() || ch == ',');
+            if !ok {
+                bail!("acme.contact: {c:?} is not an e-mail address");
+            }
+            contact.push(format!("mailto:{addr}"));
+        }
+        let directory = match (&self.directory, self.staging) {
+            (Some(_), true) => bail!(
+                "acme.staging = true and acme.directory are both set: staging is a shortcut for Let's Encrypt's staging directory; set one of them"
+            ),
+            (Some(url), false) => {
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    bail!("acme.directory = {url:?}: must be an https:// URL");
+                }
+                url.clone()
+            }
+            (None, true) => LETS_ENCRYPT_STAGING.to_string(),
+            (None, false) => LETS_ENCRYPT_PRODUCTION.to_string(),
+        };
+        for f in &self.ca_roots {
+            if f.as_os_str().is_empty() {
+                bail!("acme.ca_roots: empty file name");
+            }
+        }
+        let (challenge_listener, ke_answers_tls_alpn, http_listener) = match self.challenge {
+            ChallengeType::TlsAlpn01 => {
+                if self.http_listen.is_some() {
+                    bail!("acme.http_listen is only used with acme.challenge = \"http-01\"");
+                }
+                let addr = self
+                    .challenge_listen
+                    .unwrap_or_else(|| "[::]:443".parse().expect("valid literal"));
+                if ke_listen.iter().any(|k| same_listener(k, &addr)) {
+                    (None, true, None)
+                } else {
+                    (Some(addr), false, None)
+                }
+            }
+            ChallengeType::Http01 => {
+                if self.challenge_listen.is_some() {
+                    bail!(
+                        "acme.challenge_listen is only used with acme.challenge = \"tls-alpn-01\""
+                    );
+                }
+                let addr = self
+                    .http_listen
+                    .unwrap_or_else(|| "[::]:80".parse().expect("valid literal"));
+                if ke_listen.iter().any(|k| same_listener(k, &addr)) {
+                    bail!("acme.http_listen = {addr}: the NTS-KE listener (server.listen) already uses this port");
+                }
+                (None, false, Some(addr))
+            }
+        };
+        if self.cache_dir.as_os_str().is_empty() {
+            bail!("acme.cache_dir: a directory is needed for the account key and certificates");
+        }
+        let renew_before = match self.renew_before {
+            None => None,
+            Some(v) => {
+                if !v.is_finite() || v <= 0.0 || v > 365.0 * 86_400.0 {
+                    bail!(
+                        "acme.renew_before = {v}: must be a number of seconds between 0 and a year"
+                    );
+                }
+                Some(Duration::from_secs_f64(v))
+            }
+        };
+        let retry_min = seconds("acme.retry_min", self.retry_min)?;
+        let retry_max = seconds("acme.retry_max", self.retry_max)?;
+        if retry_max < retry_min {
+            bail!(
+                "acme.retry_max = {}: must be at least acme.retry_min ({})",
+                self.retry_max,
+                self.retry_min
+            );
+        }
+        let cache_poll_interval = seconds("acme.cache_poll_interval", self.cache_poll_interval)?;
+        Ok(AcmeSettings {
+            domains,
+            contact,
+            directory,
+            ca_roots: self.ca_roots.clone(),
+            challenge: self.challenge,
+            challenge_listener,
+            ke_answers_tls_alpn,
+            http_listener,
+            cache_dir: self.cache_dir.clone(),
+            renew_before,
+            retry_min,
+            retry_max,
+            cache_poll_interval,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct NtpSection {
@@ -191,6 +443,8 @@ pub struct Settings {
     pub algorithms: Vec<AeadAlgorithm>,
     pub report_interval: Duration,
     pub expiry: Duration,
+    /// Checked `[acme]` section, when certificates come from ACME.
+    pub acme: Option<AcmeSettings>,
 }
 
 impl Config {
@@ -235,7 +489,19 @@ impl Config {
         }
         let handshake_timeout = seconds("server.handshake_timeout", s.handshake_timeout)?;
         let request_timeout = seconds("server.request_timeout", s.request_timeout)?;
-        let reload_interval = seconds("tls.reload_interval", self.tls.reload_interval)?;
+        let (reload_interval, acme) = match (&self.tls, &self.acme) {
+            (Some(tls), None) => (seconds("tls.reload_interval", tls.reload_interval)?, None),
+            (None, Some(acme)) => (
+                Duration::from_secs_f64(default_reload_interval()),
+                Some(acme.validate(&s.listen)?),
+            ),
+            (None, None) => bail!(
+                "no certificate configured: add a [tls] section (tls.certificate_chain and tls.private_key: certificate files) or an [acme] section (acme.domains and acme.cache_dir: certificates from an ACME CA such as Let's Encrypt)"
+            ),
+            (Some(_), Some(_)) => bail!(
+                "[tls] and [acme] are both configured: the certificate comes either from files (tls.certificate_chain, tls.private_key) or from ACME (acme.domains, acme.cache_dir); remove one section"
+            ),
+        };
         if let Some(server) = &self.ntp.server {
             if server.is_empty() || !server.is_ascii() || server.len() > 255 {
                 bail!("ntp.server = {server:?}: must be a non-empty ASCII host name or address of at most 255 characters");
@@ -287,6 +553,7 @@ impl Config {
             None => (Duration::from_secs(5), Duration::from_secs(15)),
         };
         Ok(Settings {
+            acme,
             report_interval,
             expiry,
             handshake_timeout,
@@ -366,5 +633,102 @@ root_secret_file = "/var/lib/nts/root.key"
         // Wrong type is reported with the key by the TOML parser.
         let e = check(&format!("[server]\nmax_connections = \"many\"\n{MINIMAL}")).unwrap_err();
         assert!(format!("{e:#}").contains("max_connections"), "{e:#}");
+    }
+
+    const ACME: &str = r#"
+[acme]
+domains = ["NTS.example.net"]
+contact = ["ops@example.net", "mailto:noc@example.net"]
+cache_dir = "/var/lib/nts/acme"
+[cookie_keys]
+root_secret_file = "/var/lib/nts/root.key"
+"#;
+
+    #[test]
+    fn acme_defaults() {
+        let s = check(ACME).unwrap();
+        let a = s.acme.unwrap();
+        assert_eq!(a.domains, vec!["nts.example.net"]);
+        assert_eq!(
+            a.contact,
+            vec!["mailto:ops@example.net", "mailto:noc@example.net"]
+        );
+        assert_eq!(a.directory, LETS_ENCRYPT_PRODUCTION);
+        assert_eq!(a.challenge, ChallengeType::TlsAlpn01);
+        // KE on 4460: TLS-ALPN-01 gets its own listener on 443.
+        assert_eq!(a.challenge_listener, Some("[::]:443".parse().unwrap()));
+        assert!(!a.ke_answers_tls_alpn);
+        assert_eq!(a.retry_min, Duration::from_secs(60));
+        let s = check(&format!("[server]\nlisten = [\"0.0.0.0:443\"]\n{ACME}")).unwrap();
+        let a = s.acme.unwrap();
+        assert!(a.ke_answers_tls_alpn);
+        assert_eq!(a.challenge_listener, None);
+        let s = check(&ACME.replace("[acme]", "[acme]\nstaging = true")).unwrap();
+        assert_eq!(s.acme.unwrap().directory, LETS_ENCRYPT_STAGING);
+        let s = check(&ACME.replace("[acme]", "[acme]\nchallenge = \"http-01\"")).unwrap();
+        let a = s.acme.unwrap();
+        assert_eq!(a.http_listener, Some("[::]:80".parse().unwrap()));
+        assert_eq!(a.challenge_listener, None);
+    }
+
+    #[test]
+    fn tls_xor_acme() {
+        let e = check("[cookie_keys]\nroot_secret_file = \"/x\"\n").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("tls.certificate_chain") && msg.contains("acme.domains"),
+            "{msg}"
+        );
+        let both = format!("{ACME}\n[tls]\ncertificate_chain = \"/a\"\nprivate_key = \"/b\"\n");
+        let e = check(&both).unwrap_err();
+        assert!(format!("{e:#}").contains("both configured"), "{e:#}");
+    }
+
+    #[test]
+    fn acme_bad_values_are_named() {
+        let cases = [
+            ("domains = [\"*.example.net\"]", "acme.domains"),
+            ("domains = [\"192.0.2.1\"]", "acme.domains"),
+            ("domains = []", "acme.domains"),
+            ("domains = [\"bad_name.example\"]", "acme.domains"),
+        ];
+        for (line, key) in cases {
+            let text = ACME.replace("domains = [\"NTS.example.net\"]", line);
+            let e = check(&text).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{line}: {e:#}");
+        }
+        let extra = [
+            ("contact = [\"nobody\"]", "acme.contact"),
+            (
+                "staging = true\ndirectory = \"https://ca/dir\"",
+                "acme.staging",
+            ),
+            ("directory = \"http://ca/dir\"", "acme.directory"),
+            ("http_listen = \"127.0.0.1:80\"", "acme.http_listen"),
+            (
+                "challenge = \"http-01\"\nchallenge_listen = \"127.0.0.1:443\"",
+                "acme.challenge_listen",
+            ),
+            ("challenge = \"dns-01\"", "challenge"),
+            ("retry_min = 0", "acme.retry_min"),
+            ("retry_min = 100\nretry_max = 10", "acme.retry_max"),
+            ("renew_before = -1", "acme.renew_before"),
+            ("cache_poll_interval = 0", "acme.cache_poll_interval"),
+        ];
+        for (line, key) in extra {
+            let text = ACME
+                .replace(
+                    "contact = [\"ops@example.net\", \"mailto:noc@example.net\"]\n",
+                    "",
+                )
+                .replace("[acme]", &format!("[acme]\n{line}"));
+            let e = check(&text).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{line}: {e:#}");
+        }
+        let e = check(
+            &ACME.replace("[acme]", "[server]\nlisten = [\"127.0.0.1:80\"]\n[acme]\nchallenge = \"http-01\"\nhttp_listen = \"127.0.0.1:80\""),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("acme.http_listen"), "{e:#}");
     }
 }

@@ -2,6 +2,7 @@
 //! ALPN `ntske/1`, eight cookies per exchange, Server and Port Negotiation,
 //! bounded resources, certificates hot-reloaded from disk.
 
+pub mod acme;
 pub mod certificate;
 pub mod config;
 pub mod dev_pki;
@@ -69,15 +70,21 @@ private_key = {ks_key:?}
 }
 
 fn tls_config(
-    cert: Arc<ReloadingCert>,
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    answer_tls_alpn_01: bool,
 ) -> Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 not available in the crypto provider")?
         .with_no_client_auth()
         .with_cert_resolver(cert);
+    // The server's preference decides: an NTS-KE client offering ntske/1 always gets it;
+    // only a client offering acme-tls/1 alone (a TLS-ALPN-01 validation) gets acme-tls/1.
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    if answer_tls_alpn_01 {
+        cfg.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     // No 0-RTT: replayable early data has no place in key exchange.
     cfg.max_early_data_size = 0;
     Ok(cfg)
@@ -144,6 +151,7 @@ struct Health {
     metrics: Arc<Metrics>,
     ring: Arc<ArcSwap<KeyRing>>,
     registry: Option<Arc<registry::Registry>>,
+    acme: Option<Arc<acme::AcmeManager>>,
 }
 
 impl nts_ops::http::Observable for Health {
@@ -186,6 +194,11 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
+        if let Some(a) = &self.acme {
+            if !a.has_certificate() {
+                return Err("no certificate yet (ACME)".into());
+            }
+        }
         match self.ring.load().current(unix_now()) {
             Some(_) => Ok(()),
             None => Err("no current cookie key".into()),
@@ -205,12 +218,41 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let settings = Arc::new(settings);
     let cfg = &settings.config;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cert = Arc::new(ReloadingCert::load(
-        &cfg.tls.certificate_chain,
-        &cfg.tls.private_key,
+    let metrics = Arc::new(Metrics::default());
+    // The certificate: files on disk ([tls]) or ACME ([acme]); validate() made sure of one.
+    let (file_cert, acme) = match (&cfg.tls, &settings.acme) {
+        (Some(tls), _) => (
+            Some(Arc::new(ReloadingCert::load(
+                &tls.certificate_chain,
+                &tls.private_key,
+                provider.clone(),
+            )?)),
+            None,
+        ),
+        (None, Some(a)) => (
+            None,
+            Some(acme::AcmeManager::new(
+                a.clone(),
+                metrics.clone(),
+                provider.clone(),
+            )?),
+        ),
+        (None, None) => anyhow::bail!("no [tls] or [acme] section"),
+    };
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match (&file_cert, &acme) {
+        (Some(c), _) => c.clone(),
+        (None, Some(a)) => a.resolver(),
+        (None, None) => anyhow::bail!("no certificate source"),
+    };
+    let answer_tls_alpn = settings
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.ke_answers_tls_alpn);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(
+        resolver,
         provider.clone(),
-    )?);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert.clone(), provider)?));
+        answer_tls_alpn,
+    )?));
 
     let (root, created) = root_secret::load_or_create(&cfg.cookie_keys.root_secret_file)?;
     if created {
@@ -219,7 +261,6 @@ pub async fn start(settings: Settings) -> Result<Running> {
             "created a new cookie root secret; every replica behind the same name needs a copy of this file"
         );
     }
-    let metrics = Arc::new(Metrics::default());
     let initial = Arc::new(KeyRing::derive(&root, &settings.schedule, unix_now()));
     let ring = Arc::new(ArcSwap::new(initial.clone()));
     let (ring_tx, ring_rx) = tokio::sync::watch::channel(initial);
@@ -247,8 +288,27 @@ pub async fn start(settings: Settings) -> Result<Running> {
         ),
         None => None,
     };
+    let acme_tls_alpn_listener = match settings.acme.as_ref().and_then(|a| a.challenge_listener) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("acme.challenge_listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+    let acme_http_listener = match settings.acme.as_ref().and_then(|a| a.http_listener) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("acme.http_listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
         .context("server.user/server.group: cannot drop privileges")?;
+    if let Some(a) = &acme {
+        a.check_cache_writable()?;
+    }
 
     let target = NtpTarget {
         server: cfg.ntp.server.clone(),
@@ -303,17 +363,31 @@ pub async fn start(settings: Settings) -> Result<Running> {
         ring_tx,
         metrics.clone(),
     ));
-    tokio::spawn(watch_certificate(
-        cert,
-        settings.reload_interval,
-        metrics.clone(),
-    ));
+    if let Some(cert) = file_cert {
+        tokio::spawn(watch_certificate(
+            cert,
+            settings.reload_interval,
+            metrics.clone(),
+        ));
+    }
+    if let Some(a) = &acme {
+        if let Some(l) = acme_tls_alpn_listener {
+            tracing::info!(addr = %l.local_addr()?, "ACME: TLS-ALPN-01 challenge listener");
+            tokio::spawn(acme::serve_tls_alpn(l, a.resolver(), provider.clone()));
+        }
+        if let Some(l) = acme_http_listener {
+            tracing::info!(addr = %l.local_addr()?, "ACME: HTTP-01 challenge listener");
+            tokio::spawn(acme::serve_http01(l, a.resolver()));
+        }
+        tokio::spawn(a.clone().run());
+    }
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = metrics_listener {
         let health = Arc::new(Health {
             metrics: metrics.clone(),
             ring,
             registry,
+            acme,
         });
         tokio::spawn(nts_ops::http::serve(l, health));
     }

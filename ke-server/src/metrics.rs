@@ -65,6 +65,16 @@ pub struct Metrics {
     pub key_sets_sent: Counter,
     pub negotiated_registered: Counter,
     pub negotiated_fallback: Counter,
+    /// Not-after of the ACME certificate in service, Unix seconds (0: none).
+    pub acme_cert_expiry: Gauge,
+    pub acme_renewals_ok: Counter,
+    pub acme_renewals_failed: Counter,
+    pub acme_consecutive_failures: Gauge,
+    pub acme_orders: Counter,
+    pub acme_bad_nonce_retries: Counter,
+    pub acme_cache_loads: Counter,
+    pub acme_tls_alpn_answers: Counter,
+    pub acme_http01_answers: Counter,
 }
 
 impl Metrics {
@@ -196,6 +206,47 @@ impl Metrics {
             &[
                 (&[("source", "registry")], self.negotiated_registered.get()),
                 (&[("source", "fallback")], self.negotiated_fallback.get()),
+            ],
+        );
+        e.gauge(
+            "nts_ke_acme_certificate_expiry_seconds",
+            "ACME: expiry (not after) of the certificate in service, Unix seconds; 0 when none.",
+            self.acme_cert_expiry.get(),
+        );
+        e.counters(
+            "nts_ke_acme_renewals_total",
+            "ACME: attempts to obtain a certificate (the first one included), by result.",
+            &[
+                (&[("result", "ok")], self.acme_renewals_ok.get()),
+                (&[("result", "failed")], self.acme_renewals_failed.get()),
+            ],
+        );
+        e.gauge(
+            "nts_ke_acme_consecutive_failures",
+            "ACME: failed attempts since the last success.",
+            self.acme_consecutive_failures.get(),
+        );
+        e.counter(
+            "nts_ke_acme_orders_total",
+            "ACME: orders placed with the CA.",
+            self.acme_orders.get(),
+        );
+        e.counter(
+            "nts_ke_acme_bad_nonce_retries_total",
+            "ACME: requests sent again after the CA refused their nonce (badNonce).",
+            self.acme_bad_nonce_retries.get(),
+        );
+        e.counter(
+            "nts_ke_acme_cache_loads_total",
+            "ACME: certificates taken from the cache (at start, or renewed by another replica).",
+            self.acme_cache_loads.get(),
+        );
+        e.counters(
+            "nts_ke_acme_challenge_answers_total",
+            "ACME: validation requests answered, by challenge type.",
+            &[
+                (&[("type", "tls-alpn-01")], self.acme_tls_alpn_answers.get()),
+                (&[("type", "http-01")], self.acme_http01_answers.get()),
             ],
         );
         e.finish()

@@ -133,6 +133,12 @@ impl KeService {
             }
             Ok(Ok(tls)) => tls,
         };
+        if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation (RFC 8737): the handshake was the answer.
+            let _ = tls.shutdown().await;
+            tracing::debug!(%peer, "answered an ACME TLS-ALPN-01 validation handshake");
+            return;
+        }
         if tls.get_ref().1.alpn_protocol() != Some(ke_server::ALPN) {
             let _ = tls.shutdown().await;
             return self.cut(

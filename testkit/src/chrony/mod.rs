@@ -52,6 +52,7 @@ impl Chronyd {
     fn start(
         bins: &ChronyBins,
         name: &str,
+        hosts_file: Option<&Path>,
         config: impl FnOnce(&Path) -> String,
     ) -> Result<Chronyd> {
         let dir = fsutil::tempdir(&format!("ntstk-{name}-"))?;
@@ -62,7 +63,20 @@ impl Chronyd {
         let conf_path = dir.path().join("chronyd.conf");
         fsutil::write_file(&conf_path, &config, 0o644)?;
 
-        let mut cmd = Command::new(&bins.chronyd);
+        let mut cmd = match hosts_file {
+            None => Command::new(&bins.chronyd),
+            Some(hosts) => {
+                // A private mount namespace in which `hosts` is bind-mounted over
+                // /etc/hosts; the system's file is untouched. unshare and sh exec,
+                // so the PID stays chronyd's.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+                    .arg(hosts)
+                    .arg(&bins.chronyd);
+                c
+            }
+        };
         // -x: never adjust the system clock. -d: foreground, log to stderr.
         cmd.arg("-x").arg("-d").arg("-f").arg(&conf_path);
         cmd.current_dir(dir.path());
@@ -128,9 +142,20 @@ pub struct ChronyClientBuilder {
     maxpoll: i32,
     nts_dump: bool,
     extra: Vec<String>,
+    hosts_file: Option<PathBuf>,
 }
 
 impl ChronyClientBuilder {
+    /// Resolve host names with `file` (in `/etc/hosts` format, readable by
+    /// `_chrony`) instead of the system's `/etc/hosts`: chronyd runs in a private
+    /// mount namespace (`unshare --mount`) where `file` is bind-mounted over
+    /// `/etc/hosts`. The system's file is never changed. Lets chrony verify a
+    /// certificate for a name like `nts.test` while connecting to loopback.
+    pub fn hosts_file(mut self, file: &Path) -> Self {
+        self.hosts_file = Some(file.to_path_buf());
+        self
+    }
+
     /// Adds an NTS server (`server HOST iburst nts port NTP ntsport KE ...`).
     pub fn nts_server(mut self, host: &str, ke_port: u16, ntp_port: u16) -> Self {
         self.sources.push(NtsSource {
@@ -221,7 +246,9 @@ impl ChronyClientBuilder {
                 "ChronyClient needs at least one NTS server".into(),
             ));
         }
-        let d = Chronyd::start(&self.bins, &self.name, |run| self.config(run))?;
+        let d = Chronyd::start(&self.bins, &self.name, self.hosts_file.as_deref(), |run| {
+            self.config(run)
+        })?;
         d.wait_ready("command socket", || true)?;
         Ok(ChronyClient { d })
     }
@@ -259,6 +286,7 @@ impl ChronyClient {
             maxpoll: 1,
             nts_dump: false,
             extra: Vec::new(),
+            hosts_file: None,
         }
     }
 
@@ -456,7 +484,7 @@ impl ChronyServerBuilder {
     pub fn start(self) -> Result<ChronyServer> {
         let ke_port = self.ke_port.unwrap_or_else(ports::free_port);
         let ntp_port = self.ntp_port.unwrap_or_else(ports::free_port);
-        let d = Chronyd::start(&self.bins, &self.name, |run| {
+        let d = Chronyd::start(&self.bins, &self.name, None, |run| {
             self.config(run, ke_port, ntp_port)
         })?;
         d.wait_ready(
