@@ -206,6 +206,7 @@ async fn run_endpoint(
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Duration::from_millis(250);
+    let mut last_error: Option<String> = None;
     loop {
         let mut got_keys = false;
         let result = session(
@@ -219,10 +220,17 @@ async fn run_endpoint(
         )
         .await;
         metrics.key_sync_link_up(index, false);
-        match result {
-            Ok(()) => tracing::warn!(endpoint = %endpoint, "key-sync stream ended; reconnecting"),
-            Err(e) => tracing::warn!(endpoint = %endpoint, "key-sync link down: {e:#}"),
+        let why = match result {
+            Ok(()) => "stream ended".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        // Say it once per outage (and when the reason changes); retries go to debug.
+        if got_keys || last_error.as_deref() != Some(why.as_str()) {
+            tracing::warn!(endpoint = %endpoint, "key-sync link down: {why}; reconnecting with backoff");
+        } else {
+            tracing::debug!(endpoint = %endpoint, "key-sync reconnect failed: {why}");
         }
+        last_error = Some(why);
         if got_keys {
             backoff = Duration::from_millis(250);
         }

@@ -70,7 +70,26 @@ fn bind_socket(addr: SocketAddr, receive_buffer: usize) -> Result<socket2::Socke
         sock.set_only_v6(true)?;
     }
     if receive_buffer > 0 {
-        let _ = sock.set_recv_buffer_size(receive_buffer);
+        // SO_RCVBUFFORCE (root/CAP_NET_ADMIN, before privileges are dropped) passes the
+        // net.core.rmem_max cap; otherwise the kernel silently caps SO_RCVBUF.
+        let forced = nts_ops::socket_timestamps::setsockopt_u32(
+            &sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            receive_buffer.min(i32::MAX as usize) as u32,
+        );
+        if forced.is_err() {
+            let _ = sock.set_recv_buffer_size(receive_buffer);
+        }
+        // The kernel reports twice what it keeps for payload.
+        let got = sock.recv_buffer_size().unwrap_or(0) / 2;
+        if got < receive_buffer {
+            tracing::warn!(
+                requested = receive_buffer,
+                obtained = got,
+                "server.receive_buffer capped by the kernel (raise net.core.rmem_max or run with CAP_NET_ADMIN)"
+            );
+        }
     }
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     sock.bind(&addr.into())
