@@ -1,9 +1,9 @@
 //! `nts-client run` configuration: one TOML file, every key documented in
 //! `docs/client.md`, unknown keys rejected, errors naming the key.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use nts_ops::config::{LogSection, MetricsSection};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,36 +133,13 @@ impl Default for StatusSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-        }
-    }
-}
-
 impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text)
-            .with_context(|| format!("invalid configuration in {}", origin.display()))
+        nts_ops::config::parse_toml(text, origin)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        Self::parse(&text, path)
+        nts_ops::config::load_toml(path)
     }
 
     /// Check every value; errors name the key.

@@ -3,6 +3,7 @@
 //! start-up with an error that names the key.
 
 use anyhow::{bail, Context, Result};
+use nts_ops::config::{LogSection, MetricsSection};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::key_ring::KeySchedule;
 use serde::Deserialize;
@@ -403,28 +404,6 @@ fn default_algorithms() -> Vec<String> {
     vec!["AES-SIV-CMAC-256".into(), "AES-SIV-CMAC-512".into()]
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// Address of the /metrics, /healthz and /readyz endpoint; unset: no endpoint.
-    pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    /// error, warn, info, debug or trace (RUST_LOG overrides).
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-        }
-    }
-}
-
 fn seconds(key: &str, v: f64) -> Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
         bail!("{key} = {v}: must be a number of seconds between 0 and 86400");
@@ -450,14 +429,11 @@ pub struct Settings {
 impl Config {
     /// Parse TOML text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text)
-            .with_context(|| format!("invalid configuration in {}", origin.display()))
+        nts_ops::config::parse_toml(text, origin)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        Self::parse(&text, path)
+        nts_ops::config::load_toml(path)
     }
 
     /// Check every value; errors name the key and the reason.

@@ -1,6 +1,7 @@
 //! Operational plumbing shared by the NTS daemons: the Prometheus and health
 //! HTTP endpoint, logging set-up and dropping privileges after binding.
 
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod privileges;

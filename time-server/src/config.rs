@@ -3,6 +3,7 @@
 //! with errors that name the key.
 
 use anyhow::{bail, Context, Result};
+use nts_ops::config::{LogSection, MetricsSection};
 use nts_proto::key_ring::KeySchedule;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -196,27 +197,6 @@ fn default_max_backoff() -> f64 {
     30.0
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// Address of /metrics, /healthz and /readyz; unset: no endpoint.
-    pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-        }
-    }
-}
-
 /// Checked settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -248,14 +228,11 @@ fn positive(key: &str, v: f64, max: f64) -> Result<()> {
 
 impl Config {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        toml::from_str(text)
-            .with_context(|| format!("invalid configuration in {}", origin.display()))
+        nts_ops::config::parse_toml(text, origin)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        Self::parse(&text, path)
+        nts_ops::config::load_toml(path)
     }
 
     pub fn validate(self) -> Result<Settings> {
