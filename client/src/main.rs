@@ -237,11 +237,6 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
-        _ => {}
-    }
-    nts_ops::init_logging("warn");
-    match cli.command {
-        Command::Run { .. } | Command::Status { .. } => unreachable!("handled above"),
         Command::Query {
             server,
             ca,
@@ -251,6 +246,7 @@ fn main() -> Result<()> {
             brief,
             timeout,
         } => {
+            nts_ops::init_logging("warn");
             let opts = nts_client::query::QueryOptions {
                 server,
                 nts: !no_nts,
@@ -276,6 +272,7 @@ fn main() -> Result<()> {
             no_system_roots,
             timeout,
         } => {
+            nts_ops::init_logging("warn");
             let (host, port) = nts_client::split_host_port(&server, DEFAULT_KE_PORT)
                 .map_err(anyhow::Error::msg)?;
             let cas: Vec<&std::path::Path> = ca.iter().map(|p| p.as_path()).collect();
