@@ -163,7 +163,7 @@ async fn poll_source(
     src: &mut Source,
     cfg: &Config,
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<nts_client_sample::Measured, String> {
+) -> Result<crate::exchange::Sample, String> {
     let timeout = Duration::from_secs(2);
     if !src.authenticated() {
         let target = match src.address {
@@ -173,7 +173,6 @@ async fn poll_source(
         src.ntp_addr = Some(target);
         return exchange(target, None, timeout)
             .await
-            .map(Into::into)
             .map_err(|e| classify(src, e));
     }
     let stale = src
@@ -221,7 +220,7 @@ async fn poll_source(
         Ok(s) => {
             src.cookies.extend(s.cookies.iter().cloned());
             src.cookies.truncate(COOKIE_JAR);
-            Ok(s.into())
+            Ok(s)
         }
         Err(e) => Err(classify(src, e)),
     }
@@ -286,29 +285,6 @@ async fn ke_exchange(
         timeout,
     )
     .await
-}
-
-mod nts_client_sample {
-    /// What the agent needs from a successful exchange.
-    pub struct Measured {
-        pub t1: nts_proto::ntp_packet::NtpTimestamp,
-        pub t4: nts_proto::ntp_packet::NtpTimestamp,
-        pub header: nts_proto::ntp_packet::NtpHeader,
-        pub offset: f64,
-        pub delay: f64,
-    }
-
-    impl From<crate::exchange::Sample> for Measured {
-        fn from(s: crate::exchange::Sample) -> Self {
-            Self {
-                t1: s.t1,
-                t4: s.t4,
-                header: s.header,
-                offset: s.offset,
-                delay: s.delay,
-            }
-        }
-    }
 }
 
 fn state_label(s: SourceState) -> &'static str {

@@ -348,6 +348,41 @@ level = "debug"
     Ok(d)
 }
 
+/// A KE server and a time server sharing one cookie root secret, the KE server
+/// sending clients to the time server: the smallest complete NTS service.
+#[derive(Debug)]
+pub struct Stack {
+    /// `nts-ke-server`, certificate from `pki`.
+    pub ke: Daemon,
+    /// `nts-time-server`, local reference clock.
+    pub ts: Daemon,
+    /// The CA clients must trust.
+    pub pki: TestPki,
+    /// Working directory (configurations, logs, the root secret).
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Start both daemons in a fresh directory with a fresh PKI and root secret.
+    pub fn start(ts_opts: &TimeServerOptions) -> Result<Stack> {
+        let dir = crate::fsutil::tempdir("ntstk-stack-")?;
+        let pki = TestPki::generate()?;
+        let root = dir.path().join("root.key");
+        write_root_secret(&root)?;
+        let ts = start_time_server(dir.path(), &root, ts_opts)?;
+        let ke = start_ke_server(
+            dir.path(),
+            &pki,
+            &root,
+            &KeServerOptions {
+                ntp_port: ts.port(),
+                ..Default::default()
+            },
+        )?;
+        Ok(Stack { ke, ts, pki, dir })
+    }
+}
+
 /// A fresh cookie root secret (64 hex digits) written to `path` with mode 0600.
 pub fn write_root_secret(path: &Path) -> Result<()> {
     use std::io::Write;

@@ -3,39 +3,11 @@
 //! chronyd runs with -x, NTPsec without CAP_SYS_TIME.
 
 use std::time::Duration;
-use testkit::certs::TestPki;
 use testkit::chrony::{ChronyClient, NtsSource};
-use testkit::stack::{self, KeServerOptions, TimeServerOptions};
-
-struct Stack {
-    ke: stack::Daemon,
-    ts: stack::Daemon,
-    pki: TestPki,
-    _dir: tempfile::TempDir,
-}
+use testkit::stack::{Stack, TimeServerOptions};
 
 fn stack_with(ts_opts: TimeServerOptions) -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate().unwrap();
-    let root = dir.path().join("root.key");
-    stack::write_root_secret(&root).unwrap();
-    let ts = stack::start_time_server(dir.path(), &root, &ts_opts).unwrap();
-    let ke = stack::start_ke_server(
-        dir.path(),
-        &pki,
-        &root,
-        &KeServerOptions {
-            ntp_port: ts.port(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    Stack {
-        ke,
-        ts,
-        pki,
-        _dir: dir,
-    }
+    Stack::start(&ts_opts).unwrap()
 }
 
 #[test]

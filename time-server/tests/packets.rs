@@ -8,46 +8,14 @@ use nts_proto::extension_field::{field_type, write_field};
 use nts_proto::ntp_client::{build_request, check_response};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
-use testkit::certs::TestPki;
-use testkit::stack::{self, KeServerOptions, TimeServerOptions};
-
-struct Stack {
-    ke: stack::Daemon,
-    ts: stack::Daemon,
-    pki: TestPki,
-    _dir: tempfile::TempDir,
-}
+use testkit::stack::{Stack, TimeServerOptions};
 
 fn start(ts_extra: &str) -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate().unwrap();
-    let root = dir.path().join("root.key");
-    stack::write_root_secret(&root).unwrap();
-    let ts = stack::start_time_server(
-        dir.path(),
-        &root,
-        &TimeServerOptions {
-            extra: ts_extra.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ke = stack::start_ke_server(
-        dir.path(),
-        &pki,
-        &root,
-        &KeServerOptions {
-            ntp_port: ts.port(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    Stack {
-        ke,
-        ts,
-        pki,
-        _dir: dir,
-    }
+    Stack::start(&TimeServerOptions {
+        extra: ts_extra.into(),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 fn key_exchange(s: &Stack) -> KeOutcome {

@@ -3,7 +3,7 @@
 
 use nts_ke_server::dev_pki::DevPki;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,13 +81,8 @@ impl KeServer {
 
     /// Scrape a metric value (sum over label sets matching `selector`, e.g. `name{reason="x"}`).
     pub fn metric(&self, selector: &str) -> u64 {
-        let body = http_get(self.metrics, "/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(k, _)| *k == selector)
-            .map(|(_, v)| v.parse::<f64>().unwrap() as u64)
-            .sum()
+        let (_, body) = testkit::stack::http_get(self.metrics, "/metrics").unwrap();
+        testkit::stack::metric_value(&body, selector) as u64
     }
 
     /// A TLS 1.3 client trusting the development CA, ALPN ntske/1.
@@ -107,18 +102,4 @@ impl KeServer {
         .await
         .unwrap_or_else(|e| panic!("good client failed: {e}\n{}", self.guard.logs()))
     }
-}
-
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-pub fn tmp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
 }
