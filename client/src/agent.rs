@@ -5,9 +5,9 @@
 //! snapshot for `nts-client status`, /metrics and /readyz.
 
 use crate::config::{ClockMode, Config, SourceKind};
-use crate::exchange::{exchange, ExchangeError, NtsCredentials};
+use crate::exchange::{exchange, plain_exchange, ExchangeError, Sample as Measured};
 use crate::ke::{self, KeOutcome};
-use crate::status::{SourceReport, StatusReport};
+use crate::status::{SourceReport, StatusReport, Tracking};
 use crate::system_clock::{has_cap_sys_time, SystemClock};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
@@ -15,12 +15,16 @@ use nts_proto::clock::{
     apply_command, Agent, AgentConfig, ClockCommand, Sample, ServerInfo, SourceId, SourceState,
 };
 use nts_proto::ntp_client::ResponseCheckError;
+use nts_proto::nts_source::{
+    Association, NtsSource, NtsSourceConfig, SavedAssociation, Step, Transition, Verdict,
+};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Cookies a source tries to hold (placeholders ask the server for the rest).
-pub const COOKIE_JAR: usize = 8;
+pub const COOKIE_JAR: usize = nts_proto::nts_source::DEFAULT_JAR_SIZE;
 
 /// What one source is and how it stands.
 struct Source {
@@ -32,27 +36,39 @@ struct Source {
     port: u16,
     /// For pool members: the address to contact; the name stays the TLS server name.
     address: Option<std::net::IpAddr>,
-    ke: Option<KeOutcome>,
-    ke_at: Option<Instant>,
+    /// The NTS association (NTS sources only).
+    nts: Option<NtsSource>,
+    /// Where the association is kept across restarts.
+    state_file: Option<PathBuf>,
+    /// Plain NTP: the resolved server.
     ntp_addr: Option<SocketAddr>,
-    cookies: Vec<Vec<u8>>,
-    ke_ok: u64,
-    ke_failures: u64,
-    naks: u64,
-    auth_failures: u64,
     timeouts: u64,
+    in_timeouts: bool,
     kiss: Option<String>,
     /// DENY/RSTR kiss: stop polling this source.
     denied: bool,
+    backoff_until: Option<Instant>,
+    ke_failures_in_row: u32,
+    /// A key exchange moved the source to another time server: forget its samples.
+    server_changed: bool,
     last_error: Option<String>,
     last_offset: Option<f64>,
     last_delay: Option<f64>,
-    backoff_until: Option<Instant>,
+    /// Unix time of the last usable sample.
+    last_sample_unix: Option<f64>,
 }
 
 impl Source {
     fn authenticated(&self) -> bool {
-        matches!(self.kind, SourceKind::Nts | SourceKind::NtsPool)
+        self.nts.is_some()
+    }
+
+    /// Where NTP requests go now.
+    fn current_ntp_addr(&self) -> Option<SocketAddr> {
+        match &self.nts {
+            Some(n) => n.address(),
+            None => self.ntp_addr,
+        }
     }
 }
 
@@ -61,6 +77,20 @@ fn unix_f64() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// Monotonic seconds since the process-wide epoch (CLOCK_MONOTONIC based).
+fn mono(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64()
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Everything shared with the status socket and the metrics endpoint.
@@ -95,8 +125,90 @@ pub fn effective_observe(cfg: &Config) -> bool {
     }
 }
 
-async fn expand_sources(cfg: &Config, agent: &mut Agent) -> Vec<Source> {
+fn nts_config(cfg: &Config) -> NtsSourceConfig {
+    NtsSourceConfig {
+        jar_size: COOKIE_JAR,
+        ke_refresh: cfg.nts.ke_refresh,
+        ke_spread: cfg.nts.ke_spread,
+        ke_backoff_min: cfg.nts.ke_backoff_min,
+        ke_backoff_max: cfg.nts.ke_backoff_max,
+        unreachable_polls: cfg.nts.unreachable_polls,
+        ..NtsSourceConfig::default()
+    }
+}
+
+/// The file that keeps a source's association: one per source name.
+fn state_file_for(dir: &std::path::Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{safe}.nts"))
+}
+
+/// Read a saved association; a missing file is normal, a damaged one is said once.
+fn load_saved(path: &std::path::Path) -> Option<SavedAssociation> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "cannot read saved NTS cookies: {e}");
+            return None;
+        }
+    };
+    match SavedAssociation::from_text(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "ignoring damaged saved NTS cookies: {e}");
+            None
+        }
+    }
+}
+
+/// Write a saved association atomically with mode 0600 (it holds keys).
+fn store_saved(path: &std::path::Path, saved: &SavedAssociation) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("nts.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(saved.to_text().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+fn save_source(src: &Source) {
+    let (Some(path), Some(nts)) = (&src.state_file, &src.nts) else {
+        return;
+    };
+    let r = match nts.save() {
+        Some(saved) => store_saved(path, &saved),
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    if let Err(e) = r {
+        tracing::warn!(source = %src.name, file = %path.display(), "cannot save NTS cookies: {e}");
+    }
+}
+
+async fn expand_sources(cfg: &Config, agent: &mut Agent, started: Instant) -> Vec<Source> {
     let mut out = Vec::new();
+    let now = mono(started);
+    let unix_now = unix_f64() as u64;
     for s in &cfg.sources {
         let default = match s.kind {
             SourceKind::Nts | SourceKind::NtsPool => ke::DEFAULT_KE_PORT,
@@ -128,8 +240,35 @@ async fn expand_sources(cfg: &Config, agent: &mut Agent) -> Vec<Source> {
         for address in members {
             let name = match address {
                 Some(ip) => format!("{host}[{ip}]"),
-                None => format!("{host}:{port}"),
+                None => host_port(&host, port),
             };
+            let authenticated = matches!(s.kind, SourceKind::Nts | SourceKind::NtsPool);
+            let state_file = cfg
+                .nts
+                .state_dir
+                .as_deref()
+                .filter(|_| authenticated)
+                .map(|d| state_file_for(d, &name));
+            let nts = authenticated.then(|| {
+                let jitter: f64 = rand::random();
+                match state_file.as_deref().and_then(load_saved) {
+                    Some(saved) => {
+                        let src =
+                            NtsSource::restored(nts_config(cfg), saved, now, unix_now, jitter);
+                        if src.cookies() > 0 {
+                            tracing::info!(
+                                source = %name,
+                                cookies = src.cookies(),
+                                "resuming the saved NTS association: no key exchange needed"
+                            );
+                        } else {
+                            tracing::info!(source = %name, "saved NTS association too old: a key exchange is due");
+                        }
+                        src
+                    }
+                    None => NtsSource::new(nts_config(cfg), now, jitter),
+                }
+            });
             out.push(Source {
                 id: agent.add_source(),
                 name,
@@ -137,109 +276,251 @@ async fn expand_sources(cfg: &Config, agent: &mut Agent) -> Vec<Source> {
                 host: host.clone(),
                 port,
                 address,
-                ke: None,
-                ke_at: None,
+                nts,
+                state_file,
                 ntp_addr: None,
-                cookies: Vec::new(),
-                ke_ok: 0,
-                ke_failures: 0,
-                naks: 0,
-                auth_failures: 0,
                 timeouts: 0,
+                in_timeouts: false,
                 kiss: None,
                 denied: false,
+                backoff_until: None,
+                ke_failures_in_row: 0,
+                server_changed: false,
                 last_error: None,
                 last_offset: None,
                 last_delay: None,
-                backoff_until: None,
+                last_sample_unix: None,
             });
         }
     }
     out
 }
 
-/// Run one poll of `src`: key exchange if needed, then one NTP exchange.
+/// Every address of `host`, IPv6 and IPv4 interleaved so that a broken
+/// family costs one poll, not all of them.
+async fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .collect();
+    let (mut v6, mut v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6());
+    v6.dedup();
+    v4.dedup();
+    let mut out = Vec::with_capacity(v6.len() + v4.len());
+    let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => break,
+            (x, y) => out.extend(x.into_iter().chain(y)),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
+    Ok(out)
+}
+
+/// What a poll produced.
+enum PollError {
+    /// Not due yet (key exchange backing off): no request was sent.
+    NotYet,
+    Failed(String),
+}
+
+/// Run one poll of `src`: key exchange if due, then one NTP exchange.
 async fn poll_source(
     src: &mut Source,
     cfg: &Config,
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<crate::exchange::Sample, String> {
-    let timeout = Duration::from_secs(2);
-    if !src.authenticated() {
-        let target = match src.address {
-            Some(ip) => SocketAddr::new(ip, src.port),
-            None => resolve(&src.host, src.port).await?,
+    started: Instant,
+) -> Result<Measured, PollError> {
+    let timeout = Duration::from_secs_f64(cfg.nts.request_timeout);
+    if src.nts.is_none() {
+        let target = match (src.address, src.ntp_addr) {
+            (Some(ip), _) => SocketAddr::new(ip, src.port),
+            (None, Some(a)) => a,
+            (None, None) => *resolve_all(&src.host, src.port)
+                .await
+                .map_err(PollError::Failed)?
+                .first()
+                .ok_or(PollError::NotYet)?,
         };
         src.ntp_addr = Some(target);
-        return exchange(target, None, timeout)
-            .await
-            .map_err(|e| classify(src, e));
+        return match plain_exchange(target, timeout).await {
+            Ok(m) => {
+                src.in_timeouts = false;
+                Ok(m)
+            }
+            Err(e) => Err(PollError::Failed(plain_failure(src, e))),
+        };
     }
-    let stale = src
-        .ke_at
-        .is_none_or(|t| t.elapsed().as_secs_f64() > cfg.nts.ke_refresh);
-    if src.cookies.is_empty() || stale || src.ke.is_none() {
-        let ke_host = src
-            .address
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| src.host.clone());
-        let ko = ke_exchange(
-            &ke_host,
-            &src.host,
-            src.port,
-            tls.clone(),
-            Duration::from_secs_f64(cfg.nts.ke_timeout),
-        )
-        .await
-        .map_err(|e| {
-            src.ke_failures += 1;
-            format!("NTS-KE failed: {e}")
-        })?;
-        src.ke_ok += 1;
-        src.ke_at = Some(Instant::now());
-        src.cookies = ko.cookies.clone();
-        src.ntp_addr = Some(resolve(&ko.ntp_server, ko.ntp_port).await?);
-        src.ke = Some(ko);
-    }
-    let ko = src.ke.as_ref().ok_or("no keys")?;
-    let addr = src.ntp_addr.ok_or("no NTP address")?;
-    let cookie = src.cookies.pop().ok_or("no cookie")?;
-    let placeholders = COOKIE_JAR.saturating_sub(src.cookies.len() + 1);
-    let result = exchange(
-        addr,
-        Some(NtsCredentials {
-            cookie: &cookie,
-            c2s: &ko.c2s,
-            s2c: &ko.s2c,
-            placeholders,
-        }),
-        timeout,
-    )
-    .await;
-    match result {
-        Ok(s) => {
-            src.cookies.extend(s.cookies.iter().cloned());
-            src.cookies.truncate(COOKIE_JAR);
-            Ok(s)
+    let now = mono(started);
+    let step = src.nts.as_mut().map(|n| n.next_step(now));
+    match step {
+        Some(Step::KeyExchange) => key_exchange_for(src, cfg, tls, started).await?,
+        Some(Step::Request) => {}
+        Some(Step::NotBefore(_)) => return Err(PollError::NotYet),
+        Some(Step::Stopped) | None => {
+            src.denied = true;
+            return Err(PollError::NotYet);
         }
-        Err(e) => Err(classify(src, e)),
+    }
+    let nts = src.nts.as_mut().ok_or(PollError::NotYet)?;
+    if nts.address().is_none() {
+        // A restored association: resolve its time server now.
+        let a = nts.association().ok_or(PollError::NotYet)?;
+        let (h, p) = (a.ntp_host.clone(), a.ntp_port);
+        let addrs = resolve_all(&h, p).await.map_err(PollError::Failed)?;
+        nts.set_addresses(addrs);
+    }
+    let addr = nts.address().ok_or(PollError::NotYet)?;
+    let mut req = Vec::with_capacity(1024);
+    let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
+    let Some(mut flight) = nts.prepare_request(&mut req, &mut rng) else {
+        return Err(PollError::NotYet);
+    };
+    let result = exchange(addr, &req, timeout, |d| match nts.on_datagram(d, &mut flight) {
+        Verdict::KeepWaiting(why) => {
+            if why.is_none() {
+                tracing::info!(source = %src.name, server = %addr, "NTS NAK received: waiting for an authentic answer before acting on it");
+            } else {
+                tracing::debug!(source = %src.name, server = %addr, "ignored a datagram: {why:?}");
+            }
+            None
+        }
+        v => Some(v),
+    })
+    .await;
+    let now = mono(started);
+    let out = match result {
+        Ok((verdict, timing)) => {
+            let t = nts.exchange_done(&verdict, now);
+            log_transition(&src.name, addr, t);
+            match verdict {
+                Verdict::Accepted(header) => Ok(Measured::new(header, timing, true)),
+                Verdict::Kiss(code) => {
+                    let code_s = String::from_utf8_lossy(&code).to_string();
+                    tracing::warn!(source = %src.name, server = %addr, kiss = %code_s, "authenticated kiss-o'-death");
+                    src.kiss = Some(code_s.clone());
+                    if nts.stopped_by().is_some() {
+                        src.denied = true;
+                    }
+                    Err(PollError::Failed(format!("kiss-o'-death {code_s}")))
+                }
+                Verdict::KeepWaiting(_) => Err(PollError::Failed("no answer".into())),
+            }
+        }
+        Err(ExchangeError::Timeout(t)) => {
+            let tr = nts.timed_out(&flight);
+            log_transition(&src.name, addr, tr);
+            Err(PollError::Failed(format!(
+                "no authentic answer within {t:?}"
+            )))
+        }
+        Err(e) => {
+            nts.timed_out(&flight);
+            Err(PollError::Failed(e.to_string()))
+        }
+    };
+    save_source(src);
+    out
+}
+
+fn log_transition(name: &str, server: SocketAddr, t: Option<Transition>) {
+    match t {
+        Some(Transition::TimeoutsBegan) => {
+            tracing::warn!(source = %name, %server, "time server stopped answering")
+        }
+        Some(Transition::Answering { after }) => {
+            tracing::info!(source = %name, %server, "time server answers again after {after} missed polls")
+        }
+        Some(Transition::RekeyDue(why)) => {
+            tracing::warn!(source = %name, %server, "new key exchange due: {}", why.as_str())
+        }
+        None => {}
     }
 }
 
-/// Book-keeping for a failed exchange; returns the message to report.
-fn classify(src: &mut Source, e: ExchangeError) -> String {
-    match &e {
-        ExchangeError::Timeout(_) => src.timeouts += 1,
-        ExchangeError::Check(ResponseCheckError::NtsNak) => {
-            src.naks += 1;
-            // The server cannot open our cookies: start over with a new key exchange.
-            src.cookies.clear();
-            src.ke = None;
+/// Run NTS-KE for `src` and install the result (or back off).
+async fn key_exchange_for(
+    src: &mut Source,
+    cfg: &Config,
+    tls: &Arc<rustls::ClientConfig>,
+    started: Instant,
+) -> Result<(), PollError> {
+    let ke_host = src
+        .address
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| src.host.clone());
+    let reason = src
+        .nts
+        .as_ref()
+        .and_then(|n| n.rekey_reason())
+        .map_or("", |r| r.as_str());
+    let result = ke_exchange(
+        &ke_host,
+        &src.host,
+        src.port,
+        tls.clone(),
+        Duration::from_secs_f64(cfg.nts.ke_timeout),
+    )
+    .await
+    .map_err(|e| e.to_string());
+    let result = match result {
+        Ok(ko) => resolve_all(&ko.ntp_server, ko.ntp_port)
+            .await
+            .map(|addrs| (ko, addrs)),
+        Err(e) => Err(format!("NTS-KE failed: {e}")),
+    };
+    let now = mono(started);
+    let nts = src.nts.as_mut().ok_or(PollError::NotYet)?;
+    match result {
+        Ok((ko, addrs)) => {
+            let server = host_port(&ko.ntp_server, ko.ntp_port);
+            let assoc = Association {
+                aead: ko.aead,
+                c2s: ko.c2s,
+                s2c: ko.s2c,
+                ntp_host: ko.ntp_server,
+                ntp_port: ko.ntp_port,
+                established_unix: unix_f64() as u64,
+            };
+            let cookies = ko.cookies.len();
+            let changed = nts.ke_succeeded(assoc, ko.cookies, now);
+            nts.set_addresses(addrs);
+            src.ke_failures_in_row = 0;
+            src.server_changed |= changed;
+            if changed {
+                tracing::info!(source = %src.name, time_server = %server, cookies, reason, "key exchange done: using a new time server");
+            } else {
+                tracing::info!(source = %src.name, time_server = %server, cookies, reason, "key exchange done");
+            }
+            save_source(src);
+            Ok(())
         }
-        ExchangeError::Check(
-            ResponseCheckError::AuthenticationFailed | ResponseCheckError::Unauthenticated,
-        ) => {
-            src.auth_failures += 1;
+        Err(e) => {
+            let next = nts.ke_failed(now, rand::random());
+            src.ke_failures_in_row += 1;
+            let wait = (next - now).max(0.0);
+            if src.ke_failures_in_row == 1 {
+                tracing::warn!(source = %src.name, "{e}; retrying in {wait:.0} s, backing off");
+            } else {
+                tracing::debug!(source = %src.name, failures = src.ke_failures_in_row, "{e}; retrying in {wait:.0} s");
+            }
+            Err(PollError::Failed(e))
+        }
+    }
+}
+
+/// Book-keeping for a failed plain exchange; returns the message to report.
+fn plain_failure(src: &mut Source, e: ExchangeError) -> String {
+    match &e {
+        ExchangeError::Timeout(_) => {
+            src.timeouts += 1;
+            if !src.in_timeouts {
+                src.in_timeouts = true;
+                tracing::warn!(source = %src.name, "server stopped answering");
+            }
         }
         ExchangeError::Check(ResponseCheckError::Kiss(code)) => {
             let code_s = String::from_utf8_lossy(code).to_string();
@@ -250,19 +531,12 @@ fn classify(src: &mut Source, e: ExchangeError) -> String {
                 // Slow down: hold this source for a while.
                 src.backoff_until = Some(Instant::now() + Duration::from_secs(64));
             }
+            tracing::warn!(source = %src.name, kiss = %code_s, "kiss-o'-death (unauthenticated source)");
             src.kiss = Some(code_s);
         }
         _ => {}
     }
     e.to_string()
-}
-
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))
 }
 
 /// Key exchange with `connect_host` (a name or address), verifying the certificate for `tls_name`.
@@ -301,31 +575,70 @@ fn state_label(s: SourceState) -> &'static str {
 fn source_report(agent: &Agent, s: &Source, now: f64) -> SourceReport {
     let ss = agent.source_status(s.id, now);
     let f = ss.as_ref().and_then(|x| x.filter);
+    let reach = ss.map_or(0, |x| x.reach);
+    let mut state = ss.map_or("no_data", |x| state_label(x.state));
+    // The last selection may predate the silence: never show an unreachable source as used.
+    if reach == 0 && state != "no_data" {
+        state = "unreachable";
+    }
+    if s.denied {
+        state = "stopped";
+    }
+    let nts = s.nts.as_ref();
+    let c = nts.map(|n| *n.counters()).unwrap_or_default();
     SourceReport {
         name: s.name.clone(),
         kind: format!("{:?}", s.kind).to_lowercase(),
         authenticated: s.authenticated(),
-        state: ss.map_or("no_data", |x| state_label(x.state)).to_string(),
-        reach: ss.map_or(0, |x| x.reach),
+        state: state.to_string(),
+        reach,
         poll: ss.map_or(0.0, |x| x.poll_interval),
         offset: f.map(|f| f.offset).or(s.last_offset),
         delay: f.map(|f| f.delay).or(s.last_delay),
         jitter: f.map(|f| f.jitter),
         stratum: f.map(|f| f.server.stratum),
-        ntp_address: s.ntp_addr.map(|a| a.to_string()),
-        ke_age: s.ke_at.map(|t| t.elapsed().as_secs_f64()),
-        ke_ok: s.ke_ok,
-        ke_failures: s.ke_failures,
-        cookies: s.cookies.len(),
-        naks: s.naks,
-        auth_failures: s.auth_failures,
-        timeouts: s.timeouts,
+        ntp_server: nts
+            .and_then(|n| n.association())
+            .map(|a| host_port(&a.ntp_host, a.ntp_port)),
+        ntp_address: s.current_ntp_addr().map(|a| a.to_string()),
+        aead: nts
+            .and_then(|n| n.association())
+            .map(|a| a.aead.name().to_string()),
+        ke_age: nts.and_then(|n| n.association_age(now)),
+        ke_ok: c.ke_ok,
+        ke_failures: c.ke_failures,
+        cookies: nts.map_or(0, |n| n.cookies()),
+        naks: c.naks,
+        auth_failures: c.ignored_forged,
+        ignored: c.ignored(),
+        ignored_unauthenticated: c.ignored_unauthenticated,
+        ignored_mismatch: c.ignored_mismatch,
+        ignored_malformed: c.ignored_malformed,
+        requests: c.requests,
+        timeouts: c.timeouts + s.timeouts,
+        missed_polls: nts.map_or(0, |n| n.missed_polls()),
+        rekey_due: nts
+            .and_then(|n| n.rekey_reason())
+            .map(|r| r.as_str().to_string()),
         kiss: s.kiss.clone(),
+        last_sample_age: s.last_sample_unix.map(|t| (unix_f64() - t).max(0.0)),
         last_error: s.last_error.clone(),
     }
 }
 
+/// What the shell remembers between reports for the tracking view.
+#[derive(Default)]
+struct TrackState {
+    updates_seen: u64,
+    last_update_unix: Option<f64>,
+    last_offset: Option<f64>,
+    /// Exponentially weighted mean of squared offsets at updates.
+    mean_square: Option<f64>,
+    system_peer: Option<SourceId>,
+}
+
 /// Refresh the shared report. Sources being polled right now keep their last entry.
+#[allow(clippy::too_many_arguments)]
 fn publish(
     shared: &Shared,
     agent: &Agent,
@@ -334,17 +647,80 @@ fn publish(
     started: Instant,
     observe: bool,
     commands: u64,
+    track: &mut TrackState,
 ) {
-    let now = started.elapsed().as_secs_f64();
+    let now = mono(started);
     for (slot, cached) in slots.iter().zip(cache.iter_mut()) {
         if let Some(s) = slot {
             *cached = source_report(agent, s, now);
         }
     }
     let st = agent.status(now);
+    if st.updates != track.updates_seen {
+        track.updates_seen = st.updates;
+        track.last_update_unix = Some(unix_f64());
+        if let Some(o) = st.offset {
+            track.last_offset = Some(o);
+            let sq = o * o;
+            track.mean_square = Some(track.mean_square.map_or(sq, |m| 0.75 * m + 0.25 * sq));
+        }
+    }
+    // Selection changes, logged once each.
+    let peer = st.selection.as_ref().ok().map(|s| s.system_peer);
+    if peer != track.system_peer {
+        let name = |id: Option<SourceId>| {
+            id.and_then(|id| {
+                slots
+                    .iter()
+                    .flatten()
+                    .find(|s| s.id == id)
+                    .map(|s| s.name.clone())
+            })
+            .or_else(|| {
+                id.and_then(|id| agent.source_ids().iter().position(|x| *x == id))
+                    .and_then(|i| cache.get(i).map(|c| c.name.clone()))
+            })
+        };
+        match name(peer) {
+            Some(n) => tracing::info!(source = %n, "selected as the reference source"),
+            None => tracing::warn!("no source selectable: {:?}", st.selection.as_ref().err()),
+        }
+        track.system_peer = peer;
+    }
+    let ids = agent.source_ids();
+    let peer_report = peer
+        .and_then(|p| ids.iter().position(|x| *x == p))
+        .and_then(|i| cache.get(i));
+    let peer_status = peer.and_then(|p| agent.source_status(p, now));
+    let reachable_peer = peer_report.is_some_and(|r| r.reach != 0);
+    let filter = peer_status.and_then(|s| s.filter);
+    let tracking = Tracking {
+        reference: peer_report.map(|r| r.name.clone()),
+        reference_time_server: peer_report.and_then(|r| r.ntp_address.clone()),
+        stratum: filter.map(|f| f.server.stratum.saturating_add(1)),
+        reference_time_unix: track.last_update_unix,
+        system_time_offset: st.offset,
+        last_offset: track.last_offset,
+        rms_offset: track.mean_square.map(f64::sqrt),
+        frequency_ppm: st.frequency_ppm,
+        estimated_frequency_ppm: st.residual_frequency_ppm.map(|r| st.frequency_ppm + r),
+        residual_frequency_ppm: st.residual_frequency_ppm,
+        skew_ppm: st.frequency_sd_ppm,
+        root_delay: filter.map(|f| f.server.root_delay + f.delay),
+        root_dispersion: filter.map(|f| f.server.root_dispersion + f.dispersion + f.jitter),
+        update_interval: 2f64.powi(i32::from(st.poll_exponent)),
+        last_update_age: track.last_update_unix.map(|t| (unix_f64() - t).max(0.0)),
+        leap_status: match filter.map(|f| f.server.leap) {
+            Some(nts_proto::ntp_packet::LeapIndicator::InsertSecond) => "insert second",
+            Some(nts_proto::ntp_packet::LeapIndicator::DeleteSecond) => "delete second",
+            Some(nts_proto::ntp_packet::LeapIndicator::NoWarning) => "normal",
+            _ => "not synchronised",
+        }
+        .to_string(),
+    };
     let report = StatusReport {
         observe_only: observe,
-        synchronized: st.synchronized,
+        synchronized: st.synchronized && reachable_peer,
         panicked: st.panicked,
         offset: st.offset,
         offset_sd: st.offset_sd,
@@ -353,10 +729,28 @@ fn publish(
         updates: st.updates,
         steps: st.steps,
         clock_commands: commands,
-        last_update_unix: unix_f64(),
+        last_update_unix: track.last_update_unix,
+        tracking,
         sources: cache.to_vec(),
     };
     *shared.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+}
+
+/// Create the state directory (0700) when one is configured.
+pub fn prepare_state_dir(cfg: &Config) -> Result<()> {
+    if let Some(dir) = &cfg.nts.state_dir {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("nts.state_dir: cannot create {}", dir.display()))?;
+        let probe = dir.join(".write-test");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("nts.state_dir: {} is not writable", dir.display()))?;
+        let _ = std::fs::remove_file(probe);
+    }
+    Ok(())
 }
 
 /// Run the agent until the task is dropped.
@@ -365,10 +759,11 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
     let cas: Vec<&std::path::Path> = cfg.nts.ca_files.iter().map(|p| p.as_path()).collect();
     let roots = ke::root_store(&cas, cfg.nts.system_roots).context("nts.ca_files")?;
     let tls = ke::tls_config(roots);
-    let mut agent = Agent::new(agent_config(&cfg, observe));
-    let sources = expand_sources(&cfg, &mut agent).await;
-    let mut clock = (!observe).then(SystemClock::new);
+    prepare_state_dir(&cfg)?;
     let started = Instant::now();
+    let mut agent = Agent::new(agent_config(&cfg, observe));
+    let sources = expand_sources(&cfg, &mut agent, started).await;
+    let mut clock = (!observe).then(SystemClock::new);
     let mut commands = 0u64;
     tracing::info!(
         sources = sources.len(),
@@ -387,12 +782,13 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
     // so a slow or silent server never holds up the others.
     let mut slots: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
     let cfg = Arc::new(cfg);
+    let mut track = TrackState::default();
     let mut polls = tokio::task::JoinSet::new();
     loop {
-        let now = started.elapsed().as_secs_f64();
+        let now = mono(started);
         // The next thing due: a poll of an idle source, or the discipline's deadline.
         let mut due: Option<(f64, Option<usize>)> = agent.next_deadline().map(|d| (d, None));
-        for (i, s) in slots.iter().enumerate() {
+        for (i, s) in slots.iter_mut().enumerate() {
             let Some(s) = s else { continue };
             if s.denied {
                 continue;
@@ -400,6 +796,16 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
             let mut t = agent.next_poll(s.id).unwrap_or(f64::INFINITY);
             if let Some(b) = s.backoff_until {
                 t = t.max(b.saturating_duration_since(started).as_secs_f64());
+            }
+            if let Some(n) = s.nts.as_mut() {
+                match n.next_step(now) {
+                    Step::NotBefore(nb) => t = t.max(nb),
+                    Step::Stopped => {
+                        s.denied = true;
+                        continue;
+                    }
+                    Step::KeyExchange | Step::Request => {}
+                }
             }
             if due.is_none_or(|(d, _)| t < d) {
                 due = Some((t, Some(i)));
@@ -410,7 +816,7 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
         let mut cmds = Vec::new();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                let now = started.elapsed().as_secs_f64();
+                let now = mono(started);
                 match which {
                     None => cmds.extend(agent.tick(now)),
                     Some(i) => {
@@ -418,7 +824,7 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
                             agent.poll_sent(src.id, now);
                             let (cfg, tls) = (cfg.clone(), tls.clone());
                             polls.spawn(async move {
-                                let r = poll_source(&mut src, &cfg, &tls).await;
+                                let r = poll_source(&mut src, &cfg, &tls, started).await;
                                 (i, src, r)
                             });
                         }
@@ -427,20 +833,28 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
             }
             Some(done) = polls.join_next(), if !polls.is_empty() => {
                 let Ok((i, mut src, result)) = done else { continue };
+                if std::mem::take(&mut src.server_changed) {
+                    agent.reset_source(src.id);
+                }
                 match result {
+                    Ok(m) if m.unsynchronized() => {
+                        src.last_error = Some("server is unsynchronized (leap indicator 3 or stratum 0/16)".into());
+                    }
                     Ok(m) => {
                         src.last_error = None;
                         src.last_offset = Some(m.offset);
                         src.last_delay = Some(m.delay);
+                        src.last_sample_unix = Some(unix_f64());
                         let info = ServerInfo::from_header(&m.header);
                         let t2 = m.header.receive_timestamp;
                         let t3 = m.header.transmit_timestamp;
                         match Sample::from_timestamps(m.t1, t2, t3, m.t4, info, 1e-8) {
-                            Ok(sample) => cmds.extend(agent.on_sample(src.id, sample, started.elapsed().as_secs_f64())),
+                            Ok(sample) => cmds.extend(agent.on_sample(src.id, sample, mono(started))),
                             Err(e) => src.last_error = Some(format!("unusable sample: {e}")),
                         }
                     }
-                    Err(e) => {
+                    Err(PollError::NotYet) => {}
+                    Err(PollError::Failed(e)) => {
                         tracing::debug!(source = %src.name, "poll failed: {e}");
                         src.last_error = Some(e);
                     }
@@ -468,7 +882,7 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
             }
         }
         publish(
-            &shared, &agent, &slots, &mut cache, started, observe, commands,
+            &shared, &agent, &slots, &mut cache, started, observe, commands, &mut track,
         );
     }
 }

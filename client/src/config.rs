@@ -62,6 +62,22 @@ pub struct NtsSection {
     pub ke_refresh: f64,
     /// Seconds to wait for one key exchange.
     pub ke_timeout: f64,
+    /// Directory where each NTS source keeps its keys and cookies (0600) so a
+    /// restart needs no key exchange, like chrony's `ntsdumpdir`. None: not kept.
+    pub state_dir: Option<PathBuf>,
+    /// The first key exchange of a source without saved cookies starts at a
+    /// random moment within this many seconds, so a fleet restarting together
+    /// does not storm its KE servers.
+    pub ke_spread: f64,
+    /// Wait after a failed key exchange (seconds), doubled on each failure in a row...
+    pub ke_backoff_min: f64,
+    /// ...up to this many seconds.
+    pub ke_backoff_max: f64,
+    /// Polls in a row without an authentic answer after which a source runs
+    /// NTS-KE again (to be sent to a time server that is alive).
+    pub unreachable_polls: u32,
+    /// Seconds to wait for the answer to one NTP request.
+    pub request_timeout: f64,
 }
 
 impl Default for NtsSection {
@@ -71,6 +87,12 @@ impl Default for NtsSection {
             system_roots: true,
             ke_refresh: 86_400.0,
             ke_timeout: 10.0,
+            state_dir: None,
+            ke_spread: 10.0,
+            ke_backoff_min: 4.0,
+            ke_backoff_max: 1024.0,
+            unreachable_polls: 3,
+            request_timeout: 2.0,
         }
     }
 }
@@ -202,6 +224,44 @@ impl Config {
                 self.nts.ke_timeout
             );
         }
+        let n = &self.nts;
+        if !(n.ke_spread.is_finite() && (0.0..=3600.0).contains(&n.ke_spread)) {
+            bail!(
+                "nts.ke_spread = {}: must be between 0 and 3600 seconds",
+                n.ke_spread
+            );
+        }
+        if !(n.ke_backoff_min.is_finite() && n.ke_backoff_min >= 1.0) {
+            bail!(
+                "nts.ke_backoff_min = {}: must be at least 1 second",
+                n.ke_backoff_min
+            );
+        }
+        if !(n.ke_backoff_max.is_finite() && n.ke_backoff_max >= n.ke_backoff_min) {
+            bail!(
+                "nts.ke_backoff_max = {}: must be at least nts.ke_backoff_min ({})",
+                n.ke_backoff_max,
+                n.ke_backoff_min
+            );
+        }
+        if !(1..=64).contains(&n.unreachable_polls) {
+            bail!(
+                "nts.unreachable_polls = {}: must be between 1 and 64",
+                n.unreachable_polls
+            );
+        }
+        if !(n.request_timeout.is_finite() && n.request_timeout > 0.0 && n.request_timeout <= 30.0)
+        {
+            bail!(
+                "nts.request_timeout = {}: must be above 0 and at most 30 seconds",
+                n.request_timeout
+            );
+        }
+        if let Some(d) = &n.state_dir {
+            if d.as_os_str().is_empty() {
+                bail!("nts.state_dir: must not be empty (leave it out to keep no state)");
+            }
+        }
         Ok(())
     }
 }
@@ -246,6 +306,19 @@ mod tests {
                 "source[0].address",
             ),
             (format!("{src}bogus = 1\n"), "bogus"),
+            (format!("{src}[nts]\nke_spread = -1\n"), "nts.ke_spread"),
+            (
+                format!("{src}[nts]\nke_backoff_min = 10\nke_backoff_max = 5\n"),
+                "nts.ke_backoff_max",
+            ),
+            (
+                format!("{src}[nts]\nunreachable_polls = 0\n"),
+                "nts.unreachable_polls",
+            ),
+            (
+                format!("{src}[nts]\nrequest_timeout = 0\n"),
+                "nts.request_timeout",
+            ),
         ] {
             let e = check(&text).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{key}: {e:#}");

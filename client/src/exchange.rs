@@ -13,15 +13,6 @@ use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// NTS credentials for one request.
-pub struct NtsCredentials<'a> {
-    pub cookie: &'a [u8],
-    pub c2s: &'a AeadKey,
-    pub s2c: &'a AeadKey,
-    /// Cookie placeholders to add (to receive this many extra cookies).
-    pub placeholders: usize,
-}
-
 /// A checked measurement.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -31,8 +22,42 @@ pub struct Sample {
     pub delay: f64,
     pub header: NtpHeader,
     pub authenticated: bool,
-    pub cookies: Vec<Vec<u8>>,
     /// Our send and receive times (the kernel's where available).
+    pub t1: NtpTimestamp,
+    pub t4: NtpTimestamp,
+    pub stamps: StampSources,
+}
+
+impl Sample {
+    /// The measurement made by an answer with `header`, sent and received at `timing`.
+    pub fn new(header: NtpHeader, timing: Timing, authenticated: bool) -> Self {
+        let (offset, delay) = offset_delay(
+            timing.t1,
+            header.receive_timestamp,
+            header.transmit_timestamp,
+            timing.t4,
+        );
+        Self {
+            offset,
+            delay,
+            header,
+            authenticated,
+            t1: timing.t1,
+            t4: timing.t4,
+            stamps: timing.stamps,
+        }
+    }
+
+    /// The server says it is not synchronized (leap indicator 3, stratum 0 or 16).
+    pub fn unsynchronized(&self) -> bool {
+        let h = &self.header;
+        h.leap == LeapIndicator::Unsynchronized || h.stratum == 0 || h.stratum >= 16
+    }
+}
+
+/// When a request left and its answer arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
     pub t1: NtpTimestamp,
     pub t4: NtpTimestamp,
     pub stamps: StampSources,
@@ -46,8 +71,6 @@ pub enum ExchangeError {
     Timeout(Duration),
     #[error(transparent)]
     Check(#[from] ResponseCheckError),
-    #[error("server is unsynchronized (leap indicator 3 or stratum 0/16)")]
-    Unsynchronized,
 }
 
 fn now_ntp() -> NtpTimestamp {
@@ -106,15 +129,18 @@ pub struct StampSources {
     pub kernel_rx: bool,
 }
 
-/// Query `server` once. Answers that do not match the request (origin timestamp,
-/// Unique Identifier, authenticator) are ignored until `timeout`; an NTS NAK or a
-/// kiss-o'-death that matches is returned as an error. Send and receive times come
-/// from the kernel (`SO_TIMESTAMPING`) where it provides them.
-pub async fn exchange(
+/// Send `request` to `server` and hand every datagram that comes back to
+/// `judge` until it returns `Some` or `timeout` passes. Whatever `judge`
+/// refuses (forged, stray, garbage) is ignored and the wait goes on, so a
+/// packet that arrives first never wins over the genuine answer. Send and
+/// receive times come from the kernel (`SO_TIMESTAMPING`) where it provides
+/// them.
+pub async fn exchange<T>(
     server: SocketAddr,
-    nts: Option<NtsCredentials<'_>>,
+    request: &[u8],
     timeout: Duration,
-) -> Result<Sample, ExchangeError> {
+    mut judge: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<(T, Timing), ExchangeError> {
     let bind: SocketAddr = if server.is_ipv6() {
         "[::]:0"
     } else {
@@ -128,15 +154,8 @@ pub async fn exchange(
     let stamping = socket_timestamps::enable_rx_tx(&std_sock).is_ok();
     let sock = UdpSocket::from_std(std_sock)?;
     let fd = sock.as_raw_fd();
-    let mut req = Vec::with_capacity(512);
-    let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
-    let pending = build_request(
-        &mut req,
-        nts.as_ref().map(|n| (n.cookie, n.placeholders, n.c2s)),
-        &mut rng,
-    );
     let mut t1 = now_ntp();
-    sock.send(&req).await?;
+    sock.send(request).await?;
     let mut stamps = StampSources::default();
     if stamping {
         // The transmit stamp arrives on the error queue almost at once.
@@ -165,6 +184,9 @@ pub async fn exchange(
         .await;
         let (n, meta) = match got {
             Err(_) => return Err(ExchangeError::Timeout(timeout)),
+            // ICMP errors (port unreachable) surface here: keep waiting, as for any
+            // unauthenticated signal, until the timeout.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Ok(r) => r?,
         };
         let t4 = match meta.software {
@@ -174,38 +196,97 @@ pub async fn exchange(
             }
             None => now_ntp(),
         };
-        let checked = match check_response(&buf[..n], &pending, nts.as_ref().map(|n| n.s2c)) {
-            Ok(c) => c,
-            // Spoofed or stale datagrams: keep waiting for the real answer.
+        if let Some(v) = judge(&buf[..n]) {
+            return Ok((v, Timing { t1, t4, stamps }));
+        }
+    }
+}
+
+/// One plain (unauthenticated) NTP exchange. Kiss codes are returned as
+/// errors: without NTS there is nothing better to go on.
+pub async fn plain_exchange(
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<Sample, ExchangeError> {
+    let mut req = Vec::with_capacity(48);
+    let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
+    let pending = build_request(&mut req, None, &mut rng);
+    let (checked, timing) = exchange(server, &req, timeout, |d| {
+        match check_response(d, &pending, None) {
             Err(
                 ResponseCheckError::OriginMismatch
                 | ResponseCheckError::UniqueIdMismatch
                 | ResponseCheckError::Malformed(_),
-            ) => continue,
-            Err(ResponseCheckError::AuthenticationFailed | ResponseCheckError::Unauthenticated)
-                if nts.is_some() =>
-            {
-                return Err(ExchangeError::Check(
-                    ResponseCheckError::AuthenticationFailed,
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let h = checked.header;
-        if h.leap == LeapIndicator::Unsynchronized || h.stratum == 0 || h.stratum >= 16 {
-            return Err(ExchangeError::Unsynchronized);
+            ) => None,
+            other => Some(other),
         }
-        let (offset, delay) = offset_delay(t1, h.receive_timestamp, h.transmit_timestamp, t4);
-        return Ok(Sample {
-            offset,
-            delay,
-            header: h,
-            authenticated: checked.authenticated,
-            cookies: checked.cookies,
-            t1,
-            t4,
-            stamps,
-        });
+    })
+    .await?;
+    let c = checked?;
+    Ok(Sample::new(c.header, timing, false))
+}
+
+/// NTS credentials for a one-shot probe.
+pub struct NtsCredentials<'a> {
+    pub cookie: &'a [u8],
+    pub c2s: &'a AeadKey,
+    pub s2c: &'a AeadKey,
+    /// Cookie placeholders to add (to receive this many extra cookies).
+    pub placeholders: usize,
+}
+
+/// What a probe got: the measurement and the new cookies.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub sample: Sample,
+    pub cookies: Vec<Vec<u8>>,
+}
+
+/// One NTS exchange with explicit credentials, for diagnostics and tests
+/// that want to see what a server does with a given cookie. Unlike the
+/// agent's sources ([`nts_proto::nts_source`]), it reports an NTS NAK at
+/// once as an error; forged and stray datagrams are still ignored, and if
+/// only forgeries came back the timeout reports the authentication failure.
+pub async fn nts_probe(
+    server: SocketAddr,
+    creds: NtsCredentials<'_>,
+    timeout: Duration,
+) -> Result<Probe, ExchangeError> {
+    let mut req = Vec::with_capacity(1024);
+    let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
+    let pending = build_request(
+        &mut req,
+        Some((creds.cookie, creds.placeholders, creds.c2s)),
+        &mut rng,
+    );
+    let mut forged = false;
+    let r = exchange(server, &req, timeout, |d| {
+        match check_response(d, &pending, Some(creds.s2c)) {
+            Err(ResponseCheckError::AuthenticationFailed | ResponseCheckError::Unauthenticated) => {
+                forged = true;
+                None
+            }
+            Err(
+                ResponseCheckError::OriginMismatch
+                | ResponseCheckError::UniqueIdMismatch
+                | ResponseCheckError::Malformed(_),
+            ) => None,
+            other => Some(other),
+        }
+    })
+    .await;
+    match r {
+        Ok((checked, timing)) => {
+            let c = checked?;
+            Ok(Probe {
+                sample: Sample::new(c.header, timing, c.authenticated),
+                cookies: c.cookies,
+            })
+        }
+        Err(ExchangeError::Timeout(_)) if forged => Err(ExchangeError::Check(
+            ResponseCheckError::AuthenticationFailed,
+        )),
+        Err(e) => Err(e),
     }
 }
 

@@ -78,6 +78,12 @@ enum Command {
         /// Seconds to wait for each step.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
+        /// Samples to take (the one with the least delay is reported); lost packets are retried.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        samples: u32,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 0.5)]
+        interval: f64,
     },
     /// Run one NTS key exchange and print what the server negotiated.
     Ke {
@@ -104,6 +110,8 @@ address = "127.0.0.1:4460"
 [nts]
 ca_files = [{ca:?}]
 system_roots = false
+state_dir = {state:?}
+ke_spread = 0.0
 [clock]
 mode = "observe"
 minpoll = 2
@@ -113,6 +121,7 @@ socket = {sock:?}
 "#,
         ca = state_dir.join("ca.pem"),
         sock = state_dir.join("client.sock"),
+        state = state_dir.join("client-state"),
     );
     nts_client::config::Config::parse(&text, std::path::Path::new("--dev"))
 }
@@ -185,6 +194,20 @@ fn run_agent(
     })
 }
 
+/// Print to stdout; a reader that went away (`| head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = writeln!(o, $($arg)*).and_then(|_| o.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -217,7 +240,8 @@ fn main() -> Result<()> {
             nts_ops::init_logging(log_level.as_deref().unwrap_or(&cfg.log.level));
             cfg.validate()?;
             if check_config {
-                println!("configuration OK");
+                nts_client::agent::prepare_state_dir(&cfg)?;
+                out!("configuration OK");
                 return Ok(());
             }
             return run_agent(cfg, metrics_listen, socket);
@@ -229,11 +253,11 @@ fn main() -> Result<()> {
         } => {
             let r = nts_client::status::fetch(&socket)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             } else if brief {
-                println!("{}", r.brief());
+                out!("{}", r.brief());
             } else {
-                print!("{}", r.render());
+                out!("{}", r.render().trim_end());
             }
             return Ok(());
         }
@@ -245,25 +269,37 @@ fn main() -> Result<()> {
             json,
             brief,
             timeout,
+            samples,
+            interval,
         } => {
             nts_ops::init_logging("warn");
+            anyhow::ensure!(
+                timeout.is_finite() && timeout > 0.0,
+                "--timeout must be a positive number of seconds"
+            );
+            anyhow::ensure!(
+                interval.is_finite() && interval >= 0.0,
+                "--interval must be zero or more seconds"
+            );
             let opts = nts_client::query::QueryOptions {
                 server,
                 nts: !no_nts,
                 ca_files: ca,
                 system_roots: !no_system_roots,
                 timeout: Duration::from_secs_f64(timeout),
+                samples,
+                interval: Duration::from_secs_f64(interval),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let report = rt.block_on(nts_client::query::query(&opts))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else if brief {
-                println!("{}", report.brief());
+                out!("{}", report.brief());
             } else {
-                println!("{report}");
+                out!("{report}");
             }
         }
         Command::Ke {
@@ -289,16 +325,16 @@ fn main() -> Result<()> {
                     Duration::from_secs_f64(timeout),
                 ))
                 .with_context(|| format!("key exchange with {host}:{port}"))?;
-            println!("server      {host}:{port}");
-            println!("aead        {} ({})", out.aead, out.aead.id());
-            println!("ntp server  {}:{}", out.ntp_server, out.ntp_port);
-            println!(
+            out!("server      {host}:{port}");
+            out!("aead        {} ({})", out.aead, out.aead.id());
+            out!("ntp server  {}:{}", out.ntp_server, out.ntp_port);
+            out!(
                 "cookies     {} ({} bytes each)",
                 out.cookies.len(),
                 out.cookies.first().map_or(0, |c| c.len())
             );
             if !out.warnings.is_empty() {
-                println!("warnings    {:?}", out.warnings);
+                out!("warnings    {:?}", out.warnings);
             }
         }
     }

@@ -1,10 +1,11 @@
 //! `nts-client query`: one measurement against one server, like `chronyd -Q`
 //! or `ntpdig`, with NTS by default.
 
-use crate::exchange::{exchange, NtsCredentials, Sample};
+use crate::exchange::{exchange, plain_exchange, ExchangeError, Sample};
 use crate::ke::{self, KeError, DEFAULT_KE_PORT, DEFAULT_NTP_PORT};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
+use nts_proto::nts_source::{Association, NtsSource, NtsSourceConfig, Verdict};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,10 @@ pub struct QueryOptions {
     pub ca_files: Vec<PathBuf>,
     pub system_roots: bool,
     pub timeout: Duration,
+    /// Samples to take; the one with the least delay is reported.
+    pub samples: u32,
+    /// Seconds between samples.
+    pub interval: Duration,
 }
 
 /// The result, printed as text or JSON.
@@ -30,7 +35,15 @@ pub struct QueryReport {
     pub authenticated: bool,
     pub aead: Option<String>,
     pub cookies_from_ke: Option<usize>,
-    pub cookies_in_response: usize,
+    /// Cookies held after the last exchange (NTS only).
+    pub cookies_held: Option<usize>,
+    /// Answers received and requests that got none (retried).
+    pub samples: u32,
+    pub lost: u32,
+    /// Datagrams ignored (forged, stray, NAK) while waiting (NTS only).
+    pub ignored: u64,
+    /// Set when the server says it is not synchronized: the offset is only informative.
+    pub warning: Option<String>,
     /// Server minus local clock, seconds.
     pub offset: f64,
     /// Round-trip delay, seconds.
@@ -52,12 +65,13 @@ fn refid(id: [u8; 4], stratum: u8) -> String {
     }
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    tokio::net::lookup_host((host, port))
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    let v: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))
+        .collect();
+    anyhow::ensure!(!v.is_empty(), "{host} has no address");
+    Ok(v)
 }
 
 fn report(
@@ -73,7 +87,11 @@ fn report(
         authenticated: s.authenticated,
         aead: aead.map(|a| a.name().to_string()),
         cookies_from_ke: ke_cookies,
-        cookies_in_response: s.cookies.len(),
+        cookies_held: None,
+        samples: 1,
+        lost: 0,
+        ignored: 0,
+        warning: unsync_warning(s),
         offset: s.offset,
         delay: s.delay,
         stratum: s.header.stratum,
@@ -84,16 +102,55 @@ fn report(
     }
 }
 
+fn unsync_warning(s: &Sample) -> Option<String> {
+    s.unsynchronized().then(|| {
+        format!(
+            "the server says it is NOT synchronized (leap {}, stratum {}): this offset is not time to trust",
+            s.header.leap as u8, s.header.stratum
+        )
+    })
+}
+
+fn best(samples: Vec<(Sample, SocketAddr)>) -> Option<(Sample, SocketAddr)> {
+    samples
+        .into_iter()
+        .min_by(|a, b| a.0.delay.total_cmp(&b.0.delay))
+}
+
 /// Run the query.
 pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
+    let wanted = opts.samples.max(1);
+    // Each sample may need one retry per lost packet, up to three in a row.
+    let max_lost = 3 * wanted;
     if !opts.nts {
         let (host, port) =
             crate::split_host_port(&opts.server, DEFAULT_NTP_PORT).map_err(anyhow::Error::msg)?;
-        let addr = resolve(&host, port).await?;
-        let s = exchange(addr, None, opts.timeout)
-            .await
-            .with_context(|| format!("NTP query to {addr}"))?;
-        return Ok(report(&opts.server, addr, &s, None, None));
+        let addrs = resolve(&host, port).await?;
+        let (mut got, mut lost, mut last_err) = (Vec::new(), 0u32, None);
+        let mut i = 0usize;
+        while got.len() < wanted as usize && lost <= max_lost {
+            let addr = addrs[i % addrs.len()];
+            match plain_exchange(addr, opts.timeout).await {
+                Ok(s) => got.push((s, addr)),
+                Err(e @ ExchangeError::Check(_)) => {
+                    return Err(anyhow::anyhow!(e)).with_context(|| format!("NTP query to {addr}"))
+                }
+                Err(e) => {
+                    lost += 1;
+                    i += 1;
+                    last_err = Some(format!("{addr}: {e}"));
+                }
+            }
+            if got.len() < wanted as usize {
+                tokio::time::sleep(opts.interval).await;
+            }
+        }
+        let n = got.len() as u32;
+        let (s, addr) = best(got)
+            .with_context(|| format!("no answer from {host}: {}", last_err.unwrap_or_default()))?;
+        let mut r = report(&opts.server, addr, &s, None, None);
+        (r.samples, r.lost) = (n, lost);
+        return Ok(r);
     }
     let (host, port) =
         crate::split_host_port(&opts.server, DEFAULT_KE_PORT).map_err(anyhow::Error::msg)?;
@@ -109,34 +166,82 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
     .await
     .map_err(|e: KeError| anyhow::anyhow!(e))
     .with_context(|| format!("NTS key exchange with {host}:{port}"))?;
-    let addr = resolve(&ko.ntp_server, ko.ntp_port).await?;
-    let cookie = ko.cookies.first().context("no cookie")?;
-    let s = exchange(
-        addr,
-        Some(NtsCredentials {
-            cookie,
-            c2s: &ko.c2s,
-            s2c: &ko.s2c,
-            placeholders: 0,
-        }),
-        opts.timeout,
-    )
-    .await
-    .with_context(|| format!("NTS-protected NTP query to {addr}"))?;
-    Ok(report(
-        &opts.server,
-        addr,
-        &s,
-        Some(ko.aead),
-        Some(ko.cookies.len()),
-    ))
+    let addrs = resolve(&ko.ntp_server, ko.ntp_port).await?;
+    let ke_cookies = ko.cookies.len();
+    let aead = ko.aead;
+    let mut src = NtsSource::new(
+        NtsSourceConfig {
+            unreachable_polls: u32::MAX,
+            ..Default::default()
+        },
+        0.0,
+        0.0,
+    );
+    src.ke_succeeded(
+        Association {
+            aead: ko.aead,
+            c2s: ko.c2s,
+            s2c: ko.s2c,
+            ntp_host: ko.ntp_server,
+            ntp_port: ko.ntp_port,
+            established_unix: 0,
+        },
+        ko.cookies,
+        0.0,
+    );
+    src.set_addresses(addrs);
+    let (mut got, mut lost, mut last_err) = (Vec::new(), 0u32, None);
+    let mut req = Vec::with_capacity(1024);
+    let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
+    while got.len() < wanted as usize && lost <= max_lost {
+        let addr = src.address().context("no time server address")?;
+        let Some(mut flight) = src.prepare_request(&mut req, &mut rng) else {
+            anyhow::bail!("out of cookies after {lost} lost packets");
+        };
+        let r = exchange(addr, &req, opts.timeout, |d| {
+            match src.on_datagram(d, &mut flight) {
+                Verdict::KeepWaiting(_) => None,
+                v => Some(v),
+            }
+        })
+        .await;
+        match r {
+            Ok((Verdict::Accepted(h), timing)) => {
+                src.exchange_done(&Verdict::Accepted(h), 0.0);
+                got.push((Sample::new(h, timing, true), addr));
+            }
+            Ok((Verdict::Kiss(code), _)) => {
+                anyhow::bail!(
+                    "{addr} sent an authenticated kiss-o'-death {:?}",
+                    String::from_utf8_lossy(&code)
+                )
+            }
+            Ok((Verdict::KeepWaiting(_), _)) => {}
+            Err(e) => {
+                src.timed_out(&flight);
+                lost += 1;
+                last_err = Some(format!("{addr}: {e}"));
+            }
+        }
+        if got.len() < wanted as usize {
+            tokio::time::sleep(opts.interval).await;
+        }
+    }
+    let n = got.len() as u32;
+    let (s, addr) = best(got)
+        .with_context(|| format!("no authentic answer: {}", last_err.unwrap_or_default()))?;
+    let mut r = report(&opts.server, addr, &s, Some(aead), Some(ke_cookies));
+    r.cookies_held = Some(src.cookies());
+    (r.samples, r.lost) = (n, lost);
+    r.ignored = src.counters().ignored() + src.counters().naks;
+    Ok(r)
 }
 
 impl QueryReport {
     /// One line: offset, delay, stratum, authentication.
     pub fn brief(&self) -> String {
         format!(
-            "{}: offset {:+.1} us, delay {:.1} us, stratum {}, {}",
+            "{}: offset {:+.1} us, delay {:.1} us, stratum {}, {}{}",
             self.ntp_address,
             self.offset * 1e6,
             self.delay * 1e6,
@@ -146,6 +251,11 @@ impl QueryReport {
                     format!("authenticated (NTS, {a}, {n} cookies)"),
                 _ if self.authenticated => "authenticated".to_string(),
                 _ => "NOT authenticated".to_string(),
+            },
+            if self.warning.is_some() {
+                ", WARNING: server unsynchronized"
+            } else {
+                ""
             }
         )
     }
@@ -171,13 +281,27 @@ impl std::fmt::Display for QueryReport {
                 .map(|a| format!(", {a}"))
                 .unwrap_or_default()
         )?;
+        if let Some(w) = &self.warning {
+            writeln!(f, "WARNING         {w}")?;
+        }
         if let Some(n) = self.cookies_from_ke {
             writeln!(
                 f,
-                "cookies         {n} from key exchange, {} in the response",
-                self.cookies_in_response
+                "cookies         {n} from key exchange, {} held after the exchanges",
+                self.cookies_held.unwrap_or(0)
             )?;
         }
+        writeln!(
+            f,
+            "samples         {} (best by delay shown), {} lost and retried{}",
+            self.samples,
+            self.lost,
+            if self.ignored > 0 {
+                format!(", {} forged or stray datagrams ignored", self.ignored)
+            } else {
+                String::new()
+            }
+        )?;
         writeln!(f, "offset          {:+.6} s", self.offset)?;
         writeln!(f, "delay           {:.6} s", self.delay)?;
         writeln!(f, "stratum         {}", self.stratum)?;

@@ -18,17 +18,70 @@ pub struct SourceReport {
     pub delay: Option<f64>,
     pub jitter: Option<f64>,
     pub stratum: Option<u8>,
+    /// The time server NTS-KE sent this source to (host:port as negotiated).
+    pub ntp_server: Option<String>,
+    /// The address requests go to now.
     pub ntp_address: Option<String>,
+    /// The negotiated AEAD algorithm.
+    pub aead: Option<String>,
     /// Seconds since the last successful NTS-KE.
     pub ke_age: Option<f64>,
     pub ke_ok: u64,
     pub ke_failures: u64,
     pub cookies: usize,
     pub naks: u64,
+    /// Datagrams whose authenticator failed (forged or corrupted).
     pub auth_failures: u64,
+    /// Datagrams ignored for any reason while waiting for an answer.
+    pub ignored: u64,
+    pub ignored_unauthenticated: u64,
+    pub ignored_mismatch: u64,
+    pub ignored_malformed: u64,
+    /// NTS requests sent.
+    pub requests: u64,
     pub timeouts: u64,
+    /// Polls in a row without an authentic answer.
+    pub missed_polls: u32,
+    /// Why a new key exchange is due, if one is.
+    pub rekey_due: Option<String>,
     pub kiss: Option<String>,
+    /// Seconds since the last usable sample.
+    pub last_sample_age: Option<f64>,
     pub last_error: Option<String>,
+}
+
+/// What `chronyc tracking` shows: the reference and how well the clock follows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tracking {
+    /// The selected source (system peer).
+    pub reference: Option<String>,
+    /// The address of its time server.
+    pub reference_time_server: Option<String>,
+    /// Our stratum: the reference's plus one.
+    pub stratum: Option<u8>,
+    /// Unix time of the last clock update.
+    pub reference_time_unix: Option<f64>,
+    /// Estimated offset of the system clock (true minus ours), seconds.
+    pub system_time_offset: Option<f64>,
+    /// Offset estimate at the last update, and the RMS of recent ones (seconds).
+    pub last_offset: Option<f64>,
+    pub rms_offset: Option<f64>,
+    /// Frequency correction in force (ppm; always 0 when observing).
+    pub frequency_ppm: f64,
+    /// The clock's frequency error as estimated (ppm): what discipline would set.
+    pub estimated_frequency_ppm: Option<f64>,
+    /// Frequency error not yet corrected, and its standard deviation (ppm).
+    pub residual_frequency_ppm: Option<f64>,
+    pub skew_ppm: Option<f64>,
+    /// To the primary reference, through the selected source (seconds).
+    pub root_delay: Option<f64>,
+    pub root_dispersion: Option<f64>,
+    /// Seconds between clock updates now.
+    pub update_interval: f64,
+    /// Seconds since the last update.
+    pub last_update_age: Option<f64>,
+    /// normal, insert second, delete second, not synchronised.
+    pub leap_status: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,8 +98,23 @@ pub struct StatusReport {
     pub steps: u32,
     /// Corrections actually applied to the system clock (always 0 when observing).
     pub clock_commands: u64,
-    pub last_update_unix: f64,
+    /// Unix time of the last clock update (None before the first).
+    pub last_update_unix: Option<f64>,
+    pub tracking: Tracking,
     pub sources: Vec<SourceReport>,
+}
+
+/// A Unix time for people: `2026-12-31 23:59:59.123 UTC`.
+pub fn format_unix(t: f64) -> String {
+    let secs = t.floor();
+    let nanos = ((t - secs) * 1e9) as u32;
+    chrono::DateTime::from_timestamp(secs as i64, nanos.min(999_999_999))
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
+        .unwrap_or_else(|| format!("{t} (Unix)"))
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:+.9} seconds"))
 }
 
 fn us(v: Option<f64>) -> String {
@@ -96,9 +164,99 @@ impl StatusReport {
         )
     }
 
-    /// Text like `chronyc sources` followed by NTS state per source.
-    pub fn render(&self) -> String {
+    /// Text like `chronyc tracking`.
+    pub fn render_tracking(&self) -> String {
+        let t = &self.tracking;
         let mut o = String::new();
+        let mut line = |k: &str, v: String| o.push_str(&format!("{k:<20}: {v}\n"));
+        line(
+            "Reference source",
+            match (&t.reference, &t.reference_time_server) {
+                (Some(r), Some(ts)) => format!("{r} (time server {ts})"),
+                (Some(r), None) => r.clone(),
+                _ => "none".into(),
+            },
+        );
+        line("Stratum", t.stratum.map_or("-".into(), |s| s.to_string()));
+        line(
+            "Reference time",
+            t.reference_time_unix.map_or("-".into(), format_unix),
+        );
+        line(
+            "System time",
+            match t.system_time_offset {
+                Some(o) if self.observe_only => format!(
+                    "{:.9} seconds {} of NTS time (observe-only: not corrected)",
+                    o.abs(),
+                    if o > 0.0 { "slow" } else { "fast" }
+                ),
+                Some(o) => format!(
+                    "{:.9} seconds {} of NTS time",
+                    o.abs(),
+                    if o > 0.0 { "slow" } else { "fast" }
+                ),
+                None => "-".into(),
+            },
+        );
+        line("Last offset", secs(t.last_offset));
+        line(
+            "RMS offset",
+            t.rms_offset
+                .map_or("-".into(), |v| format!("{v:.9} seconds")),
+        );
+        line(
+            "Frequency",
+            format!(
+                "{:+.3} ppm in force{}",
+                t.frequency_ppm,
+                t.estimated_frequency_ppm
+                    .map(|e| format!(", {e:+.3} ppm estimated"))
+                    .unwrap_or_default()
+            ),
+        );
+        line(
+            "Residual freq",
+            t.residual_frequency_ppm
+                .map_or("-".into(), |v| format!("{v:+.3} ppm")),
+        );
+        line(
+            "Skew",
+            t.skew_ppm.map_or("-".into(), |v| format!("{v:.3} ppm")),
+        );
+        line(
+            "Root delay",
+            t.root_delay
+                .map_or("-".into(), |v| format!("{v:.9} seconds")),
+        );
+        line(
+            "Root dispersion",
+            t.root_dispersion
+                .map_or("-".into(), |v| format!("{v:.9} seconds")),
+        );
+        line(
+            "Update interval",
+            format!("{:.1} seconds", t.update_interval),
+        );
+        line(
+            "Last update",
+            t.last_update_age
+                .map_or("never".into(), |a| format!("{a:.1} seconds ago")),
+        );
+        line(
+            "Leap status",
+            if t.leap_status.is_empty() {
+                "-".into()
+            } else {
+                t.leap_status.clone()
+            },
+        );
+        o
+    }
+
+    /// Text like `chronyc tracking`, `chronyc sources`, then NTS state per source.
+    pub fn render(&self) -> String {
+        let mut o = self.render_tracking();
+        o.push('\n');
         o.push_str(&format!(
             "mode: {}   synchronized: {}   offset: {}   frequency: {:+.3} ppm   updates: {}   steps: {}{}\n\n",
             if self.observe_only { "observe-only" } else { "discipline" },
@@ -110,12 +268,12 @@ impl StatusReport {
             if self.panicked { "   PANIC: offset beyond the panic threshold" } else { "" },
         ));
         o.push_str(&format!(
-            "{:<34} {:<12} {:>4} {:>6} {:>5} {:>12} {:>11} {:>10}\n",
+            "{:<34} {:<12} {:>4} {:>6} {:>5} {:>12} {:>11} {:>10}  time server\n",
             "source", "state", "str", "reach", "poll", "offset", "delay", "jitter"
         ));
         for s in &self.sources {
             o.push_str(&format!(
-                "{:<34} {:<12} {:>4} {:>6o} {:>5.0} {:>12} {:>11} {:>10}\n",
+                "{:<34} {:<12} {:>4} {:>6o} {:>5.0} {:>12} {:>11} {:>10}  {}\n",
                 s.name,
                 s.state,
                 s.stratum.map_or("-".into(), |x| x.to_string()),
@@ -124,24 +282,43 @@ impl StatusReport {
                 us(s.offset),
                 s.delay.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
                 s.jitter.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
+                match (&s.ntp_server, &s.ntp_address) {
+                    (Some(n), Some(a)) if n != a => format!("{n} ({a})"),
+                    (_, Some(a)) => a.clone(),
+                    (Some(n), None) => n.clone(),
+                    (None, None) => "-".into(),
+                },
             ));
         }
         o.push('\n');
         o.push_str(&format!(
-            "{:<34} {:>5} {:>8} {:>7} {:>8} {:>5} {:>10} {:>8}  last error\n",
-            "NTS source", "auth", "KE age", "KE ok", "KE fail", "cook", "NAK", "authfail"
+            "{:<34} {:>16} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>7}  last error\n",
+            "NTS source",
+            "AEAD",
+            "KE age",
+            "KE ok",
+            "KE fail",
+            "cook",
+            "NAK",
+            "authfail",
+            "ignored"
         ));
         for s in &self.sources {
             o.push_str(&format!(
-                "{:<34} {:>5} {:>8} {:>7} {:>8} {:>5} {:>10} {:>8}  {}\n",
+                "{:<34} {:>16} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>7}  {}\n",
                 s.name,
-                if s.authenticated { "NTS" } else { "none" },
+                if s.authenticated {
+                    s.aead.as_deref().unwrap_or("NTS")
+                } else {
+                    "none"
+                },
                 s.ke_age.map_or("-".into(), |a| format!("{a:.0}s")),
                 s.ke_ok,
                 s.ke_failures,
                 s.cookies,
                 s.naks,
                 s.auth_failures,
+                s.ignored,
                 s.last_error.as_deref().or(s.kiss.as_deref()).unwrap_or(""),
             ));
         }
@@ -216,6 +393,8 @@ mod tests {
         assert!(text.contains("time.example:4460"));
         assert!(text.contains("-2.5us"));
         assert!(text.contains("377"));
+        assert!(text.contains("Reference source"));
+        assert_eq!(format_unix(1_798_761_599.5), "2026-12-31 23:59:59.500 UTC");
         assert!(r.has_measurement());
         let json = serde_json::to_string(&r).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();

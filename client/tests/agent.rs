@@ -32,6 +32,7 @@ fn start_agent_with(sources: &str, ca: &Path, extra: &str, drop_cap: bool) -> Ag
 ca_files = [{ca:?}]
 system_roots = false
 ke_timeout = 3.0
+ke_spread = 0.0
 [clock]
 minpoll = 0
 maxpoll = 1

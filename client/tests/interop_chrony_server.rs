@@ -2,7 +2,7 @@
 //! over TLS 1.3 with 8 cookies, then NTS-protected NTP with the cookies,
 //! authenticated by chrony and checked by us.
 
-use nts_client::exchange::{exchange, NtsCredentials};
+use nts_client::exchange::{nts_probe, NtsCredentials};
 use nts_client::ke;
 use nts_proto::aead::AeadAlgorithm;
 use std::time::Duration;
@@ -40,23 +40,24 @@ async fn key_exchange_and_nts_time_from_chrony() {
     let mut cookies = outcome.cookies.clone();
     for placeholders in [0, 1, 2] {
         let cookie = cookies.pop().unwrap();
-        let sample = exchange(
+        let probe = nts_probe(
             addr,
-            Some(NtsCredentials {
+            NtsCredentials {
                 cookie: &cookie,
                 c2s: &outcome.c2s,
                 s2c: &outcome.s2c,
                 placeholders,
-            }),
+            },
             Duration::from_secs(5),
         )
         .await
         .unwrap_or_else(|e| panic!("NTS exchange with chrony failed: {e}\n{}", server.logs()));
+        let sample = &probe.sample;
         assert!(sample.authenticated);
-        assert_eq!(sample.cookies.len(), placeholders + 1);
+        assert_eq!(probe.cookies.len(), placeholders + 1);
         assert_eq!(sample.header.stratum, 1);
         assert!(sample.offset.abs() < 0.001, "{}", sample.offset);
-        cookies.extend(sample.cookies);
+        cookies.extend(probe.cookies);
     }
     assert_eq!(cookies.len(), 8 + 3);
 

@@ -16,4 +16,5 @@ pub mod key_sync;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
+pub mod nts_source;
 pub mod rate_limit;

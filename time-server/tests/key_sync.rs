@@ -3,7 +3,7 @@
 //! restarts, refused peers, and chrony sent to a time server it was never told
 //! about. Each rule of ARCHITECTURE.md's "Key sync" section is checked here.
 
-use nts_client::exchange::{exchange, ExchangeError, NtsCredentials};
+use nts_client::exchange::{nts_probe, ExchangeError, NtsCredentials, Probe};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -219,19 +219,15 @@ async fn key_exchange(pki: &DevPki, ke: &Ke) -> KeOutcome {
     .unwrap_or_else(|e| panic!("KE with {}: {e}\n{}", ke.name, ke.d.guard.logs()))
 }
 
-async fn query(
-    ts: &Ts,
-    ko: &KeOutcome,
-    cookie: &[u8],
-) -> Result<nts_client::exchange::Sample, ExchangeError> {
-    exchange(
+async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<Probe, ExchangeError> {
+    nts_probe(
         ts.d.addr,
-        Some(NtsCredentials {
+        NtsCredentials {
             cookie,
             c2s: &ko.c2s,
             s2c: &ko.s2c,
             placeholders: 0,
-        }),
+        },
         Duration::from_secs(2),
     )
     .await
@@ -278,7 +274,7 @@ async fn replicas_time_servers_and_rotation() {
             let s = query(ts, ko, &ko.cookies[i])
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}\n{}", ts.name, ts.d.guard.logs()));
-            assert!(s.authenticated);
+            assert!(s.sample.authenticated);
             assert_eq!(s.cookies.len(), 1);
         }
     }
@@ -311,6 +307,7 @@ async fn replicas_time_servers_and_rotation() {
             query(ts, &old, &old.cookies[1])
                 .await
                 .unwrap()
+                .sample
                 .authenticated,
             "previous epoch still accepted"
         );
@@ -318,6 +315,7 @@ async fn replicas_time_servers_and_rotation() {
             query(ts, &new, &new.cookies[1])
                 .await
                 .unwrap()
+                .sample
                 .authenticated
         );
     }
@@ -373,7 +371,11 @@ async fn outages_and_restarts() {
             metric_sum(&ts.d, "nts_time_key_sync_link_up") == 0.0
         });
         assert!(
-            query(ts, &ko, &ko.cookies[0]).await.unwrap().authenticated,
+            query(ts, &ko, &ko.cookies[0])
+                .await
+                .unwrap()
+                .sample
+                .authenticated,
             "serving during the outage"
         );
         assert!(ts.d.ready(), "keys are kept while the key master is away");
@@ -406,19 +408,21 @@ async fn outages_and_restarts() {
     eprintln!("time server holds keys {took:?} after restart (process start included)");
     assert!(took < Duration::from_secs(10));
     let s = query(&servers[1], &ko, &ko.cookies[1]).await.unwrap();
-    assert!(s.authenticated);
+    assert!(s.sample.authenticated);
     // Likewise a cookie from before a ke-server restart.
     let after = key_exchange(&pki, &b).await;
     assert!(
         query(&servers[0], &after, &after.cookies[0])
             .await
             .unwrap()
+            .sample
             .authenticated
     );
     assert!(
         query(&servers[0], &ko, &ko.cookies[2])
             .await
             .unwrap()
+            .sample
             .authenticated
     );
 }

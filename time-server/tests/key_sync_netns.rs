@@ -12,7 +12,7 @@
 //! that carry cookies issued before the cut; once healed, it must reconnect and
 //! re-register by itself, and `nts-client query` must work again through A.
 
-use nts_client::exchange::{exchange, NtsCredentials, Sample};
+use nts_client::exchange::{nts_probe, NtsCredentials, Probe};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -194,17 +194,17 @@ fn key_exchange(lab: &Lab, ca: &Path, timeout: Duration) -> Result<KeOutcome, St
 }
 
 /// One NTS-protected NTP exchange with the time server, from inside B.
-fn nts_query(lab: &Lab, ko: &KeOutcome, cookie: &[u8]) -> Result<Sample, String> {
+fn nts_query(lab: &Lab, ko: &KeOutcome, cookie: &[u8]) -> Result<Probe, String> {
     let server = SocketAddr::from((lab.link.b_addr, NTP_PORT));
     in_ns(&lab.link.b, async {
-        exchange(
+        nts_probe(
             server,
-            Some(NtsCredentials {
+            NtsCredentials {
                 cookie,
                 c2s: &ko.c2s,
                 s2c: &ko.s2c,
                 placeholders: 0,
-            }),
+            },
             Duration::from_secs(2),
         )
         .await
@@ -340,7 +340,12 @@ fn cut_and_healed_link_between_time_server_and_ke_server() {
         (lab.link.b_addr.to_string().as_str(), NTP_PORT)
     );
     assert!(ko.cookies.len() >= 4);
-    assert!(nts_query(&lab, &ko, &ko.cookies[0]).unwrap().authenticated);
+    assert!(
+        nts_query(&lab, &ko, &ko.cookies[0])
+            .unwrap()
+            .sample
+            .authenticated
+    );
     let before = metrics(b);
     let keys_before = metric_value(&before, cookie_keys);
     let reconnects_before = metric_value(&before, reconnects);
@@ -378,7 +383,7 @@ fn cut_and_healed_link_between_time_server_and_ke_server() {
     for cookie in &ko.cookies[1..3] {
         let s = nts_query(&lab, &ko, cookie)
             .unwrap_or_else(|e| panic!("NTS while cut off: {e}\n{}", dump(&lab)));
-        assert!(s.authenticated, "authenticated while cut off");
+        assert!(s.sample.authenticated, "authenticated while cut off");
         assert_eq!(s.cookies.len(), 1, "a fresh cookie in the answer");
     }
     assert_eq!(
@@ -418,7 +423,12 @@ fn cut_and_healed_link_between_time_server_and_ke_server() {
     let out = client_query(&lab, &ca).unwrap_or_else(|e| panic!("{e}\n{}", dump(&lab)));
     assert!(out.contains("authenticated (NTS"), "after healing: {out}");
     // A cookie from before the cut is still good.
-    assert!(nts_query(&lab, &ko, &ko.cookies[3]).unwrap().authenticated);
+    assert!(
+        nts_query(&lab, &ko, &ko.cookies[3])
+            .unwrap()
+            .sample
+            .authenticated
+    );
 
     // Teardown: daemons first, then the namespaces; nothing is left behind.
     let pids: Vec<u32> = lab.daemons.iter().map(|d| d.pid()).collect();
