@@ -24,6 +24,17 @@ fn start_agent(sources: &str, ca: &Path, extra: &str) -> AgentProc {
 }
 
 fn start_agent_with(sources: &str, ca: &Path, extra: &str, drop_cap: bool) -> AgentProc {
+    start_agent_full(sources, ca, extra, "", drop_cap)
+}
+
+/// `clock_extra` goes into `[clock]`, `nts_extra` into `[nts]`.
+fn start_agent_full(
+    sources: &str,
+    ca: &Path,
+    clock_extra: &str,
+    nts_extra: &str,
+    drop_cap: bool,
+) -> AgentProc {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("status.sock");
     let config = format!(
@@ -33,10 +44,11 @@ ca_files = [{ca:?}]
 system_roots = false
 ke_timeout = 3.0
 ke_spread = 0.0
+{nts_extra}
 [clock]
 minpoll = 0
 maxpoll = 1
-{extra}
+{clock_extra}
 [status]
 socket = {socket:?}
 [log]
@@ -371,6 +383,251 @@ fn without_cap_sys_time_it_observes_and_says_so() {
     assert!(r.observe_only);
     assert_eq!(r.clock_commands, 0);
     assert!(agent.guard.is_running());
+}
+
+/// What the on-path attacker sent ahead of the genuine answers.
+#[derive(Debug, Default)]
+struct AttackCounts {
+    requests: u64,
+    forged_naks: u64,
+    forged_kisses: u64,
+    garbage: u64,
+    replays: u64,
+    tampered: u64,
+    genuine: u64,
+}
+
+/// A UDP relay in front of the time server that, for every request, first
+/// sends the client a forged NTS NAK, forged RATE and DENY kisses (all with
+/// the request's origin and Unique Identifier, as an on-path attacker can),
+/// random garbage, a replay of an earlier genuine answer, and a tampered copy
+/// of the genuine answer; only then the genuine answer.
+fn hostile_relay(
+    upstream: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, std::thread::JoinHandle<AttackCounts>) {
+    use nts_proto::ntp_packet::{Mode, NtpHeader};
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(upstream).unwrap();
+        back.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        front
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut c = AttackCounts::default();
+        let mut last_genuine: Option<Vec<u8>> = None;
+        let mut buf = [0u8; 2048];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, client)) = front.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = buf[..n].to_vec();
+            let Ok((h, rest)) = NtpHeader::parse(&req) else {
+                continue;
+            };
+            c.requests += 1;
+            let uid_field = rest.get(..36).unwrap_or(&[]).to_vec();
+            let forged = |stratum: u8, refid: [u8; 4]| {
+                let mut p = NtpHeader {
+                    leap: nts_proto::ntp_packet::LeapIndicator::Unsynchronized,
+                    version: 4,
+                    mode: Mode::Server,
+                    stratum,
+                    reference_id: refid,
+                    origin_timestamp: h.transmit_timestamp,
+                    receive_timestamp: h.transmit_timestamp,
+                    transmit_timestamp: h.transmit_timestamp,
+                    ..Default::default()
+                }
+                .to_bytes()
+                .to_vec();
+                p.extend_from_slice(&uid_field);
+                p
+            };
+            let _ = front.send_to(&forged(0, *b"NTSN"), client);
+            c.forged_naks += 1;
+            for code in [*b"RATE", *b"DENY"] {
+                let _ = front.send_to(&forged(0, code), client);
+                c.forged_kisses += 1;
+            }
+            // A forged "answer" claiming a time 1000 s off, unauthenticated.
+            let mut lie = forged(1, *b"GPS\0");
+            lie[0] = 0x24; // leap 0, v4, server
+            let _ = front.send_to(&lie, client);
+            c.forged_kisses += 1;
+            let mut junk = vec![0u8; 40 + (seed % 200) as usize];
+            for b in junk.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            let _ = front.send_to(&junk, client);
+            c.garbage += 1;
+            if let Some(old) = &last_genuine {
+                let _ = front.send_to(old, client);
+                c.replays += 1;
+            }
+            let _ = back.send(&req);
+            let Ok(m) = back.recv(&mut buf) else {
+                continue;
+            };
+            let genuine = buf[..m].to_vec();
+            let mut tampered = genuine.clone();
+            let at = tampered.len() - 3;
+            tampered[at] ^= 0x5a;
+            let _ = front.send_to(&tampered, client);
+            c.tampered += 1;
+            let _ = front.send_to(&genuine, client);
+            c.genuine += 1;
+            last_genuine = Some(genuine);
+        }
+        c
+    });
+    (port, handle)
+}
+
+#[test]
+fn on_path_attacker_cannot_knock_the_source_over() {
+    let seconds: u64 = std::env::var("NTS_ATTACK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate().unwrap();
+    let root = dir.path().join("root.key");
+    stack::write_root_secret(&root).unwrap();
+    let ts = stack::start_time_server(dir.path(), &root, &TimeServerOptions::default()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (relay_port, relay) = hostile_relay(ts.addr, stop.clone());
+    // The KE server sends clients to the relay: every answer passes the attacker.
+    let ke = stack::start_ke_server(
+        dir.path(),
+        &pki,
+        &root,
+        &KeServerOptions {
+            ntp_port: relay_port,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let agent = start_agent(&nts_source(ke.port()), pki.ca_path(), "");
+    let started = std::time::Instant::now();
+    agent.wait(Duration::from_secs(30), "a first authentic sample", |r| {
+        r.sources[0].reach != 0
+    });
+    std::thread::sleep(Duration::from_secs(seconds).saturating_sub(started.elapsed()));
+    let r = agent.status();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counts = relay.join().unwrap();
+    eprintln!("{}", r.render());
+    eprintln!("attacker over {seconds} s: {counts:?}");
+    let s = &r.sources[0];
+    eprintln!(
+        "agent: requests {} accepted reach {:o}, NAKs noted {}, ignored {} (unauthenticated {}, forged {}, stray/replayed {}, malformed {}), key exchanges {}",
+        s.requests, s.reach, s.naks, s.ignored, s.ignored_unauthenticated, s.auth_failures,
+        s.ignored_mismatch, s.ignored_malformed, s.ke_ok
+    );
+    assert!(counts.requests >= 10, "{counts:?}");
+    assert_eq!(s.ke_ok, 1, "no key exchange beyond the first");
+    assert_eq!(ke.metric("nts_ke_key_exchanges_total"), 1.0);
+    assert_eq!(s.state, "selected");
+    assert!(
+        s.reach & 0b1111 == 0b1111,
+        "the last polls all got authentic answers: {:o}",
+        s.reach
+    );
+    assert!(s.offset.unwrap().abs() < 1e-3, "{:?}", s.offset);
+    assert_eq!(s.cookies, 8, "the jar stays full");
+    assert!(s.kiss.is_none(), "no forged kiss was acted on");
+    assert!(
+        s.naks + 1 >= counts.forged_naks,
+        "every forged NAK was seen and noted"
+    );
+    assert!(s.ignored_unauthenticated + 2 >= counts.forged_kisses);
+    assert!(s.auth_failures + 1 >= counts.tampered);
+    assert!(s.ignored_mismatch + 1 >= counts.replays);
+    assert!(r.synchronized);
+    assert_eq!(r.clock_commands, 0);
+    drop(ts);
+}
+
+#[test]
+fn restarted_agent_resumes_its_cookies_without_a_key_exchange() {
+    let s = our_stack();
+    let state = tempfile::tempdir().unwrap();
+    let nts_extra = format!("state_dir = {:?}\n", state.path().join("nts"));
+    let first = start_agent_full(
+        &nts_source(s.ke.port()),
+        s.pki.ca_path(),
+        "",
+        &nts_extra,
+        false,
+    );
+    first.wait(Duration::from_secs(30), "a measurement", |r| {
+        r.sources[0].reach != 0 && r.sources[0].cookies == 8
+    });
+    first.guard.stop().unwrap();
+    let kes = s.ke.metric("nts_ke_key_exchanges_total");
+    assert_eq!(kes, 1.0);
+    let file = std::fs::read_dir(state.path().join("nts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "nts"))
+        .expect("a saved association");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the file holds keys");
+    let dir_mode = std::fs::metadata(state.path().join("nts"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+
+    let second = start_agent_full(
+        &nts_source(s.ke.port()),
+        s.pki.ca_path(),
+        "",
+        &nts_extra,
+        false,
+    );
+    let r = second.wait(
+        Duration::from_secs(30),
+        "a measurement after the restart",
+        |r| r.sources[0].reach != 0,
+    );
+    assert!(second
+        .guard
+        .logs()
+        .contains("resuming the saved NTS association"));
+    assert_eq!(r.sources[0].ke_ok, 0, "no key exchange after the restart");
+    assert_eq!(s.ke.metric("nts_ke_key_exchanges_total"), kes);
+    assert!(r.sources[0].authenticated);
+
+    // A damaged file is said once and replaced by a key exchange.
+    second.guard.stop().unwrap();
+    std::fs::write(&file, "nts-association 1\naead 99\n").unwrap();
+    let third = start_agent_full(
+        &nts_source(s.ke.port()),
+        s.pki.ca_path(),
+        "",
+        &nts_extra,
+        false,
+    );
+    let r = third.wait(
+        Duration::from_secs(30),
+        "a measurement with a new key exchange",
+        |r| r.sources[0].reach != 0,
+    );
+    assert!(third
+        .guard
+        .logs()
+        .contains("ignoring damaged saved NTS cookies"));
+    assert_eq!(r.sources[0].ke_ok, 1);
 }
 
 fn now_ntp() -> nts_proto::ntp_packet::NtpTimestamp {
