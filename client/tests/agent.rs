@@ -630,6 +630,69 @@ fn restarted_agent_resumes_its_cookies_without_a_key_exchange() {
     assert_eq!(r.sources[0].ke_ok, 1);
 }
 
+#[test]
+fn ipv6_end_to_end() {
+    // KE server and time server on ::1 only; the KE server sends clients to "::1".
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate().unwrap();
+    let root = dir.path().join("root.key");
+    stack::write_root_secret(&root).unwrap();
+    let (ts_port, ts_m, ke_port, ke_m) = (
+        testkit::ports::free_port(),
+        testkit::ports::free_port(),
+        testkit::ports::free_port(),
+        testkit::ports::free_port(),
+    );
+    let ts = stack::start_daemon(
+        "nts-time-server",
+        stack::cargo_bin("nts-time-server", "nts-time-server"),
+        &format!(
+            "[server]\nlisten = [\"[::1]:{ts_port}\"]\nworkers = 1\n[clock]\nlocal_reference = true\nstratum = 1\nreference_id = \"LOCL\"\n[keys]\nroot_secret_file = {root:?}\n[metrics]\nlisten = \"127.0.0.1:{ts_m}\"\n"
+        ),
+        dir.path(),
+        "[::1]:0".parse().unwrap(),
+        format!("127.0.0.1:{ts_m}").parse().unwrap(),
+        "NTP listening",
+    )
+    .unwrap();
+    let ke = stack::start_daemon(
+        "nts-ke-server",
+        stack::cargo_bin("nts-ke-server", "nts-ke-server"),
+        &format!(
+            "[server]\nlisten = [\"[::1]:{ke_port}\"]\n[tls]\ncertificate_chain = {chain:?}\nprivate_key = {key:?}\n[ntp]\nserver = \"::1\"\nport = {ts_port}\n[cookie_keys]\nroot_secret_file = {root:?}\n[metrics]\nlisten = \"127.0.0.1:{ke_m}\"\n",
+            chain = pki.chain_path(),
+            key = pki.key_path(),
+        ),
+        dir.path(),
+        "[::1]:0".parse().unwrap(),
+        format!("127.0.0.1:{ke_m}").parse().unwrap(),
+        "NTS-KE listening",
+    )
+    .unwrap();
+    let source = format!("[[source]]\ntype = \"nts\"\naddress = \"[::1]:{ke_port}\"\n");
+    let agent = start_agent(&source, pki.ca_path(), "");
+    let r = agent.wait(
+        Duration::from_secs(30),
+        "an authenticated IPv6 sample",
+        |r| r.sources[0].reach != 0,
+    );
+    let s = &r.sources[0];
+    eprintln!("{}", r.render());
+    assert_eq!(
+        s.name,
+        format!("[::1]:{ke_port}"),
+        "IPv6 names print with brackets"
+    );
+    assert_eq!(
+        s.ntp_address.as_deref(),
+        Some(format!("[::1]:{ts_port}").as_str())
+    );
+    assert!(s.authenticated && s.ke_ok == 1);
+    assert!(s.offset.unwrap().abs() < 1e-3);
+    assert!(r.render().contains(&format!("[::1]:{ts_port}")));
+    drop((ts, ke));
+}
+
 fn now_ntp() -> nts_proto::ntp_packet::NtpTimestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

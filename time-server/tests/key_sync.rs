@@ -556,3 +556,93 @@ fn chrony_is_sent_to_a_registered_time_server() {
         0.0
     );
 }
+
+/// A time server dies under a running client agent: the agent's source stops
+/// getting answers, runs NTS-KE again after a few missed polls, and is sent
+/// to the time server that is still alive, all within a minute.
+#[test]
+fn agent_moves_to_a_live_time_server_when_its_own_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, root) = setup(tmp.path());
+    let ke = start_ke(tmp.path(), "ke", &pki, &root, 86_400, 7);
+    let mut servers: Vec<Ts> = (0..2)
+        .map(|i| start_ts(tmp.path(), &format!("ts-{i}"), &pki, &[ke.ks_port]))
+        .collect();
+    wait_for(Duration::from_secs(20), "2 live registrations", || {
+        ke.d.metric("nts_ke_registered_time_servers{state=\"alive\"}") == 2.0
+    });
+    let agent_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let socket = agent_dir.join("status.sock");
+    let config = format!(
+        r#"[[source]]
+type = "nts"
+address = "127.0.0.1:{ke_port}"
+[nts]
+ca_files = [{ca:?}]
+system_roots = false
+ke_spread = 0.0
+request_timeout = 1.0
+unreachable_polls = 3
+[clock]
+minpoll = 1
+maxpoll = 1
+[status]
+socket = {socket:?}
+[log]
+level = "debug"
+"#,
+        ke_port = ke.d.port(),
+        ca = pki.ca_cert,
+    );
+    let path = agent_dir.join("client.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = std::process::Command::new(cargo_bin("nts-client", "nts-client"));
+    cmd.arg("run").arg("--config").arg(&path);
+    let agent =
+        testkit::process::ChildGuard::spawn_combined("nts-client", cmd, &agent_dir).unwrap();
+    let status = || nts_client::status::fetch(&socket).ok();
+    let mut first = None;
+    wait_for(
+        Duration::from_secs(30),
+        "a first authenticated sample",
+        || {
+            first = status().filter(|r| r.sources[0].reach != 0);
+            first.is_some()
+        },
+    );
+    let first = first.unwrap();
+    let used = first.sources[0].ntp_address.clone().unwrap();
+    let victim = servers
+        .iter()
+        .position(|t| t.d.addr.to_string() == used)
+        .unwrap_or_else(|| panic!("{used} is not one of ours"));
+    let killed_at = Instant::now();
+    servers[victim].d.guard.stop().unwrap();
+    let survivor = servers[1 - victim].d.addr.to_string();
+    let mut moved = None;
+    let ok = testkit::wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let r = status()?;
+        let s = &r.sources[0];
+        (s.ntp_address.as_deref() == Some(survivor.as_str()) && s.reach & 1 == 1)
+            .then(|| moved = Some(r.clone()))
+    });
+    assert!(
+        ok.is_some(),
+        "not moved within 60 s: {:#?}\n{}",
+        status(),
+        agent.logs()
+    );
+    let r = moved.unwrap();
+    let s = &r.sources[0];
+    eprintln!(
+        "killed {used}; on {survivor} with an authenticated sample {:.1} s later ({} key exchanges, {} timeouts)",
+        killed_at.elapsed().as_secs_f64(),
+        s.ke_ok,
+        s.timeouts
+    );
+    assert!(s.authenticated && s.ke_ok >= 2);
+    assert!(agent.logs().contains("using a new time server"));
+    assert!(agent.logs().contains("time server stopped answering"));
+    drop(servers.remove(1 - victim));
+}
