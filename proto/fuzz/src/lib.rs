@@ -18,6 +18,7 @@ pub mod ke_response;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
+pub mod nts_source;
 pub mod seeds;
 
 /// The Unix time at which every target runs (the ring is derived for it).
@@ -93,6 +94,9 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "ntp_client" => {
             ntp_client::check(data);
+        }
+        "nts_source" => {
+            nts_source::check(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }

@@ -385,6 +385,28 @@ pub fn ntp_client() -> Vec<Seed> {
     ]
 }
 
+/// Event sequences for the NTS source (see `nts_source` for the event bytes):
+/// attacks around genuine answers, and a silent server that leads to re-keying.
+pub fn nts_source() -> Vec<Seed> {
+    vec![
+        (
+            "attacks_around_answers",
+            vec![
+                8, 0, 3, 4, b'R', b'A', b'T', b'E', 5, 3, 1, 2, 3, 6, 10, 1, 0, 2, 1, 0, 4, b'D',
+                b'E', b'N', b'Y', 1, 0, 3, 7, 11, 8, 0, 1,
+            ],
+        ),
+        (
+            "silent_server_rekeys",
+            vec![8, 0, 7, 0, 7, 0, 7, 0, 7, 11, 9, 128, 10, 10, 11, 8, 0, 1],
+        ),
+        (
+            "backoff",
+            vec![9, 0, 11, 10, 3, 9, 255, 10, 200, 11, 8, 0, 1],
+        ),
+    ]
+}
+
 /// Every target's seeds, by target name.
 pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
     vec![
@@ -395,6 +417,7 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("cookie_open", cookie_open()),
         ("ntp_server", ntp_server()),
         ("ntp_client", ntp_client()),
+        ("nts_source", nts_source()),
     ]
 }
 
@@ -441,6 +464,10 @@ mod tests {
         }
         for (name, data) in ntp_client() {
             check_ntp_client_seed(name, &data);
+        }
+        for (name, data) in nts_source() {
+            let accepted = crate::nts_source::check(&data);
+            assert!(accepted >= 1, "{name}: reaches an accepted answer");
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
         for (target, seeds) in all() {
