@@ -6,6 +6,7 @@ pub mod config;
 pub mod exchange;
 pub mod ke;
 pub mod metrics;
+pub mod privileges;
 pub mod query;
 pub mod status;
 pub mod system_clock;

@@ -156,6 +156,11 @@ fn run_agent(
     if let Some(s) = socket {
         config.status.socket = s;
     }
+    // Capabilities are per thread: narrow them before the runtime starts any.
+    nts_client::agent::prepare_state_dir(&config)?;
+    let discipline = config.clock.mode == nts_client::config::ClockMode::Discipline
+        && nts_client::system_clock::has_cap_sys_time();
+    nts_client::privileges::narrow(discipline).context("dropping privileges")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -153,6 +153,14 @@ fn observe_only_offset_against_our_server() {
     assert_eq!(src.cookies, 8, "the jar is kept full through placeholders");
     assert_eq!(src.state, "selected");
     assert!(s.ts.metric("nts_time_responses_total{kind=\"nts\"}") >= 15.0);
+    // Observing, it keeps no capability at all, and can never gain one.
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.guard.pid())).unwrap();
+    for field in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        let line = proc_status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    assert!(proc_status.contains("NoNewPrivs:\t1"), "{proc_status}");
     let _ = &s.dir;
 }
 
