@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod drift_file;
 pub mod exchange;
 pub mod ke;
 pub mod metrics;

@@ -19,6 +19,7 @@
 
 use super::clock_trait::ClockCommand;
 use super::discipline::{Discipline, DisciplineConfig, Measurement};
+use super::drift::{self, DriftRecord};
 use super::filter::{ClockFilter, FilterOutput};
 use super::sample::Sample;
 use super::select::{select, Candidate, SelectConfig, SelectError, Selection};
@@ -330,6 +331,27 @@ impl Agent {
     /// When [`tick`](Self::tick) must next be called (monotonic seconds), if at all.
     pub fn next_deadline(&self) -> Option<f64> {
         self.discipline.next_deadline()
+    }
+
+    /// What to write to the drift file now, if the frequency is known well
+    /// enough (see [`drift::MAX_RECORDED_UNCERTAINTY_PPM`]); None in
+    /// observe-only mode. `written_unix` is left for the shell to fill.
+    pub fn drift_record(&self, now: f64) -> Option<DriftRecord> {
+        let (ppm, sd) = self
+            .discipline
+            .frequency_record(now, drift::MAX_RECORDED_UNCERTAINTY_PPM)?;
+        Some(DriftRecord {
+            frequency_ppm: ppm,
+            uncertainty_ppm: sd,
+            written_unix: None,
+        })
+    }
+
+    /// The agent is stopping: end a slew in progress, so the kernel keeps the
+    /// base frequency (which the next start reads back). Apply the commands
+    /// before exiting, then write the drift file.
+    pub fn shutdown(&mut self, now: f64) -> Vec<ClockCommand> {
+        self.discipline.shutdown(now)
     }
 
     /// The last selection, or why there was none.

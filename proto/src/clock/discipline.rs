@@ -510,6 +510,34 @@ impl Discipline {
     pub fn sync_status(&self) -> Option<SyncStatus> {
         self.status
     }
+
+    /// The frequency correction that keeps the clock on time and its
+    /// standard deviation (ppm), for a drift file: None in observe-only
+    /// mode, while panicking, before the first update, or while the
+    /// frequency is known worse than `max_sd_ppm`.
+    pub fn frequency_record(&self, now: f64, max_sd_ppm: f64) -> Option<(f64, f64)> {
+        if self.cfg.observe_only || self.panicked {
+            return None;
+        }
+        let e = self.estimate(now)?;
+        (e.frequency_sd_ppm <= max_sd_ppm).then_some((
+            self.base * 1e6 + e.residual_frequency_ppm,
+            e.frequency_sd_ppm,
+        ))
+    }
+
+    /// Stop here (the agent is shutting down): end a slew in progress so the
+    /// clock is left at the base frequency, not base plus slew. The part of
+    /// the offset not yet slewed out stays. Returns the command that needs.
+    pub fn shutdown(&mut self, now: f64) -> Vec<ClockCommand> {
+        let mut cmds = self.advance(now);
+        if self.slew.take().is_some() && self.commanding() {
+            cmds.push(ClockCommand::SetFrequency {
+                ppm: self.base * 1e6,
+            });
+        }
+        cmds
+    }
 }
 
 #[cfg(test)]

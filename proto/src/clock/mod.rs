@@ -38,6 +38,7 @@
 pub mod agent;
 pub mod clock_trait;
 pub mod discipline;
+pub mod drift;
 pub mod filter;
 pub mod sample;
 pub mod select;
@@ -47,6 +48,7 @@ pub mod sim_clock;
 pub use agent::{Agent, AgentConfig, AgentStatus, SourceState, SourceStatus};
 pub use clock_trait::{apply_command, Clock, ClockCommand, SyncStatus};
 pub use discipline::{Discipline, DisciplineConfig, Estimate, Measurement, UpdateKind};
+pub use drift::{DriftParseError, DriftRecord, FrequencyOrigin, InitialFrequency};
 pub use filter::{ClockFilter, FilterOutput, Latest, Projection};
 pub use sample::{Sample, SampleError, ServerInfo};
 pub use select::{select, Candidate, SelectConfig, SelectError, Selection};

@@ -9,6 +9,7 @@
 
 use super::agent::{Agent, AgentConfig, AgentStatus};
 use super::clock_trait::{apply_command, Clock, ClockCommand};
+use super::drift::DriftRecord;
 use super::sample::{Sample, ServerInfo};
 use super::sim_clock::{offset_timestamp, SimulatedClock};
 use super::SourceId;
@@ -172,6 +173,8 @@ pub struct SimReport {
     /// Per server: marked a falseticker in the last selection.
     pub final_falseticker: Vec<bool>,
     pub status: AgentStatus,
+    /// What the agent would write to its drift file at the end.
+    pub drift: Option<DriftRecord>,
 }
 
 impl SimReport {
@@ -243,20 +246,31 @@ enum Event {
 
 /// Run one scenario to its end.
 pub fn run(sc: &Scenario) -> SimReport {
+    let mut clock =
+        SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed).with_wander(sc.wander);
+    run_on(sc, &mut clock)
+}
+
+/// Run a scenario's agent on a clock another run has already used, from the
+/// clock's current true time for `sc.duration` seconds: a restarted agent
+/// meets the clock its predecessor left. The scenario's `initial_offset`,
+/// `frequency_ppm` and `wander` are not used (the clock has its own). Like
+/// a shell stopping on SIGTERM, the run ends with [`Agent::shutdown`].
+pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     let mut rng = Rng::new(sc.seed);
     // Delay spikes draw from their own stream, so a run with spikes sees the
     // same jitter, losses and clock as the same seed without them.
     let mut spike_rng = Rng::new(sc.seed ^ 0x5b1c_e5b1_ce00_0000);
-    let mut clock =
-        SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed).with_wander(sc.wander);
+    let start = clock.true_time();
+    let end = start + sc.duration;
     let mut agent = Agent::new(sc.agent);
     let ids: Vec<SourceId> = sc.servers.iter().map(|_| agent.add_source()).collect();
     let n = sc.servers.len();
     // Sources start a little apart, as a shell resolving names would.
-    let first_poll: Vec<f64> = (0..n).map(|i| 0.1 + 0.37 * i as f64).collect();
+    let first_poll: Vec<f64> = (0..n).map(|i| start + 0.1 + 0.37 * i as f64).collect();
     let mut polled = vec![false; n];
     let mut flights: Vec<Flight> = Vec::new();
-    let mut next_trace = 0.0;
+    let mut next_trace = start;
     let mut report = SimReport {
         trace: Vec::new(),
         steps: Vec::new(),
@@ -268,6 +282,7 @@ pub fn run(sc: &Scenario) -> SimReport {
         ever_falseticker: vec![false; n],
         final_falseticker: vec![false; n],
         status: agent.status(0.0),
+        drift: None,
     };
 
     loop {
@@ -297,7 +312,7 @@ pub fn run(sc: &Scenario) -> SimReport {
             consider(to_true(d), Event::Deadline);
         }
         let (t, event) = next;
-        if t > sc.duration {
+        if t > end {
             break;
         }
         clock.advance(t - now);
@@ -367,20 +382,25 @@ pub fn run(sc: &Scenario) -> SimReport {
                 ClockCommand::Panic { .. } => report.panics += 1,
                 ClockCommand::Step { offset } => {
                     report.steps.push((clock.true_time(), *offset));
-                    apply_command(&mut clock, cmd).expect("infallible");
+                    apply_command(clock, cmd).expect("infallible");
                 }
-                _ => apply_command(&mut clock, cmd).expect("infallible"),
+                _ => apply_command(clock, cmd).expect("infallible"),
             }
         }
     }
     report.updates = agent.discipline().updates();
     report.status = agent.status(clock.monotonic());
+    report.drift = agent.drift_record(clock.monotonic());
+    for cmd in agent.shutdown(clock.monotonic()) {
+        apply_command(clock, &cmd).expect("infallible");
+    }
     report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::InitialFrequency;
 
     const MINUTE: f64 = 60.0;
 
@@ -521,6 +541,90 @@ mod tests {
         let ratio = (sum_spiky / sum_clean).sqrt();
         println!("spikes, 8 seeds pooled: ratio {ratio:.2}");
         assert!(ratio < 1.5, "pooled ratio {ratio}");
+    }
+
+    /// The second agent's scenario: the baseline's servers and settings, a
+    /// new seed, and the initial frequency decided as a shell would.
+    fn restarted(seed: u64, clock: &SimulatedClock, drift: Option<&DriftRecord>) -> Scenario {
+        let mut sc = Scenario::baseline(seed + 100);
+        sc.duration = 20.0 * MINUTE;
+        let kernel_ppm = clock.frequency().expect("infallible");
+        let kernel_status = clock.sync_status().expect("infallible");
+        let init = InitialFrequency::decide(
+            drift.map(|d| (d, 0)),
+            Some((kernel_ppm, &kernel_status)),
+            sc.agent.discipline.wander,
+        );
+        init.apply(&mut sc.agent.discipline);
+        sc
+    }
+
+    /// A converged agent stops; a new one starts on the same clock with the
+    /// frequency it finds (in the kernel, or in the drift file). It must not
+    /// move the frequency by more than 0.1 ppm, step, or let the offset grow.
+    #[test]
+    fn a_restart_keeps_the_frequency_it_found() {
+        for seed in 1..=4 {
+            let mut clock = SimulatedClock::new(0.5, 100.0, seed);
+            let first = run_on(&Scenario::baseline(seed), &mut clock);
+            assert_eq!(first.steps.len(), 1);
+            let found = clock.frequency().unwrap();
+            assert!((found + 100.0).abs() < 0.1, "converged to {found}");
+            let record = first.drift.expect("a converged agent has a drift record");
+            assert!((record.frequency_ppm - found).abs() < 0.01, "{record:?}");
+            let record = DriftRecord::parse(&record.to_text()).unwrap();
+
+            for (how, drift) in [("kernel", None), ("drift file", Some(&record))] {
+                let mut c = clock.clone();
+                let sc = restarted(seed, &c, drift);
+                let start = c.true_time();
+                let r = run_on(&sc, &mut c);
+                // How far the frequency moves from what it found, over the
+                // first minute (the start-up burst and the first ~20
+                // updates) and the first five.
+                let f0 = r.trace[0].frequency_error_ppm;
+                let moved = |minutes: f64| {
+                    r.trace
+                        .iter()
+                        .filter(|p| p.time <= start + minutes * MINUTE)
+                        .map(|p| (p.frequency_error_ppm - f0).abs())
+                        .fold(0.0, f64::max)
+                };
+                let (moved1, moved5) = (moved(1.0), moved(5.0));
+                let ferr = r.max_abs_frequency_error(start, start + sc.duration);
+                let max = r.max_abs_offset(start, start + sc.duration);
+                let rms = r.offset_rms(start, start + sc.duration);
+                println!(
+                    "restart seed {seed} from the {how}: found {found:.4} ppm (± {:.3}), moved at most {moved1:.4} ppm in 1 min, {moved5:.4} in 5 min, max |frequency error| {ferr:.4} ppm in 20 min, offset rms {:.2} µs, max {:.2} µs, steps {}",
+                    sc.agent.discipline.initial_frequency_uncertainty_ppm,
+                    rms * 1e6,
+                    max * 1e6,
+                    r.steps.len()
+                );
+                assert!(r.steps.is_empty(), "{how}: steps {:?}", r.steps);
+                assert!(moved1 < 0.1, "{how}: frequency moved {moved1} ppm");
+                // It stays converged: the first run's frequency errors reach
+                // 0.03 ppm; a restart trusting the kernel to 0.1 ppm
+                // wanders a little more at first.
+                let limit = if drift.is_some() { 0.1 } else { 0.2 };
+                assert!(ferr < limit, "{how}: frequency error {ferr} ppm");
+                assert!(max < 100e-6, "{how}: max offset {max}");
+                assert!(r.status.synchronized && r.updates > 20);
+            }
+
+            // What this replaces: starting from 0 ppm undoes the correction.
+            let mut c = clock.clone();
+            let mut sc = Scenario::baseline(seed + 100);
+            sc.duration = 20.0 * MINUTE;
+            let start = c.true_time();
+            let r = run_on(&sc, &mut c);
+            println!(
+                "restart seed {seed} from 0 ppm: max offset {:.2} µs, max |frequency error| {:.2} ppm, steps {}",
+                r.max_abs_offset(start, start + sc.duration) * 1e6,
+                r.max_abs_frequency_error(start, start + sc.duration),
+                r.steps.len()
+            );
+        }
     }
 
     #[test]
