@@ -21,6 +21,7 @@ use super::clock_trait::ClockCommand;
 use super::discipline::{Discipline, DisciplineConfig, Measurement};
 use super::drift::{self, DriftRecord};
 use super::filter::{ClockFilter, FilterOutput};
+use super::leap::{self, LeapDecision, LeapSecondsList, LeapStatus};
 use super::sample::Sample;
 use super::select::{select, Candidate, SelectConfig, SelectError, Selection};
 use super::{SourceId, PHI};
@@ -108,7 +109,17 @@ pub struct AgentStatus {
     pub steps: u32,
     /// The last selection, or why there was none.
     pub selection: Result<Selection, SelectError>,
+    /// The leap second situation: announced for the end of this month, by
+    /// whom, and what the kernel should be told now (reported in observe
+    /// mode, commanded in discipline mode).
+    pub leap: LeapDecision,
+    /// The leap flag last commanded to the kernel (always `None` in observe mode).
+    pub kernel_leap: LeapStatus,
 }
+
+/// NTP timestamps carry no era: the agent reads them in the era nearest
+/// this time (2025-01-01), right until 2093.
+pub const NTP_ERA_PIVOT_UNIX: u64 = 1_735_689_600;
 
 #[derive(Debug, Clone)]
 struct Source {
@@ -128,6 +139,16 @@ pub struct Agent {
     next_id: u32,
     discipline: Discipline,
     selection: Result<Selection, SelectError>,
+    leap_list: Option<LeapSecondsList>,
+    leap: LeapDecision,
+    kernel_leap: LeapStatus,
+    /// A monotonic time and the true UTC (Unix seconds) then, from the last
+    /// sample: the date, for leap seconds.
+    utc_ref: Option<(f64, f64)>,
+    /// Monotonic time of the last leap second's midnight, once passed.
+    leap_mono: Option<f64>,
+    /// The latest time the shell passed in.
+    last_now: f64,
 }
 
 impl Agent {
@@ -138,7 +159,82 @@ impl Agent {
             next_id: 0,
             discipline: Discipline::new(cfg.discipline),
             selection: Err(SelectError::NoCandidates),
+            leap_list: None,
+            leap: LeapDecision::default(),
+            kernel_leap: LeapStatus::None,
+            utc_ref: None,
+            leap_mono: None,
+            last_now: f64::NEG_INFINITY,
         }
+    }
+
+    /// Use a verified `leap-seconds.list`: while it has not expired, it
+    /// decides whether a leap second falls at the end of a month, and the
+    /// sources' announcements are ignored. None goes back to the sources.
+    pub fn set_leap_seconds_list(&mut self, list: Option<LeapSecondsList>) {
+        self.leap_list = list;
+    }
+
+    /// The list in use, if any.
+    pub fn leap_seconds_list(&self) -> Option<&LeapSecondsList> {
+        self.leap_list.as_ref()
+    }
+
+    /// True UTC (Unix seconds) at monotonic `now`, once a sample has told
+    /// the agent the date.
+    pub fn utc_at(&self, now: f64) -> Option<f64> {
+        self.utc_ref.map(|(m, u)| u + (now - m))
+    }
+
+    fn mono_of_utc(&self, unix: f64) -> Option<f64> {
+        self.utc_ref.map(|(m, u)| m + (unix - u))
+    }
+
+    /// Re-decide the leap status at `now` and return the command for the
+    /// kernel if it changed (discipline mode, synchronized, not panicking).
+    fn update_leap(&mut self, now: f64) -> Vec<ClockCommand> {
+        let Some(utc) = self.utc_at(now) else {
+            return Vec::new();
+        };
+        let indicators: Vec<_> = match &self.selection {
+            Ok(sel) => sel
+                .survivors
+                .iter()
+                .filter_map(|id| self.source(*id))
+                .filter_map(|s| s.filter.last_server().map(|i| i.leap))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let vote = leap::vote(&indicators);
+        let armed = self.leap.status != LeapStatus::None;
+        let d = leap::decide(utc, self.leap_list.as_ref(), vote, armed);
+        if let Some(at) = self.leap.at_unix.filter(|_| armed) {
+            if utc >= at as f64 && self.leap_mono.is_none_or(|m| m < now - 86_400.0) {
+                self.leap_mono = self.mono_of_utc(at as f64);
+            }
+        }
+        self.leap = d;
+        let commanding = !self.discipline.config().observe_only
+            && !self.discipline.panicked()
+            && self.discipline.updates() > 0;
+        if commanding && d.status != self.kernel_leap {
+            self.kernel_leap = d.status;
+            return vec![ClockCommand::SetLeap(d.status)];
+        }
+        Vec::new()
+    }
+
+    /// When the leap decision next changes by the clock alone: the start of
+    /// the last day of the month (flag up) or just after its midnight (flag
+    /// down); only ever in the future.
+    fn leap_deadline(&self, now: f64) -> Option<f64> {
+        let at = self.leap.at_unix?;
+        let up = (leap::arm_time(at) as f64) + leap::CLEAR_DELAY + 1.0;
+        let down = at as f64 + leap::CLEAR_DELAY + 0.5;
+        [up, down]
+            .into_iter()
+            .filter_map(|u| self.mono_of_utc(u))
+            .find(|&m| m > now)
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -227,6 +323,13 @@ impl Agent {
                 return Vec::new();
             }
         }
+        // So did one in flight across a leap second (clocks on both ends
+        // leap, not necessarily at the same instant).
+        if let Some(leap) = self.leap_mono {
+            if now - sample.round_trip - 1.0 <= leap && leap <= now + 1.0 {
+                return Vec::new();
+            }
+        }
         let mut cmds = self.discipline.advance(now);
         let p = self.discipline.projection(now);
         let half = sample.round_trip / 2.0;
@@ -237,6 +340,13 @@ impl Agent {
         src.reach |= 1;
         src.filter.add(&sample, now - half, c_mid);
         cmds.extend(self.select_and_update(now, id));
+        // The date: our reading at arrival plus the estimated offset (the
+        // combined one, so a lying source cannot move it).
+        if let (Some(t4), Some(e)) = (sample.received, self.discipline.estimate(now)) {
+            self.utc_ref = Some((now, t4.to_unix_f64(NTP_ERA_PIVOT_UNIX) + e.offset));
+        }
+        cmds.extend(self.update_leap(now));
+        self.last_now = self.last_now.max(now);
         cmds
     }
 
@@ -325,12 +435,21 @@ impl Agent {
 
     /// Let time pass: ends a slew when due. Call at [`next_deadline`](Self::next_deadline).
     pub fn tick(&mut self, now: f64) -> Vec<ClockCommand> {
-        self.discipline.advance(now)
+        let mut cmds = self.discipline.advance(now);
+        cmds.extend(self.update_leap(now));
+        self.last_now = self.last_now.max(now);
+        cmds
     }
 
-    /// When [`tick`](Self::tick) must next be called (monotonic seconds), if at all.
+    /// When [`tick`](Self::tick) must next be called (monotonic seconds), if
+    /// at all: the end of a slew, or a leap second's flag going up or down.
     pub fn next_deadline(&self) -> Option<f64> {
-        self.discipline.next_deadline()
+        let slew = self.discipline.next_deadline();
+        let leap = self.leap_deadline(self.last_now);
+        match (slew, leap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// What to write to the drift file now, if the frequency is known well
@@ -408,6 +527,8 @@ impl Agent {
             updates: d.updates(),
             steps: d.steps(),
             selection: self.selection.clone(),
+            leap: self.leap,
+            kernel_leap: self.kernel_leap,
         }
     }
 }

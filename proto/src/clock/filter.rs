@@ -185,6 +185,11 @@ impl ClockFilter {
         self.entries.is_empty()
     }
 
+    /// What the server said in its most recent response, if any is held.
+    pub fn last_server(&self) -> Option<ServerInfo> {
+        (!self.entries.is_empty()).then_some(self.server)
+    }
+
     /// Forget every sample (for example when the source's address changes).
     pub fn clear(&mut self) {
         self.entries.clear();

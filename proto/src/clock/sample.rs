@@ -94,6 +94,9 @@ pub struct Sample {
     /// t4 − t1 on our clock, in seconds: how long the exchange took.
     pub round_trip: f64,
     pub server: ServerInfo,
+    /// t4: our clock's reading when the response arrived, if known. With the
+    /// offset it tells the agent the UTC date, which leap seconds need.
+    pub received: Option<NtpTimestamp>,
 }
 
 impl Sample {
@@ -125,13 +128,15 @@ impl Sample {
             return Err(SampleError::ServerTimeExceedsRoundTrip);
         }
         let offset = (t2.diff_seconds(t1) + t3.diff_seconds(t4)) / 2.0;
-        Ok(Self::new(
+        let mut s = Self::new(
             offset,
             round_trip - server_time,
             round_trip,
             server,
             local_precision,
-        ))
+        );
+        s.received = Some(t4);
+        Ok(s)
     }
 
     /// A measurement from an already computed offset and delay (for tests and
@@ -152,6 +157,7 @@ impl Sample {
             dispersion,
             round_trip: round_trip.max(0.0),
             server,
+            received: None,
         }
     }
 }
@@ -181,6 +187,7 @@ mod tests {
         assert!((s.offset - 0.25).abs() < 1e-9, "{}", s.offset);
         assert!((s.delay - 0.020).abs() < 1e-9, "{}", s.delay);
         assert!((s.round_trip - 0.021).abs() < 1e-9);
+        assert_eq!(s.received, Some(ts(0.021)));
         let want = 1e-6 + 1e-9 + PHI * 0.021;
         assert!((s.dispersion - want).abs() < 1e-12);
     }

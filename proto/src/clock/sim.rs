@@ -10,10 +10,11 @@
 use super::agent::{Agent, AgentConfig, AgentStatus};
 use super::clock_trait::{apply_command, Clock, ClockCommand};
 use super::drift::DriftRecord;
+use super::leap::{LeapSecondsList, LeapStatus};
 use super::sample::{Sample, ServerInfo};
-use super::sim_clock::{offset_timestamp, SimulatedClock};
+use super::sim_clock::{offset_timestamp, SimulatedClock, DEFAULT_EPOCH_UNIX};
 use super::SourceId;
-use crate::ntp_packet::NtpTimestamp;
+use crate::ntp_packet::{LeapIndicator, NtpTimestamp};
 
 /// SplitMix64: a small, fast, seedable generator (not for cryptography).
 #[derive(Debug, Clone)]
@@ -80,6 +81,10 @@ pub struct ServerModel {
     /// its offset is off by half of this.
     pub spike_delay: f64,
     pub info: ServerInfo,
+    /// A leap indicator this server always sends, whatever UTC does (a
+    /// forged or mistaken announcement). None: it announces the scenario's
+    /// leap, if any, until it happens.
+    pub forced_leap: Option<LeapIndicator>,
 }
 
 impl ServerModel {
@@ -95,6 +100,7 @@ impl ServerModel {
             spike_probability: 0.0,
             spike_delay: 0.0,
             info: ServerInfo::default(),
+            forced_leap: None,
         }
     }
 }
@@ -117,6 +123,14 @@ pub struct Scenario {
     pub local_precision: f64,
     /// Seconds between trace points.
     pub trace_interval: f64,
+    /// UTC (Unix seconds) at which true time starts (for a fresh clock).
+    pub start_unix: i64,
+    /// A leap second in true UTC: at the midnight `.0` (Unix seconds, the
+    /// first second of the new day) a second is inserted or deleted. The
+    /// servers' clocks follow it and announce it until then.
+    pub leap: Option<(i64, LeapStatus)>,
+    /// A `leap-seconds.list` for the agent.
+    pub leap_list: Option<LeapSecondsList>,
 }
 
 impl Scenario {
@@ -136,6 +150,9 @@ impl Scenario {
             agent,
             local_precision: 1e-9,
             trace_interval: 1.0,
+            start_unix: DEFAULT_EPOCH_UNIX,
+            leap: None,
+            leap_list: None,
         }
     }
 }
@@ -175,6 +192,10 @@ pub struct SimReport {
     pub status: AgentStatus,
     /// What the agent would write to its drift file at the end.
     pub drift: Option<DriftRecord>,
+    /// Leap flags the agent commanded: (true time, flag).
+    pub leap_commands: Vec<(f64, LeapStatus)>,
+    /// Leaps the clock's kernel applied in this run: (true time, what).
+    pub leaps: Vec<(f64, LeapStatus)>,
 }
 
 impl SimReport {
@@ -235,6 +256,7 @@ struct Flight {
     t1: NtpTimestamp,
     t2: NtpTimestamp,
     t3: NtpTimestamp,
+    info: ServerInfo,
 }
 
 enum Event {
@@ -244,10 +266,21 @@ enum Event {
     Deadline,
 }
 
+/// Seconds true UTC's leap has taken off its reading at true time `t` (since
+/// the clock's epoch): 1 after an inserted second, −1 after a deleted one.
+fn true_leap_adjust(sc: &Scenario, epoch_unix: i64, t: f64) -> f64 {
+    match sc.leap {
+        Some((at, LeapStatus::Insert)) if t >= (at - epoch_unix) as f64 => 1.0,
+        Some((at, LeapStatus::Delete)) if t >= (at - 1 - epoch_unix) as f64 => -1.0,
+        _ => 0.0,
+    }
+}
+
 /// Run one scenario to its end.
 pub fn run(sc: &Scenario) -> SimReport {
-    let mut clock =
-        SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed).with_wander(sc.wander);
+    let mut clock = SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed)
+        .with_wander(sc.wander)
+        .with_epoch_unix(sc.start_unix);
     run_on(sc, &mut clock)
 }
 
@@ -264,6 +297,8 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     let start = clock.true_time();
     let end = start + sc.duration;
     let mut agent = Agent::new(sc.agent);
+    agent.set_leap_seconds_list(sc.leap_list.clone());
+    let epoch_unix = clock.epoch_unix();
     let ids: Vec<SourceId> = sc.servers.iter().map(|_| agent.add_source()).collect();
     let n = sc.servers.len();
     // Sources start a little apart, as a shell resolving names would.
@@ -283,7 +318,10 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
         final_falseticker: vec![false; n],
         status: agent.status(0.0),
         drift: None,
+        leap_commands: Vec::new(),
+        leaps: Vec::new(),
     };
+    let leaps_before = clock.leaps().len();
 
     loop {
         let now = clock.true_time();
@@ -321,9 +359,16 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
         let mut cmds = Vec::new();
         match event {
             Event::Trace => {
+                let t = clock.true_time();
                 report.trace.push(TracePoint {
-                    time: clock.true_time(),
-                    offset: clock.offset(),
+                    time: t,
+                    // UTC readings compared: a leap applied at the wrong
+                    // second, or twice, shows as a second of offset. (The
+                    // true leap is counted at the clock's own time, so a
+                    // clock 20 µs behind does not show a 1 s error for the
+                    // 20 µs between the true midnight and its own.)
+                    offset: clock.offset() - clock.leap_adjustment()
+                        + true_leap_adjust(sc, epoch_unix, t + clock.offset()),
                     frequency_error_ppm: clock.intrinsic_frequency_ppm() + agent.frequency_ppm(),
                     rate_error_ppm: clock.rate() * 1e6,
                     poll_exponent: agent.discipline().poll_exponent(),
@@ -348,21 +393,36 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
                 if !lost_request && !lost_response {
                     let at_server = clock.true_time() + fwd;
                     let epoch = clock.true_timestamp(0.0);
+                    // The server's UTC reading: true time, its error, and
+                    // the leap if UTC has had it.
+                    let utc = |t: f64| t + s.offset - true_leap_adjust(sc, epoch_unix, t);
+                    let mut info = s.info;
+                    info.leap = match (s.forced_leap, sc.leap) {
+                        (Some(li), _) => li,
+                        (None, Some((at, what))) if epoch_unix as f64 + at_server < at as f64 => {
+                            match what {
+                                LeapStatus::Insert => LeapIndicator::InsertSecond,
+                                LeapStatus::Delete => LeapIndicator::DeleteSecond,
+                                LeapStatus::None => s.info.leap,
+                            }
+                        }
+                        _ => s.info.leap,
+                    };
                     flights.push(Flight {
                         server: i,
                         arrival: at_server + s.processing + back,
                         t1,
-                        t2: offset_timestamp(epoch, at_server + s.offset),
-                        t3: offset_timestamp(epoch, at_server + s.processing + s.offset),
+                        t2: offset_timestamp(epoch, utc(at_server)),
+                        t3: offset_timestamp(epoch, utc(at_server + s.processing)),
+                        info,
                     });
                 }
             }
             Event::Arrival(k) => {
                 let f = flights.swap_remove(k);
                 let t4 = clock.now().expect("infallible");
-                let s = &sc.servers[f.server];
                 if let Ok(sample) =
-                    Sample::from_timestamps(f.t1, f.t2, f.t3, t4, s.info, sc.local_precision)
+                    Sample::from_timestamps(f.t1, f.t2, f.t3, t4, f.info, sc.local_precision)
                 {
                     report.samples += 1;
                     cmds = agent.on_sample(ids[f.server], sample, mono);
@@ -384,6 +444,10 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
                     report.steps.push((clock.true_time(), *offset));
                     apply_command(clock, cmd).expect("infallible");
                 }
+                ClockCommand::SetLeap(l) => {
+                    report.leap_commands.push((clock.true_time(), *l));
+                    apply_command(clock, cmd).expect("infallible");
+                }
                 _ => apply_command(clock, cmd).expect("infallible"),
             }
         }
@@ -391,6 +455,7 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     report.updates = agent.discipline().updates();
     report.status = agent.status(clock.monotonic());
     report.drift = agent.drift_record(clock.monotonic());
+    report.leaps = clock.leaps()[leaps_before..].to_vec();
     for cmd in agent.shutdown(clock.monotonic()) {
         apply_command(clock, &cmd).expect("infallible");
     }
@@ -400,7 +465,7 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::InitialFrequency;
+    use crate::clock::{InitialFrequency, LeapDecision, LeapSource};
 
     const MINUTE: f64 = 60.0;
 
@@ -625,6 +690,164 @@ mod tests {
                 r.steps.len()
             );
         }
+    }
+
+    /// 2027-01-01 00:00:00 UTC: a leap second (23:59:60) before it.
+    const NEW_YEAR_2027: i64 = 1_798_761_600;
+
+    /// The baseline, starting 40 minutes before the new year, for an hour.
+    fn new_year(seed: u64, leap: Option<LeapStatus>) -> Scenario {
+        let mut sc = Scenario::baseline(seed);
+        sc.start_unix = NEW_YEAR_2027 - 2400;
+        sc.duration = 3600.0;
+        sc.leap = leap.map(|l| (NEW_YEAR_2027, l));
+        sc
+    }
+
+    /// A `leap-seconds.list` with a valid hash: the given entries, updated
+    /// and expiring as asked.
+    fn make_list(updated_unix: i64, expires_unix: i64, entries: &[(i64, i32)]) -> LeapSecondsList {
+        use sha1::{Digest, Sha1};
+        let ntp = |u: i64| u + crate::clock::leap::NTP_UNIX_OFFSET;
+        let mut text = format!("#$\t{}\n#@\t{}\n", ntp(updated_unix), ntp(expires_unix));
+        let mut h = Sha1::new();
+        h.update(ntp(updated_unix).to_string());
+        h.update(ntp(expires_unix).to_string());
+        for (u, tai) in entries {
+            text.push_str(&format!("{}\t{}\n", ntp(*u), tai));
+            h.update(format!("{}{}", ntp(*u), tai));
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let groups: Vec<&str> = (0..5).map(|i| &hex[i * 8..i * 8 + 8]).collect();
+        text.push_str(&format!("#h\t{}\n", groups.join(" ")));
+        LeapSecondsList::parse(&text).unwrap()
+    }
+
+    /// Checks a run that crossed the new year with (or without) a leap.
+    fn check_leap_run(name: &str, sc: &Scenario, want: Option<LeapStatus>) -> SimReport {
+        let r = run(sc);
+        let at = (NEW_YEAR_2027 - sc.start_unix) as f64;
+        let after = r.max_abs_offset(at - 120.0, sc.duration);
+        let settled = r.max_abs_offset(10.0 * MINUTE, sc.duration);
+        println!(
+            "{name} seed {}: kernel leaps {:?} (due at {at} s), flags {:?}, steps {}, max |UTC offset| {:.2} µs from 10 min, {:.2} µs around and after the leap",
+            sc.seed,
+            r.leaps,
+            r.leap_commands,
+            r.steps.len(),
+            settled * 1e6,
+            after * 1e6
+        );
+        match want {
+            Some(l) => {
+                // Exactly one leap, at the right second: an inserted second
+                // starts when the clock reads midnight, a deleted one when
+                // it reads 23:59:59; the clock is microseconds from truth.
+                let due = if l == LeapStatus::Insert {
+                    at
+                } else {
+                    at - 1.0
+                };
+                assert_eq!(r.leaps.len(), 1, "{name}: leaps {:?}", r.leaps);
+                assert_eq!(r.leaps[0].1, l);
+                assert!((r.leaps[0].0 - due).abs() < 1e-3, "{name}: {:?}", r.leaps);
+                // Flag up on the last day, down once past midnight.
+                assert_eq!(r.leap_commands.first().map(|c| c.1), Some(l));
+                let (t_down, down) = *r.leap_commands.last().unwrap();
+                assert_eq!(down, LeapStatus::None);
+                assert!(
+                    t_down > due && t_down < due + 10.0,
+                    "{name}: {:?}",
+                    r.leap_commands
+                );
+                assert_eq!(r.leap_commands.len(), 2, "{name}: {:?}", r.leap_commands);
+            }
+            None => {
+                assert!(r.leaps.is_empty(), "{name}: leaps {:?}", r.leaps);
+                assert!(r.leap_commands.is_empty(), "{name}: {:?}", r.leap_commands);
+            }
+        }
+        assert_eq!(r.steps.len(), 1, "{name}: steps {:?}", r.steps);
+        assert!(r.steps[0].0 < 60.0, "{name}: late step {:?}", r.steps);
+        assert!(settled < 100e-6, "{name}: offset {settled}");
+        r
+    }
+
+    #[test]
+    fn a_leap_second_is_applied_once_at_the_right_second() {
+        for seed in 1..=3 {
+            let r = check_leap_run(
+                "insert",
+                &new_year(seed, Some(LeapStatus::Insert)),
+                Some(LeapStatus::Insert),
+            );
+            assert_eq!(r.status.leap, LeapDecision::default());
+            check_leap_run(
+                "delete",
+                &new_year(seed, Some(LeapStatus::Delete)),
+                Some(LeapStatus::Delete),
+            );
+        }
+        println!(
+            "the inserted second: {}",
+            crate::clock::leap::format_leap_second(NEW_YEAR_2027, LeapStatus::Insert)
+        );
+    }
+
+    #[test]
+    fn a_minority_or_overruled_leap_announcement_is_not_acted_on() {
+        // One server of four announces a leap that UTC does not have.
+        let mut sc = new_year(1, None);
+        sc.servers[2].forced_leap = Some(LeapIndicator::InsertSecond);
+        let r = check_leap_run("forged minority", &sc, None);
+        assert_eq!(r.status.leap.announced, LeapStatus::None);
+        // Two of four: still no majority.
+        sc.servers[3].forced_leap = Some(LeapIndicator::InsertSecond);
+        check_leap_run("two of four", &sc, None);
+        // All four announce it, but a valid leap-seconds.list says no leap
+        // at this new year: the list decides.
+        let mut sc = new_year(2, None);
+        for s in sc.servers.iter_mut() {
+            s.forced_leap = Some(LeapIndicator::InsertSecond);
+        }
+        let no_leap_list = make_list(
+            NEW_YEAR_2027 - 100 * 86_400,
+            NEW_YEAR_2027 + 100 * 86_400,
+            &[(1_483_228_800, 37)],
+        );
+        sc.leap_list = Some(no_leap_list.clone());
+        check_leap_run("overruled by the list", &sc, None);
+        // An expired list does not decide: the majority of sources does.
+        let mut sc = new_year(3, Some(LeapStatus::Insert));
+        let mut expired = no_leap_list;
+        expired.expires_ntp = expired.updated_ntp + 86_400;
+        sc.leap_list = Some(expired);
+        check_leap_run("expired list", &sc, Some(LeapStatus::Insert));
+        // A valid list announces it while no server does: the list decides.
+        let mut sc = new_year(3, Some(LeapStatus::Insert));
+        for s in sc.servers.iter_mut() {
+            s.forced_leap = Some(LeapIndicator::NoWarning);
+        }
+        sc.leap_list = Some(make_list(
+            NEW_YEAR_2027 - 100 * 86_400,
+            NEW_YEAR_2027 + 100 * 86_400,
+            &[(1_483_228_800, 37), (NEW_YEAR_2027, 38)],
+        ));
+        check_leap_run("list only", &sc, Some(LeapStatus::Insert));
+    }
+
+    #[test]
+    fn observe_mode_reports_a_leap_without_commanding_it() {
+        let mut sc = new_year(1, Some(LeapStatus::Insert));
+        sc.agent.discipline.observe_only = true;
+        sc.duration = 1200.0;
+        let r = run(&sc);
+        assert!(r.leap_commands.is_empty() && r.leaps.is_empty());
+        assert_eq!(r.status.leap.status, LeapStatus::Insert);
+        assert_eq!(r.status.leap.announced, LeapStatus::Insert);
+        assert_eq!(r.status.leap.source, LeapSource::Sources);
+        assert_eq!(r.status.leap.at_unix, Some(NEW_YEAR_2027));
+        assert_eq!(r.status.kernel_leap, LeapStatus::None);
     }
 
     #[test]
