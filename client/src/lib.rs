@@ -6,6 +6,7 @@ pub mod config;
 pub mod drift_file;
 pub mod exchange;
 pub mod ke;
+pub mod leap_file;
 pub mod metrics;
 pub mod query;
 pub mod status;
