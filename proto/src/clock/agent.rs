@@ -103,6 +103,11 @@ pub struct AgentStatus {
     pub frequency_ppm: f64,
     /// Frequency error not yet corrected (ppm) and the frequency's standard deviation.
     pub residual_frequency_ppm: Option<f64>,
+    /// The frequency correction the clock needs by the estimate (ppm): the
+    /// base plus the residual. In observe mode, where nothing is corrected,
+    /// this is the clock's own drift with its sign turned (what discipline
+    /// mode would set).
+    pub estimated_frequency_ppm: Option<f64>,
     pub frequency_sd_ppm: Option<f64>,
     pub poll_exponent: i8,
     pub updates: u64,
@@ -115,6 +120,42 @@ pub struct AgentStatus {
     pub leap: LeapDecision,
     /// The leap flag last commanded to the kernel (always `None` in observe mode).
     pub kernel_leap: LeapStatus,
+    /// The tracking view (like `chronyc tracking`), once there is a selection.
+    pub tracking: Option<Tracking>,
+}
+
+/// What `chronyc tracking` shows, from the last selection and the loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracking {
+    /// The system peer: the survivor of least root distance.
+    pub reference: SourceId,
+    /// Its server's stratum, reference id and reference time.
+    pub reference_stratum: u8,
+    pub reference_id: [u8; 4],
+    pub reference_time: crate::ntp_packet::NtpTimestamp,
+    /// Our stratum: the reference's plus one.
+    pub stratum: u8,
+    /// Round-trip delay to the primary reference through the system peer:
+    /// its server's root delay plus our delay to it (seconds).
+    pub root_delay: f64,
+    /// Dispersion to the primary reference: its server's root dispersion
+    /// plus the peer's filter dispersion (aged to now) and jitter (seconds).
+    pub root_dispersion: f64,
+    /// Root distance of the selection (seconds), the kernel's maxerror.
+    pub root_distance: f64,
+    /// System jitter of the selection (seconds).
+    pub jitter: f64,
+    /// The offset at the last clock update (seconds, true minus ours) and
+    /// the running RMS of those.
+    pub last_offset: Option<f64>,
+    pub rms_offset: Option<f64>,
+    /// Time between the last two clock updates (seconds).
+    pub update_interval: Option<f64>,
+    /// Monotonic time of the last clock update, and its age now (seconds).
+    pub last_update: Option<f64>,
+    pub last_update_age: Option<f64>,
+    /// Age of the system peer's newest sample (seconds).
+    pub last_sample_age: Option<f64>,
 }
 
 /// NTP timestamps carry no era: the agent reads them in the era nearest
@@ -510,6 +551,33 @@ impl Agent {
             .collect()
     }
 
+    /// The tracking view at `now`, if there is a selection.
+    pub fn tracking(&self, now: f64) -> Option<Tracking> {
+        let sel = self.selection.as_ref().ok()?;
+        let peer = self.source(sel.system_peer)?;
+        let p = self.discipline.projection(now);
+        let o = peer.filter.output(&p)?;
+        let d = &self.discipline;
+        let latest = peer.filter.latest(&p);
+        Some(Tracking {
+            reference: sel.system_peer,
+            reference_stratum: o.server.stratum,
+            reference_id: o.server.reference_id,
+            reference_time: o.server.reference_time,
+            stratum: o.server.stratum.saturating_add(1).min(16),
+            root_delay: o.server.root_delay + o.delay,
+            root_dispersion: o.server.root_dispersion + o.dispersion + o.jitter,
+            root_distance: sel.root_distance,
+            jitter: sel.jitter,
+            last_offset: d.last_offset(),
+            rms_offset: d.rms_offset(),
+            update_interval: d.update_interval(),
+            last_update: d.last_update(),
+            last_update_age: d.last_update().map(|t| now - t),
+            last_sample_age: latest.map(|l| now - l.time),
+        })
+    }
+
     /// The agent's status at `now`.
     pub fn status(&self, now: f64) -> AgentStatus {
         let d = &self.discipline;
@@ -522,6 +590,7 @@ impl Agent {
             offset_sd: e.map(|e| e.offset_sd),
             frequency_ppm: d.frequency_ppm(),
             residual_frequency_ppm: e.map(|e| e.residual_frequency_ppm),
+            estimated_frequency_ppm: e.map(|e| d.frequency_ppm() + e.residual_frequency_ppm),
             frequency_sd_ppm: e.map(|e| e.frequency_sd_ppm),
             poll_exponent: d.poll_exponent(),
             updates: d.updates(),
@@ -529,6 +598,7 @@ impl Agent {
             selection: self.selection.clone(),
             leap: self.leap,
             kernel_leap: self.kernel_leap,
+            tracking: self.tracking(now),
         }
     }
 }
@@ -586,6 +656,13 @@ mod tests {
         let st = a.status(0.003);
         assert_eq!(st.steps, 1);
         assert!(st.synchronized);
+        let tr = st.tracking.unwrap();
+        assert_eq!(tr.stratum, 2);
+        assert!((tr.last_offset.unwrap() - 0.5).abs() < 1e-3, "{tr:?}");
+        assert_eq!(tr.last_update, Some(0.003));
+        assert_eq!(tr.update_interval, None);
+        assert!((tr.root_delay - 1e-3).abs() < 1e-9);
+        assert!(tr.root_dispersion > 0.0 && tr.root_distance >= tr.root_delay / 2.0);
         // A sample sent before the step and received after it is dropped.
         a.poll_sent(ids[0], 0.0025);
         assert!(a.on_sample(ids[0], sample(0.5), 0.0035).is_empty());

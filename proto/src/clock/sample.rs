@@ -28,6 +28,11 @@ pub struct ServerInfo {
     pub root_delay: f64,
     /// The server's own dispersion to its primary reference, in seconds.
     pub root_dispersion: f64,
+    /// Its reference id (for stratum 1 an ASCII source name, else usually
+    /// its own server's IPv4 address or an address hash).
+    pub reference_id: [u8; 4],
+    /// When the server's clock was last set or corrected.
+    pub reference_time: NtpTimestamp,
 }
 
 impl ServerInfo {
@@ -39,6 +44,8 @@ impl ServerInfo {
             precision: precision_seconds(h.precision),
             root_delay: h.root_delay.to_seconds(),
             root_dispersion: h.root_dispersion.to_seconds(),
+            reference_id: h.reference_id,
+            reference_time: h.reference_timestamp,
         }
     }
 
@@ -57,6 +64,8 @@ impl Default for ServerInfo {
             precision: 1e-9,
             root_delay: 0.0,
             root_dispersion: 0.0,
+            reference_id: [0; 4],
+            reference_time: NtpTimestamp::ZERO,
         }
     }
 }

@@ -521,6 +521,14 @@ mod tests {
         assert_eq!(r.panics, 0);
         let rms = r.offset_rms(30.0 * MINUTE, 40.0 * MINUTE);
         assert!(rms < 20e-6, "{name} seed {}: offset rms {rms}", sc.seed);
+        // The tracking view agrees with what the loop did.
+        let tr = r.status.tracking.expect("a selection");
+        assert!(tr.rms_offset.unwrap() < 50e-6, "{tr:?}");
+        assert!(tr.last_offset.unwrap().abs() < 100e-6, "{tr:?}");
+        assert!(tr.update_interval.unwrap() > 0.0);
+        assert!(tr.last_update_age.unwrap() < 2.0 * r.status.poll_exponent as f64 * 64.0);
+        assert_eq!((tr.reference_stratum, tr.stratum), (1, 2));
+        assert!(tr.root_delay > 0.5e-3 && tr.root_delay < 2e-3, "{tr:?}");
         let ferr = r.max_abs_frequency_error(30.0 * MINUTE, 40.0 * MINUTE);
         assert!(
             ferr < 0.1,
@@ -880,6 +888,8 @@ mod tests {
         assert!((est - truth).abs() < 50e-6, "{est} vs {truth}");
         let f = r.status.residual_frequency_ppm.unwrap();
         assert!((f + 100.0).abs() < 0.1, "{f}");
+        assert_eq!(r.status.frequency_ppm, 0.0);
+        assert!((r.status.estimated_frequency_ppm.unwrap() + 100.0).abs() < 0.1);
     }
 
     /// The numbers in docs/clock-discipline.md:
