@@ -249,8 +249,11 @@ impl Agent {
         let vote = leap::vote(&indicators);
         let armed = self.leap.status != LeapStatus::None;
         let d = leap::decide(utc, self.leap_list.as_ref(), vote, armed);
-        if let Some(at) = self.leap.at_unix.filter(|_| armed) {
-            if utc >= at as f64 && self.leap_mono.is_none_or(|m| m < now - 86_400.0) {
+        // Where the leap falls on the monotonic clock, for dropping samples
+        // in flight across it: refined while it is ahead (after it the
+        // date's reference has leapt too and would place it a second off).
+        if let (LeapStatus::Insert | LeapStatus::Delete, Some(at)) = (d.status, d.at_unix) {
+            if utc < at as f64 {
                 self.leap_mono = self.mono_of_utc(at as f64);
             }
         }
