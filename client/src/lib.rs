@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod config;
+pub mod drift_file;
 pub mod exchange;
 pub mod ke;
+pub mod leap_file;
 pub mod metrics;
 pub mod privileges;
 pub mod query;

@@ -5,11 +5,13 @@
 //! Only the agent in discipline mode, with CAP_SYS_TIME, ever constructs a
 //! writable one. Tests use the simulated clock in `nts_proto::clock`.
 
-use nts_proto::clock::{Clock, SyncStatus};
+use nts_proto::clock::{Clock, LeapStatus, SyncStatus};
 use nts_proto::ntp_packet::NtpTimestamp;
 
 const STA_PLL: i32 = 0x0001;
 const STA_FLL: i32 = 0x0008;
+const STA_INS: i32 = 0x0010;
+const STA_DEL: i32 = 0x0020;
 const STA_UNSYNC: i32 = 0x0040;
 const TIME_ERROR: i32 = 5;
 
@@ -117,6 +119,15 @@ impl Clock for SystemClock {
         Self::adjtime(&mut tx).map(|_| ())
     }
 
+    fn set_leap(&mut self, leap: LeapStatus) -> Result<(), Self::Error> {
+        let (_, cur) = Self::read()?;
+        // SAFETY: zeroed timex, then only the fields named in modes.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        tx.modes = libc::ADJ_STATUS;
+        tx.status = leap_status_bits(cur.status, leap);
+        Self::adjtime(&mut tx).map(|_| ())
+    }
+
     fn sync_status(&self) -> Result<SyncStatus, Self::Error> {
         let (state, tx) = Self::read()?;
         Ok(SyncStatus {
@@ -127,9 +138,32 @@ impl Clock for SystemClock {
     }
 }
 
+/// The kernel status word with the leap flag set as asked: `STA_INS`,
+/// `STA_DEL` or neither. The other bits the agent manages stay as they are
+/// (`STA_UNSYNC`), and the PLL and FLL stay off.
+fn leap_status_bits(current: i32, leap: LeapStatus) -> i32 {
+    let base = current & !(STA_PLL | STA_FLL | STA_INS | STA_DEL);
+    match leap {
+        LeapStatus::None => base,
+        LeapStatus::Insert => base | STA_INS,
+        LeapStatus::Delete => base | STA_DEL,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leap_bits_keep_the_rest() {
+        let cur = STA_UNSYNC | STA_PLL | STA_DEL | 0x2000;
+        assert_eq!(
+            leap_status_bits(cur, LeapStatus::Insert),
+            STA_UNSYNC | STA_INS | 0x2000
+        );
+        assert_eq!(leap_status_bits(cur, LeapStatus::None), STA_UNSYNC | 0x2000);
+        assert_eq!(leap_status_bits(STA_INS, LeapStatus::Delete), STA_DEL);
+    }
 
     /// Read-only calls are safe to make in tests; nothing here writes the clock.
     #[test]

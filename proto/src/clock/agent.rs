@@ -19,7 +19,9 @@
 
 use super::clock_trait::ClockCommand;
 use super::discipline::{Discipline, DisciplineConfig, Measurement};
+use super::drift::{self, DriftRecord};
 use super::filter::{ClockFilter, FilterOutput};
+use super::leap::{self, LeapDecision, LeapSecondsList, LeapStatus};
 use super::sample::Sample;
 use super::select::{select, Candidate, SelectConfig, SelectError, Selection};
 use super::{SourceId, PHI};
@@ -101,13 +103,64 @@ pub struct AgentStatus {
     pub frequency_ppm: f64,
     /// Frequency error not yet corrected (ppm) and the frequency's standard deviation.
     pub residual_frequency_ppm: Option<f64>,
+    /// The frequency correction the clock needs by the estimate (ppm): the
+    /// base plus the residual. In observe mode, where nothing is corrected,
+    /// this is the clock's own drift with its sign turned (what discipline
+    /// mode would set).
+    pub estimated_frequency_ppm: Option<f64>,
     pub frequency_sd_ppm: Option<f64>,
     pub poll_exponent: i8,
     pub updates: u64,
     pub steps: u32,
     /// The last selection, or why there was none.
     pub selection: Result<Selection, SelectError>,
+    /// The leap second situation: announced for the end of this month, by
+    /// whom, and what the kernel should be told now (reported in observe
+    /// mode, commanded in discipline mode).
+    pub leap: LeapDecision,
+    /// The leap flag last commanded to the kernel (always `None` in observe mode).
+    pub kernel_leap: LeapStatus,
+    /// The tracking view (like `chronyc tracking`), once there is a selection.
+    pub tracking: Option<Tracking>,
 }
+
+/// What `chronyc tracking` shows, from the last selection and the loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracking {
+    /// The system peer: the survivor of least root distance.
+    pub reference: SourceId,
+    /// Its server's stratum, reference id and reference time.
+    pub reference_stratum: u8,
+    pub reference_id: [u8; 4],
+    pub reference_time: crate::ntp_packet::NtpTimestamp,
+    /// Our stratum: the reference's plus one.
+    pub stratum: u8,
+    /// Round-trip delay to the primary reference through the system peer:
+    /// its server's root delay plus our delay to it (seconds).
+    pub root_delay: f64,
+    /// Dispersion to the primary reference: its server's root dispersion
+    /// plus the peer's filter dispersion (aged to now) and jitter (seconds).
+    pub root_dispersion: f64,
+    /// Root distance of the selection (seconds), the kernel's maxerror.
+    pub root_distance: f64,
+    /// System jitter of the selection (seconds).
+    pub jitter: f64,
+    /// The offset at the last clock update (seconds, true minus ours) and
+    /// the running RMS of those.
+    pub last_offset: Option<f64>,
+    pub rms_offset: Option<f64>,
+    /// Time between the last two clock updates (seconds).
+    pub update_interval: Option<f64>,
+    /// Monotonic time of the last clock update, and its age now (seconds).
+    pub last_update: Option<f64>,
+    pub last_update_age: Option<f64>,
+    /// Age of the system peer's newest sample (seconds).
+    pub last_sample_age: Option<f64>,
+}
+
+/// NTP timestamps carry no era: the agent reads them in the era nearest
+/// this time (2025-01-01), right until 2093.
+pub const NTP_ERA_PIVOT_UNIX: u64 = 1_735_689_600;
 
 #[derive(Debug, Clone)]
 struct Source {
@@ -127,6 +180,16 @@ pub struct Agent {
     next_id: u32,
     discipline: Discipline,
     selection: Result<Selection, SelectError>,
+    leap_list: Option<LeapSecondsList>,
+    leap: LeapDecision,
+    kernel_leap: LeapStatus,
+    /// A monotonic time and the true UTC (Unix seconds) then, from the last
+    /// sample: the date, for leap seconds.
+    utc_ref: Option<(f64, f64)>,
+    /// Monotonic time of the last leap second's midnight, once passed.
+    leap_mono: Option<f64>,
+    /// The latest time the shell passed in.
+    last_now: f64,
 }
 
 impl Agent {
@@ -137,7 +200,85 @@ impl Agent {
             next_id: 0,
             discipline: Discipline::new(cfg.discipline),
             selection: Err(SelectError::NoCandidates),
+            leap_list: None,
+            leap: LeapDecision::default(),
+            kernel_leap: LeapStatus::None,
+            utc_ref: None,
+            leap_mono: None,
+            last_now: f64::NEG_INFINITY,
         }
+    }
+
+    /// Use a verified `leap-seconds.list`: while it has not expired, it
+    /// decides whether a leap second falls at the end of a month, and the
+    /// sources' announcements are ignored. None goes back to the sources.
+    pub fn set_leap_seconds_list(&mut self, list: Option<LeapSecondsList>) {
+        self.leap_list = list;
+    }
+
+    /// The list in use, if any.
+    pub fn leap_seconds_list(&self) -> Option<&LeapSecondsList> {
+        self.leap_list.as_ref()
+    }
+
+    /// True UTC (Unix seconds) at monotonic `now`, once a sample has told
+    /// the agent the date.
+    pub fn utc_at(&self, now: f64) -> Option<f64> {
+        self.utc_ref.map(|(m, u)| u + (now - m))
+    }
+
+    fn mono_of_utc(&self, unix: f64) -> Option<f64> {
+        self.utc_ref.map(|(m, u)| m + (unix - u))
+    }
+
+    /// Re-decide the leap status at `now` and return the command for the
+    /// kernel if it changed (discipline mode, synchronized, not panicking).
+    fn update_leap(&mut self, now: f64) -> Vec<ClockCommand> {
+        let Some(utc) = self.utc_at(now) else {
+            return Vec::new();
+        };
+        let indicators: Vec<_> = match &self.selection {
+            Ok(sel) => sel
+                .survivors
+                .iter()
+                .filter_map(|id| self.source(*id))
+                .filter_map(|s| s.filter.last_server().map(|i| i.leap))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let vote = leap::vote(&indicators);
+        let armed = self.leap.status != LeapStatus::None;
+        let d = leap::decide(utc, self.leap_list.as_ref(), vote, armed);
+        // Where the leap falls on the monotonic clock, for dropping samples
+        // in flight across it: refined while it is ahead (after it the
+        // date's reference has leapt too and would place it a second off).
+        if let (LeapStatus::Insert | LeapStatus::Delete, Some(at)) = (d.status, d.at_unix) {
+            if utc < at as f64 {
+                self.leap_mono = self.mono_of_utc(at as f64);
+            }
+        }
+        self.leap = d;
+        let commanding = !self.discipline.config().observe_only
+            && !self.discipline.panicked()
+            && self.discipline.updates() > 0;
+        if commanding && d.status != self.kernel_leap {
+            self.kernel_leap = d.status;
+            return vec![ClockCommand::SetLeap(d.status)];
+        }
+        Vec::new()
+    }
+
+    /// When the leap decision next changes by the clock alone: the start of
+    /// the last day of the month (flag up) or just after its midnight (flag
+    /// down); only ever in the future.
+    fn leap_deadline(&self, now: f64) -> Option<f64> {
+        let at = self.leap.at_unix?;
+        let up = (leap::arm_time(at) as f64) + leap::CLEAR_DELAY + 1.0;
+        let down = at as f64 + leap::CLEAR_DELAY + 0.5;
+        [up, down]
+            .into_iter()
+            .filter_map(|u| self.mono_of_utc(u))
+            .find(|&m| m > now)
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -226,6 +367,13 @@ impl Agent {
                 return Vec::new();
             }
         }
+        // So did one in flight across a leap second (clocks on both ends
+        // leap, not necessarily at the same instant).
+        if let Some(leap) = self.leap_mono {
+            if now - sample.round_trip - 1.0 <= leap && leap <= now + 1.0 {
+                return Vec::new();
+            }
+        }
         let mut cmds = self.discipline.advance(now);
         let p = self.discipline.projection(now);
         let half = sample.round_trip / 2.0;
@@ -236,6 +384,13 @@ impl Agent {
         src.reach |= 1;
         src.filter.add(&sample, now - half, c_mid);
         cmds.extend(self.select_and_update(now, id));
+        // The date: our reading at arrival plus the estimated offset (the
+        // combined one, so a lying source cannot move it).
+        if let (Some(t4), Some(e)) = (sample.received, self.discipline.estimate(now)) {
+            self.utc_ref = Some((now, t4.to_unix_f64(NTP_ERA_PIVOT_UNIX) + e.offset));
+        }
+        cmds.extend(self.update_leap(now));
+        self.last_now = self.last_now.max(now);
         cmds
     }
 
@@ -324,12 +479,42 @@ impl Agent {
 
     /// Let time pass: ends a slew when due. Call at [`next_deadline`](Self::next_deadline).
     pub fn tick(&mut self, now: f64) -> Vec<ClockCommand> {
-        self.discipline.advance(now)
+        let mut cmds = self.discipline.advance(now);
+        cmds.extend(self.update_leap(now));
+        self.last_now = self.last_now.max(now);
+        cmds
     }
 
-    /// When [`tick`](Self::tick) must next be called (monotonic seconds), if at all.
+    /// When [`tick`](Self::tick) must next be called (monotonic seconds), if
+    /// at all: the end of a slew, or a leap second's flag going up or down.
     pub fn next_deadline(&self) -> Option<f64> {
-        self.discipline.next_deadline()
+        let slew = self.discipline.next_deadline();
+        let leap = self.leap_deadline(self.last_now);
+        match (slew, leap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What to write to the drift file now, if the frequency is known well
+    /// enough (see [`drift::MAX_RECORDED_UNCERTAINTY_PPM`]); None in
+    /// observe-only mode. `written_unix` is left for the shell to fill.
+    pub fn drift_record(&self, now: f64) -> Option<DriftRecord> {
+        let (ppm, sd) = self
+            .discipline
+            .frequency_record(now, drift::MAX_RECORDED_UNCERTAINTY_PPM)?;
+        Some(DriftRecord {
+            frequency_ppm: ppm,
+            uncertainty_ppm: sd,
+            written_unix: None,
+        })
+    }
+
+    /// The agent is stopping: end a slew in progress, so the kernel keeps the
+    /// base frequency (which the next start reads back). Apply the commands
+    /// before exiting, then write the drift file.
+    pub fn shutdown(&mut self, now: f64) -> Vec<ClockCommand> {
+        self.discipline.shutdown(now)
     }
 
     /// The last selection, or why there was none.
@@ -369,6 +554,33 @@ impl Agent {
             .collect()
     }
 
+    /// The tracking view at `now`, if there is a selection.
+    pub fn tracking(&self, now: f64) -> Option<Tracking> {
+        let sel = self.selection.as_ref().ok()?;
+        let peer = self.source(sel.system_peer)?;
+        let p = self.discipline.projection(now);
+        let o = peer.filter.output(&p)?;
+        let d = &self.discipline;
+        let latest = peer.filter.latest(&p);
+        Some(Tracking {
+            reference: sel.system_peer,
+            reference_stratum: o.server.stratum,
+            reference_id: o.server.reference_id,
+            reference_time: o.server.reference_time,
+            stratum: o.server.stratum.saturating_add(1).min(16),
+            root_delay: o.server.root_delay + o.delay,
+            root_dispersion: o.server.root_dispersion + o.dispersion + o.jitter,
+            root_distance: sel.root_distance,
+            jitter: sel.jitter,
+            last_offset: d.last_offset(),
+            rms_offset: d.rms_offset(),
+            update_interval: d.update_interval(),
+            last_update: d.last_update(),
+            last_update_age: d.last_update().map(|t| now - t),
+            last_sample_age: latest.map(|l| now - l.time),
+        })
+    }
+
     /// The agent's status at `now`.
     pub fn status(&self, now: f64) -> AgentStatus {
         let d = &self.discipline;
@@ -381,11 +593,15 @@ impl Agent {
             offset_sd: e.map(|e| e.offset_sd),
             frequency_ppm: d.frequency_ppm(),
             residual_frequency_ppm: e.map(|e| e.residual_frequency_ppm),
+            estimated_frequency_ppm: e.map(|e| d.frequency_ppm() + e.residual_frequency_ppm),
             frequency_sd_ppm: e.map(|e| e.frequency_sd_ppm),
             poll_exponent: d.poll_exponent(),
             updates: d.updates(),
             steps: d.steps(),
             selection: self.selection.clone(),
+            leap: self.leap,
+            kernel_leap: self.kernel_leap,
+            tracking: self.tracking(now),
         }
     }
 }
@@ -443,6 +659,13 @@ mod tests {
         let st = a.status(0.003);
         assert_eq!(st.steps, 1);
         assert!(st.synchronized);
+        let tr = st.tracking.unwrap();
+        assert_eq!(tr.stratum, 2);
+        assert!((tr.last_offset.unwrap() - 0.5).abs() < 1e-3, "{tr:?}");
+        assert_eq!(tr.last_update, Some(0.003));
+        assert_eq!(tr.update_interval, None);
+        assert!((tr.root_delay - 1e-3).abs() < 1e-9);
+        assert!(tr.root_dispersion > 0.0 && tr.root_distance >= tr.root_delay / 2.0);
         // A sample sent before the step and received after it is dropped.
         a.poll_sent(ids[0], 0.0025);
         assert!(a.on_sample(ids[0], sample(0.5), 0.0035).is_empty());

@@ -14,12 +14,14 @@
 //! | [`Clock::frequency`] | `modes = 0`, `freq / 65536` |
 //! | [`Clock::set_sync_status`] | `ADJ_STATUS` (clear or set `STA_UNSYNC`), `ADJ_MAXERROR` and `ADJ_ESTERROR` in microseconds |
 //! | [`Clock::sync_status`] | `modes = 0`: `status & STA_UNSYNC`, `maxerror`, `esterror` (the return value `TIME_ERROR` also means unsynchronized) |
+//! | [`Clock::set_leap`] | `ADJ_STATUS`: set `STA_INS` or `STA_DEL` (or neither), keeping the other status bits; the kernel inserts or deletes the second at the end of that UTC day by itself |
 //!
 //! A positive frequency makes the clock run faster; a positive step moves it
 //! forward. Sending the status on every update also restarts the kernel's
 //! own growth of `maxerror` (500 µs per second), after which the kernel marks
 //! the clock unsynchronized by itself if the agent goes quiet.
 
+use super::leap::LeapStatus;
 use crate::ntp_packet::NtpTimestamp;
 
 /// The kernel's view of synchronization, as the agent last set it.
@@ -64,6 +66,10 @@ pub trait Clock {
 
     /// What the kernel says about synchronization now.
     fn sync_status(&self) -> Result<SyncStatus, Self::Error>;
+
+    /// Tell the kernel to insert or delete a second at the end of the
+    /// current UTC day, or neither (which also re-arms it after a leap).
+    fn set_leap(&mut self, leap: LeapStatus) -> Result<(), Self::Error>;
 }
 
 /// What the agent wants done to the clock.
@@ -83,6 +89,10 @@ pub enum ClockCommand {
     /// the clock. The shell should log this loudly (ntpd exits); the agent
     /// keeps measuring and says so again on each update.
     Panic { offset: f64, threshold: f64 },
+    /// Set the kernel's leap flag ([`Clock::set_leap`]): sent on the last
+    /// day of a month when a leap is due at its end, and `None` again a
+    /// couple of seconds after that midnight. Only in discipline mode.
+    SetLeap(LeapStatus),
 }
 
 /// Carry out one command. [`ClockCommand::Panic`] does nothing here: what to
@@ -92,6 +102,7 @@ pub fn apply_command<C: Clock + ?Sized>(clock: &mut C, cmd: &ClockCommand) -> Re
         ClockCommand::Step { offset } => clock.step(offset),
         ClockCommand::SetFrequency { ppm } => clock.set_frequency(ppm),
         ClockCommand::SetSyncStatus(ref s) => clock.set_sync_status(s),
+        ClockCommand::SetLeap(leap) => clock.set_leap(leap),
         ClockCommand::Panic { .. } => Ok(()),
     }
 }

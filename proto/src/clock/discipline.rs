@@ -194,7 +194,18 @@ pub struct Discipline {
     panicked: bool,
     last_innovation: f64,
     status: Option<SyncStatus>,
+    /// Monotonic times of the last two accepted updates.
+    last_update: Option<f64>,
+    update_interval: Option<f64>,
+    /// The offset estimate at the last accepted update (what was then
+    /// corrected), and the running mean square of it.
+    last_offset: Option<f64>,
+    mean_square_offset: Option<f64>,
 }
+
+/// Weight of the newest update in the running RMS offset (about the last
+/// 30 updates count).
+pub const RMS_OFFSET_WEIGHT: f64 = 1.0 / 32.0;
 
 /// A snapshot of the loop's estimates.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -227,6 +238,10 @@ impl Discipline {
             panicked: false,
             last_innovation: 0.0,
             status: None,
+            last_update: None,
+            update_interval: None,
+            last_offset: None,
+            mean_square_offset: None,
         }
     }
 
@@ -356,6 +371,11 @@ impl Discipline {
             }
         }
         self.panicked = false;
+        if let Some(prev) = self.last_update {
+            self.update_interval = Some(now - prev);
+        }
+        self.last_update = Some(now);
+        self.last_offset = Some(kf.theta);
 
         // Poll adaptation (done in observe-only mode too: it still measures).
         let t_poll = self.poll_interval();
@@ -376,6 +396,7 @@ impl Discipline {
         self.adapt_poll(vote);
 
         if self.cfg.observe_only {
+            self.accumulate_offset(kf.theta);
             return (UpdateKind::Accepted, cmds);
         }
         self.acted += 1;
@@ -390,6 +411,9 @@ impl Discipline {
             self.steps += 1;
             self.last_step = Some(now);
             self.slew = None;
+        } else {
+            // Steps are counted apart; the RMS is of what was slewed.
+            self.accumulate_offset(kf.theta);
         }
 
         // Frequency: the whole estimate goes into the base correction.
@@ -424,6 +448,14 @@ impl Discipline {
         self.status = Some(status);
         cmds.push(ClockCommand::SetSyncStatus(status));
         (UpdateKind::Accepted, cmds)
+    }
+
+    fn accumulate_offset(&mut self, offset: f64) {
+        let sq = offset * offset;
+        self.mean_square_offset = Some(match self.mean_square_offset {
+            None => sq,
+            Some(m) => m + RMS_OFFSET_WEIGHT * (sq - m),
+        });
     }
 
     fn adapt_poll(&mut self, vote: i32) {
@@ -506,9 +538,59 @@ impl Discipline {
         self.last_innovation
     }
 
+    /// Monotonic time of the last accepted update.
+    pub fn last_update(&self) -> Option<f64> {
+        self.last_update
+    }
+
+    /// Time between the last two accepted updates (seconds).
+    pub fn update_interval(&self) -> Option<f64> {
+        self.update_interval
+    }
+
+    /// The offset estimate at the last accepted update (seconds, true minus
+    /// ours; in discipline mode what was then stepped or slewed out).
+    pub fn last_offset(&self) -> Option<f64> {
+        self.last_offset
+    }
+
+    /// Running RMS of [`last_offset`](Self::last_offset) over roughly the
+    /// last 30 updates, steps left out (seconds).
+    pub fn rms_offset(&self) -> Option<f64> {
+        self.mean_square_offset.map(f64::sqrt)
+    }
+
     /// The kernel status last sent.
     pub fn sync_status(&self) -> Option<SyncStatus> {
         self.status
+    }
+
+    /// The frequency correction that keeps the clock on time and its
+    /// standard deviation (ppm), for a drift file: None in observe-only
+    /// mode, while panicking, before the first update, or while the
+    /// frequency is known worse than `max_sd_ppm`.
+    pub fn frequency_record(&self, now: f64, max_sd_ppm: f64) -> Option<(f64, f64)> {
+        if self.cfg.observe_only || self.panicked {
+            return None;
+        }
+        let e = self.estimate(now)?;
+        (e.frequency_sd_ppm <= max_sd_ppm).then_some((
+            self.base * 1e6 + e.residual_frequency_ppm,
+            e.frequency_sd_ppm,
+        ))
+    }
+
+    /// Stop here (the agent is shutting down): end a slew in progress so the
+    /// clock is left at the base frequency, not base plus slew. The part of
+    /// the offset not yet slewed out stays. Returns the command that needs.
+    pub fn shutdown(&mut self, now: f64) -> Vec<ClockCommand> {
+        let mut cmds = self.advance(now);
+        if self.slew.take().is_some() && self.commanding() {
+            cmds.push(ClockCommand::SetFrequency {
+                ppm: self.base * 1e6,
+            });
+        }
+        cmds
     }
 }
 

@@ -39,6 +39,16 @@ use std::collections::VecDeque;
 /// Stages of the shift register (RFC 5905 NSTAGE).
 pub const STAGES: usize = 8;
 
+/// A sample whose delay exceeds the register's least delay by more than this
+/// many times the ordinary spread of delays is a queueing spike, left out of
+/// the noise and jitter estimates (its offset may be off by up to half the
+/// extra delay).
+pub const DELAY_GATE: f64 = 3.0;
+
+/// ... and by more than this fraction of the least delay: with a few samples
+/// of nearly equal delay the spread alone would call ordinary jitter a spike.
+pub const DELAY_GATE_RATIO: f64 = 0.5;
+
 /// How to carry an old measurement forward to `now`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Projection {
@@ -110,8 +120,9 @@ pub struct FilterOutput {
     /// The jitter ψ: RMS of the other samples' offsets about the chosen one
     /// (seconds). With a single sample, delay/2.
     pub jitter: f64,
-    /// Standard deviation of the register's offsets about their mean
-    /// (seconds): the noise of one measurement. With a single sample, delay/2.
+    /// The noise of one measurement (seconds): the standard deviation of the
+    /// register's offsets, leaving out delay spikes and offset outliers (see
+    /// [`ClockFilter::output`]). With fewer than two usable samples, delay/2.
     pub noise: f64,
     /// Root distance λ = (δ + root delay)/2 + root dispersion + ε + ψ (seconds).
     pub root_distance: f64,
@@ -174,6 +185,11 @@ impl ClockFilter {
         self.entries.is_empty()
     }
 
+    /// What the server said in its most recent response, if any is held.
+    pub fn last_server(&self) -> Option<ServerInfo> {
+        (!self.entries.is_empty()).then_some(self.server)
+    }
+
     /// Forget every sample (for example when the source's address changes).
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -211,26 +227,23 @@ impl ClockFilter {
             .sum();
 
         let n = self.entries.len();
-        let jitter = if n < 2 {
+        // Jitter over the samples of ordinary delay: a queueing spike's
+        // offset says nothing about the source's own noise.
+        let gate = self.delay_gate();
+        let others: Vec<f64> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| i != best && e.delay <= gate)
+            .map(|(_, e)| (e.offset_at(p) - offset).powi(2))
+            .collect();
+        let jitter = if others.is_empty() {
             chosen.delay / 2.0
         } else {
-            let sum: f64 = self
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != best)
-                .map(|(_, e)| (e.offset_at(p) - offset).powi(2))
-                .sum();
-            (sum / (n - 1) as f64).sqrt()
+            (others.iter().sum::<f64>() / others.len() as f64).sqrt()
         };
 
-        let noise = if n < 2 {
-            chosen.delay / 2.0
-        } else {
-            let offsets: Vec<f64> = self.entries.iter().map(|e| e.offset_at(p)).collect();
-            let mean = offsets.iter().sum::<f64>() / n as f64;
-            (offsets.iter().map(|o| (o - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        };
+        let noise = self.robust_noise(p).unwrap_or(chosen.delay / 2.0);
 
         let root_distance = (chosen.delay + self.server.root_delay) / 2.0
             + self.server.root_dispersion
@@ -248,6 +261,45 @@ impl ClockFilter {
             samples: n,
             server: self.server,
         })
+    }
+
+    /// Samples with a delay above this are queueing spikes. Queueing only
+    /// ever adds delay, so the reference is the least delay in the register
+    /// (which spikes cannot move), and the ordinary spread is the distance
+    /// from it to the lower median (clean while at most half the register is
+    /// spiked). The gate is [`DELAY_GATE`] such spreads, and at least
+    /// [`DELAY_GATE_RATIO`] times the least delay, above the least delay.
+    fn delay_gate(&self) -> f64 {
+        let mut delays: Vec<f64> = self.entries.iter().map(|e| e.delay).collect();
+        if delays.is_empty() {
+            return f64::INFINITY;
+        }
+        delays.sort_by(f64::total_cmp);
+        let min = delays[0];
+        let spread = delays[(delays.len() - 1) / 2] - min;
+        min + (DELAY_GATE * spread).max(DELAY_GATE_RATIO * min)
+    }
+
+    /// The noise of one measurement: the standard deviation of the offsets
+    /// of the samples within the delay gate (see [`Self::delay_gate`]). A
+    /// truthful server's sample cannot be off by more than half its extra
+    /// delay, so a sample of ordinary delay has an ordinary offset and one
+    /// delayed reply no longer inflates the estimate for eight polls. None
+    /// with fewer than two such samples.
+    fn robust_noise(&self, p: &Projection) -> Option<f64> {
+        let gate = self.delay_gate();
+        let offsets: Vec<f64> = self
+            .entries
+            .iter()
+            .filter(|e| e.delay <= gate)
+            .map(|e| e.offset_at(p))
+            .collect();
+        let n = offsets.len();
+        if n < 2 {
+            return None;
+        }
+        let mean = offsets.iter().sum::<f64>() / n as f64;
+        Some((offsets.iter().map(|o| (o - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt())
     }
 
     /// The newest sample carried forward by `p`, for the discipline.
@@ -364,6 +416,42 @@ mod tests {
         assert!(f.latest(&p).unwrap().used);
         // The best sample for selection is still the least delayed one.
         assert_eq!(f.output(&p).unwrap().offset, 1e-3);
+    }
+
+    #[test]
+    fn a_delay_spike_does_not_inflate_noise_or_jitter() {
+        // Eight samples of 1 ms ± 50 µs with offsets ± 20 µs; then one
+        // reply held up 20 ms on the way back (offset off by 10 ms).
+        let clean = |f: &mut ClockFilter, n: usize, t0: f64| {
+            for i in 0..n {
+                let wiggle = if i % 2 == 0 { 1.0 } else { -1.0 };
+                f.add(
+                    &sample(20e-6 * wiggle, 1e-3 + 50e-6 * wiggle),
+                    t0 + i as f64 * 16.0,
+                    0.0,
+                );
+            }
+        };
+        let mut f = ClockFilter::default();
+        clean(&mut f, 8, 0.0);
+        let before = f.output(&settled(128.0)).unwrap();
+        assert!((before.noise - 21.4e-6).abs() < 1e-6, "{}", before.noise);
+        f.add(&sample(-10e-3, 21e-3), 128.0, 0.0);
+        let after = f.output(&settled(129.0)).unwrap();
+        assert!(after.noise < 25e-6, "noise {}", after.noise);
+        assert!(after.jitter < 50e-6, "jitter {}", after.jitter);
+        // Spikes are still left out when nearly half the register is spiked.
+        let mut f = ClockFilter::default();
+        clean(&mut f, 5, 0.0);
+        for i in 0..3 {
+            f.add(&sample(-10e-3, 21e-3), 80.0 + f64::from(i) * 16.0, 0.0);
+        }
+        assert!(f.output(&settled(130.0)).unwrap().noise < 25e-6);
+        // With one usable sample the noise falls back to delay/2.
+        let mut f = ClockFilter::default();
+        f.add(&sample(0.0, 1e-3), 0.0, 0.0);
+        f.add(&sample(-10e-3, 21e-3), 16.0, 0.0);
+        assert_eq!(f.output(&settled(17.0)).unwrap().noise, 0.5e-3);
     }
 
     #[test]

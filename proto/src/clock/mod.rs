@@ -38,16 +38,20 @@
 pub mod agent;
 pub mod clock_trait;
 pub mod discipline;
+pub mod drift;
 pub mod filter;
+pub mod leap;
 pub mod sample;
 pub mod select;
 pub mod sim;
 pub mod sim_clock;
 
-pub use agent::{Agent, AgentConfig, AgentStatus, SourceState, SourceStatus};
+pub use agent::{Agent, AgentConfig, AgentStatus, SourceState, SourceStatus, Tracking};
 pub use clock_trait::{apply_command, Clock, ClockCommand, SyncStatus};
 pub use discipline::{Discipline, DisciplineConfig, Estimate, Measurement, UpdateKind};
+pub use drift::{DriftParseError, DriftRecord, FrequencyOrigin, InitialFrequency};
 pub use filter::{ClockFilter, FilterOutput, Latest, Projection};
+pub use leap::{LeapDecision, LeapListError, LeapSecondsList, LeapSource, LeapStatus};
 pub use sample::{Sample, SampleError, ServerInfo};
 pub use select::{select, Candidate, SelectConfig, SelectError, Selection};
 pub use sim_clock::SimulatedClock;

@@ -28,6 +28,11 @@ pub struct ServerInfo {
     pub root_delay: f64,
     /// The server's own dispersion to its primary reference, in seconds.
     pub root_dispersion: f64,
+    /// Its reference id (for stratum 1 an ASCII source name, else usually
+    /// its own server's IPv4 address or an address hash).
+    pub reference_id: [u8; 4],
+    /// When the server's clock was last set or corrected.
+    pub reference_time: NtpTimestamp,
 }
 
 impl ServerInfo {
@@ -39,6 +44,8 @@ impl ServerInfo {
             precision: precision_seconds(h.precision),
             root_delay: h.root_delay.to_seconds(),
             root_dispersion: h.root_dispersion.to_seconds(),
+            reference_id: h.reference_id,
+            reference_time: h.reference_timestamp,
         }
     }
 
@@ -57,6 +64,8 @@ impl Default for ServerInfo {
             precision: 1e-9,
             root_delay: 0.0,
             root_dispersion: 0.0,
+            reference_id: [0; 4],
+            reference_time: NtpTimestamp::ZERO,
         }
     }
 }
@@ -94,6 +103,9 @@ pub struct Sample {
     /// t4 − t1 on our clock, in seconds: how long the exchange took.
     pub round_trip: f64,
     pub server: ServerInfo,
+    /// t4: our clock's reading when the response arrived, if known. With the
+    /// offset it tells the agent the UTC date, which leap seconds need.
+    pub received: Option<NtpTimestamp>,
 }
 
 impl Sample {
@@ -125,13 +137,15 @@ impl Sample {
             return Err(SampleError::ServerTimeExceedsRoundTrip);
         }
         let offset = (t2.diff_seconds(t1) + t3.diff_seconds(t4)) / 2.0;
-        Ok(Self::new(
+        let mut s = Self::new(
             offset,
             round_trip - server_time,
             round_trip,
             server,
             local_precision,
-        ))
+        );
+        s.received = Some(t4);
+        Ok(s)
     }
 
     /// A measurement from an already computed offset and delay (for tests and
@@ -152,6 +166,7 @@ impl Sample {
             dispersion,
             round_trip: round_trip.max(0.0),
             server,
+            received: None,
         }
     }
 }
@@ -181,6 +196,7 @@ mod tests {
         assert!((s.offset - 0.25).abs() < 1e-9, "{}", s.offset);
         assert!((s.delay - 0.020).abs() < 1e-9, "{}", s.delay);
         assert!((s.round_trip - 0.021).abs() < 1e-9);
+        assert_eq!(s.received, Some(ts(0.021)));
         let want = 1e-6 + 1e-9 + PHI * 0.021;
         assert!((s.dispersion - want).abs() < 1e-12);
     }

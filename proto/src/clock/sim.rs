@@ -9,10 +9,12 @@
 
 use super::agent::{Agent, AgentConfig, AgentStatus};
 use super::clock_trait::{apply_command, Clock, ClockCommand};
+use super::drift::DriftRecord;
+use super::leap::{LeapSecondsList, LeapStatus};
 use super::sample::{Sample, ServerInfo};
-use super::sim_clock::{offset_timestamp, SimulatedClock};
+use super::sim_clock::{offset_timestamp, SimulatedClock, DEFAULT_EPOCH_UNIX};
 use super::SourceId;
-use crate::ntp_packet::NtpTimestamp;
+use crate::ntp_packet::{LeapIndicator, NtpTimestamp};
 
 /// SplitMix64: a small, fast, seedable generator (not for cryptography).
 #[derive(Debug, Clone)]
@@ -72,7 +74,17 @@ pub struct ServerModel {
     pub loss: f64,
     /// Time between the server's receive and transmit timestamps (seconds).
     pub processing: f64,
+    /// Probability that a response is held up on its way back (a queue
+    /// somewhere on the return path), on top of the normal delay.
+    pub spike_probability: f64,
+    /// How long such a response is held up (seconds). One direction only, so
+    /// its offset is off by half of this.
+    pub spike_delay: f64,
     pub info: ServerInfo,
+    /// A leap indicator this server always sends, whatever UTC does (a
+    /// forged or mistaken announcement). None: it announces the scenario's
+    /// leap, if any, until it happens.
+    pub forced_leap: Option<LeapIndicator>,
 }
 
 impl ServerModel {
@@ -85,7 +97,10 @@ impl ServerModel {
             asymmetry: 0.0,
             loss: 0.0,
             processing: 20e-6,
+            spike_probability: 0.0,
+            spike_delay: 0.0,
             info: ServerInfo::default(),
+            forced_leap: None,
         }
     }
 }
@@ -108,6 +123,14 @@ pub struct Scenario {
     pub local_precision: f64,
     /// Seconds between trace points.
     pub trace_interval: f64,
+    /// UTC (Unix seconds) at which true time starts (for a fresh clock).
+    pub start_unix: i64,
+    /// A leap second in true UTC: at the midnight `.0` (Unix seconds, the
+    /// first second of the new day) a second is inserted or deleted. The
+    /// servers' clocks follow it and announce it until then.
+    pub leap: Option<(i64, LeapStatus)>,
+    /// A `leap-seconds.list` for the agent.
+    pub leap_list: Option<LeapSecondsList>,
 }
 
 impl Scenario {
@@ -127,6 +150,9 @@ impl Scenario {
             agent,
             local_precision: 1e-9,
             trace_interval: 1.0,
+            start_unix: DEFAULT_EPOCH_UNIX,
+            leap: None,
+            leap_list: None,
         }
     }
 }
@@ -164,6 +190,12 @@ pub struct SimReport {
     /// Per server: marked a falseticker in the last selection.
     pub final_falseticker: Vec<bool>,
     pub status: AgentStatus,
+    /// What the agent would write to its drift file at the end.
+    pub drift: Option<DriftRecord>,
+    /// Leap flags the agent commanded: (true time, flag).
+    pub leap_commands: Vec<(f64, LeapStatus)>,
+    /// Leaps the clock's kernel applied in this run: (true time, what).
+    pub leaps: Vec<(f64, LeapStatus)>,
 }
 
 impl SimReport {
@@ -224,6 +256,7 @@ struct Flight {
     t1: NtpTimestamp,
     t2: NtpTimestamp,
     t3: NtpTimestamp,
+    info: ServerInfo,
 }
 
 enum Event {
@@ -233,19 +266,46 @@ enum Event {
     Deadline,
 }
 
+/// Seconds true UTC's leap has taken off its reading at true time `t` (since
+/// the clock's epoch): 1 after an inserted second, −1 after a deleted one.
+fn true_leap_adjust(sc: &Scenario, epoch_unix: i64, t: f64) -> f64 {
+    match sc.leap {
+        Some((at, LeapStatus::Insert)) if t >= (at - epoch_unix) as f64 => 1.0,
+        Some((at, LeapStatus::Delete)) if t >= (at - 1 - epoch_unix) as f64 => -1.0,
+        _ => 0.0,
+    }
+}
+
 /// Run one scenario to its end.
 pub fn run(sc: &Scenario) -> SimReport {
+    let mut clock = SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed)
+        .with_wander(sc.wander)
+        .with_epoch_unix(sc.start_unix);
+    run_on(sc, &mut clock)
+}
+
+/// Run a scenario's agent on a clock another run has already used, from the
+/// clock's current true time for `sc.duration` seconds: a restarted agent
+/// meets the clock its predecessor left. The scenario's `initial_offset`,
+/// `frequency_ppm` and `wander` are not used (the clock has its own). Like
+/// a shell stopping on SIGTERM, the run ends with [`Agent::shutdown`].
+pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     let mut rng = Rng::new(sc.seed);
-    let mut clock =
-        SimulatedClock::new(sc.initial_offset, sc.frequency_ppm, sc.seed).with_wander(sc.wander);
+    // Delay spikes draw from their own stream, so a run with spikes sees the
+    // same jitter, losses and clock as the same seed without them.
+    let mut spike_rng = Rng::new(sc.seed ^ 0x5b1c_e5b1_ce00_0000);
+    let start = clock.true_time();
+    let end = start + sc.duration;
     let mut agent = Agent::new(sc.agent);
+    agent.set_leap_seconds_list(sc.leap_list.clone());
+    let epoch_unix = clock.epoch_unix();
     let ids: Vec<SourceId> = sc.servers.iter().map(|_| agent.add_source()).collect();
     let n = sc.servers.len();
     // Sources start a little apart, as a shell resolving names would.
-    let first_poll: Vec<f64> = (0..n).map(|i| 0.1 + 0.37 * i as f64).collect();
+    let first_poll: Vec<f64> = (0..n).map(|i| start + 0.1 + 0.37 * i as f64).collect();
     let mut polled = vec![false; n];
     let mut flights: Vec<Flight> = Vec::new();
-    let mut next_trace = 0.0;
+    let mut next_trace = start;
     let mut report = SimReport {
         trace: Vec::new(),
         steps: Vec::new(),
@@ -257,7 +317,11 @@ pub fn run(sc: &Scenario) -> SimReport {
         ever_falseticker: vec![false; n],
         final_falseticker: vec![false; n],
         status: agent.status(0.0),
+        drift: None,
+        leap_commands: Vec::new(),
+        leaps: Vec::new(),
     };
+    let leaps_before = clock.leaps().len();
 
     loop {
         let now = clock.true_time();
@@ -286,7 +350,7 @@ pub fn run(sc: &Scenario) -> SimReport {
             consider(to_true(d), Event::Deadline);
         }
         let (t, event) = next;
-        if t > sc.duration {
+        if t > end {
             break;
         }
         clock.advance(t - now);
@@ -295,9 +359,16 @@ pub fn run(sc: &Scenario) -> SimReport {
         let mut cmds = Vec::new();
         match event {
             Event::Trace => {
+                let t = clock.true_time();
                 report.trace.push(TracePoint {
-                    time: clock.true_time(),
-                    offset: clock.offset(),
+                    time: t,
+                    // UTC readings compared: a leap applied at the wrong
+                    // second, or twice, shows as a second of offset. (The
+                    // true leap is counted at the clock's own time, so a
+                    // clock 20 µs behind does not show a 1 s error for the
+                    // 20 µs between the true midnight and its own.)
+                    offset: clock.offset() - clock.leap_adjustment()
+                        + true_leap_adjust(sc, epoch_unix, t + clock.offset()),
                     frequency_error_ppm: clock.intrinsic_frequency_ppm() + agent.frequency_ppm(),
                     rate_error_ppm: clock.rate() * 1e6,
                     poll_exponent: agent.discipline().poll_exponent(),
@@ -314,25 +385,44 @@ pub fn run(sc: &Scenario) -> SimReport {
                 let lost_request = rng.uniform() < s.loss;
                 let lost_response = rng.uniform() < s.loss;
                 let fwd = (s.delay / 2.0 + s.asymmetry / 2.0 + s.jitter * rng.normal()).max(1e-6);
-                let back = (s.delay / 2.0 - s.asymmetry / 2.0 + s.jitter * rng.normal()).max(1e-6);
+                let mut back =
+                    (s.delay / 2.0 - s.asymmetry / 2.0 + s.jitter * rng.normal()).max(1e-6);
+                if s.spike_probability > 0.0 && spike_rng.uniform() < s.spike_probability {
+                    back += s.spike_delay;
+                }
                 if !lost_request && !lost_response {
                     let at_server = clock.true_time() + fwd;
                     let epoch = clock.true_timestamp(0.0);
+                    // The server's UTC reading: true time, its error, and
+                    // the leap if UTC has had it.
+                    let utc = |t: f64| t + s.offset - true_leap_adjust(sc, epoch_unix, t);
+                    let mut info = s.info;
+                    info.leap = match (s.forced_leap, sc.leap) {
+                        (Some(li), _) => li,
+                        (None, Some((at, what))) if epoch_unix as f64 + at_server < at as f64 => {
+                            match what {
+                                LeapStatus::Insert => LeapIndicator::InsertSecond,
+                                LeapStatus::Delete => LeapIndicator::DeleteSecond,
+                                LeapStatus::None => s.info.leap,
+                            }
+                        }
+                        _ => s.info.leap,
+                    };
                     flights.push(Flight {
                         server: i,
                         arrival: at_server + s.processing + back,
                         t1,
-                        t2: offset_timestamp(epoch, at_server + s.offset),
-                        t3: offset_timestamp(epoch, at_server + s.processing + s.offset),
+                        t2: offset_timestamp(epoch, utc(at_server)),
+                        t3: offset_timestamp(epoch, utc(at_server + s.processing)),
+                        info,
                     });
                 }
             }
             Event::Arrival(k) => {
                 let f = flights.swap_remove(k);
                 let t4 = clock.now().expect("infallible");
-                let s = &sc.servers[f.server];
                 if let Ok(sample) =
-                    Sample::from_timestamps(f.t1, f.t2, f.t3, t4, s.info, sc.local_precision)
+                    Sample::from_timestamps(f.t1, f.t2, f.t3, t4, f.info, sc.local_precision)
                 {
                     report.samples += 1;
                     cmds = agent.on_sample(ids[f.server], sample, mono);
@@ -352,20 +442,30 @@ pub fn run(sc: &Scenario) -> SimReport {
                 ClockCommand::Panic { .. } => report.panics += 1,
                 ClockCommand::Step { offset } => {
                     report.steps.push((clock.true_time(), *offset));
-                    apply_command(&mut clock, cmd).expect("infallible");
+                    apply_command(clock, cmd).expect("infallible");
                 }
-                _ => apply_command(&mut clock, cmd).expect("infallible"),
+                ClockCommand::SetLeap(l) => {
+                    report.leap_commands.push((clock.true_time(), *l));
+                    apply_command(clock, cmd).expect("infallible");
+                }
+                _ => apply_command(clock, cmd).expect("infallible"),
             }
         }
     }
     report.updates = agent.discipline().updates();
     report.status = agent.status(clock.monotonic());
+    report.drift = agent.drift_record(clock.monotonic());
+    report.leaps = clock.leaps()[leaps_before..].to_vec();
+    for cmd in agent.shutdown(clock.monotonic()) {
+        apply_command(clock, &cmd).expect("infallible");
+    }
     report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{InitialFrequency, LeapDecision, LeapSource};
 
     const MINUTE: f64 = 60.0;
 
@@ -400,6 +500,15 @@ mod tests {
         assert!((var - 1.0).abs() < 0.05, "{var}");
     }
 
+    /// 10% of every server's replies held up 20 ms on the way back.
+    fn with_spikes(mut sc: Scenario) -> Scenario {
+        for s in sc.servers.iter_mut() {
+            s.spike_probability = 0.1;
+            s.spike_delay = 20e-3;
+        }
+        sc
+    }
+
     fn check_converged(name: &str, sc: &Scenario) -> SimReport {
         let r = run(sc);
         show(name, sc.seed, &r, 30.0 * MINUTE, 40.0 * MINUTE);
@@ -412,6 +521,14 @@ mod tests {
         assert_eq!(r.panics, 0);
         let rms = r.offset_rms(30.0 * MINUTE, 40.0 * MINUTE);
         assert!(rms < 20e-6, "{name} seed {}: offset rms {rms}", sc.seed);
+        // The tracking view agrees with what the loop did.
+        let tr = r.status.tracking.expect("a selection");
+        assert!(tr.rms_offset.unwrap() < 50e-6, "{tr:?}");
+        assert!(tr.last_offset.unwrap().abs() < 100e-6, "{tr:?}");
+        assert!(tr.update_interval.unwrap() > 0.0);
+        assert!(tr.last_update_age.unwrap() < 2.0 * r.status.poll_exponent as f64 * 64.0);
+        assert_eq!((tr.reference_stratum, tr.stratum), (1, 2));
+        assert!(tr.root_delay > 0.5e-3 && tr.root_delay < 2e-3, "{tr:?}");
         let ferr = r.max_abs_frequency_error(30.0 * MINUTE, 40.0 * MINUTE);
         assert!(
             ferr < 0.1,
@@ -469,6 +586,278 @@ mod tests {
         }
     }
 
+    /// 10% of replies held up 20 ms on the way back (their offsets off by
+    /// 10 ms): the clock must stay within 1.5 times the offset RMS of the
+    /// same seeds without spikes, after it has settled (10 to 40 minutes).
+    #[test]
+    fn delay_spikes_barely_disturb_the_clock() {
+        let (mut sum_clean, mut sum_spiky) = (0.0, 0.0);
+        for seed in 1..=8 {
+            let clean = run(&Scenario::baseline(seed));
+            let spiky = run(&with_spikes(Scenario::baseline(seed)));
+            let (from, to) = (10.0 * MINUTE, 40.0 * MINUTE);
+            let (a, b) = (clean.offset_rms(from, to), spiky.offset_rms(from, to));
+            println!(
+                "spikes seed {seed}: offset rms {:.2} µs without, {:.2} µs with (ratio {:.2})",
+                a * 1e6,
+                b * 1e6,
+                b / a,
+            );
+            assert_eq!(spiky.steps.len(), 1, "seed {seed}: steps {:?}", spiky.steps);
+            assert!(
+                b < 1.5 * a,
+                "seed {seed}: rms {b} with spikes vs {a} without"
+            );
+            sum_clean += a * a;
+            sum_spiky += b * b;
+        }
+        let ratio = (sum_spiky / sum_clean).sqrt();
+        println!("spikes, 8 seeds pooled: ratio {ratio:.2}");
+        assert!(ratio < 1.5, "pooled ratio {ratio}");
+    }
+
+    /// The second agent's scenario: the baseline's servers and settings, a
+    /// new seed, and the initial frequency decided as a shell would.
+    fn restarted(seed: u64, clock: &SimulatedClock, drift: Option<&DriftRecord>) -> Scenario {
+        let mut sc = Scenario::baseline(seed + 100);
+        sc.duration = 20.0 * MINUTE;
+        let kernel_ppm = clock.frequency().expect("infallible");
+        let kernel_status = clock.sync_status().expect("infallible");
+        let init = InitialFrequency::decide(
+            drift.map(|d| (d, 0)),
+            Some((kernel_ppm, &kernel_status)),
+            sc.agent.discipline.wander,
+        );
+        init.apply(&mut sc.agent.discipline);
+        sc
+    }
+
+    /// A converged agent stops; a new one starts on the same clock with the
+    /// frequency it finds (in the kernel, or in the drift file). It must not
+    /// move the frequency by more than 0.1 ppm, step, or let the offset grow.
+    #[test]
+    fn a_restart_keeps_the_frequency_it_found() {
+        for seed in 1..=4 {
+            let mut clock = SimulatedClock::new(0.5, 100.0, seed);
+            let first = run_on(&Scenario::baseline(seed), &mut clock);
+            assert_eq!(first.steps.len(), 1);
+            let found = clock.frequency().unwrap();
+            assert!((found + 100.0).abs() < 0.1, "converged to {found}");
+            let record = first.drift.expect("a converged agent has a drift record");
+            assert!((record.frequency_ppm - found).abs() < 0.01, "{record:?}");
+            let record = DriftRecord::parse(&record.to_text()).unwrap();
+
+            for (how, drift) in [("kernel", None), ("drift file", Some(&record))] {
+                let mut c = clock.clone();
+                let sc = restarted(seed, &c, drift);
+                let start = c.true_time();
+                let r = run_on(&sc, &mut c);
+                // How far the frequency moves from what it found, over the
+                // first minute (the start-up burst and the first ~20
+                // updates) and the first five.
+                let f0 = r.trace[0].frequency_error_ppm;
+                let moved = |minutes: f64| {
+                    r.trace
+                        .iter()
+                        .filter(|p| p.time <= start + minutes * MINUTE)
+                        .map(|p| (p.frequency_error_ppm - f0).abs())
+                        .fold(0.0, f64::max)
+                };
+                let (moved1, moved5) = (moved(1.0), moved(5.0));
+                let ferr = r.max_abs_frequency_error(start, start + sc.duration);
+                let max = r.max_abs_offset(start, start + sc.duration);
+                let rms = r.offset_rms(start, start + sc.duration);
+                println!(
+                    "restart seed {seed} from the {how}: found {found:.4} ppm (± {:.3}), moved at most {moved1:.4} ppm in 1 min, {moved5:.4} in 5 min, max |frequency error| {ferr:.4} ppm in 20 min, offset rms {:.2} µs, max {:.2} µs, steps {}",
+                    sc.agent.discipline.initial_frequency_uncertainty_ppm,
+                    rms * 1e6,
+                    max * 1e6,
+                    r.steps.len()
+                );
+                assert!(r.steps.is_empty(), "{how}: steps {:?}", r.steps);
+                assert!(moved1 < 0.1, "{how}: frequency moved {moved1} ppm");
+                // It stays converged: the first run's frequency errors reach
+                // 0.03 ppm; a restart trusting the kernel to 0.1 ppm
+                // wanders a little more at first.
+                let limit = if drift.is_some() { 0.1 } else { 0.2 };
+                assert!(ferr < limit, "{how}: frequency error {ferr} ppm");
+                assert!(max < 100e-6, "{how}: max offset {max}");
+                assert!(r.status.synchronized && r.updates > 20);
+            }
+
+            // What this replaces: starting from 0 ppm undoes the correction.
+            let mut c = clock.clone();
+            let mut sc = Scenario::baseline(seed + 100);
+            sc.duration = 20.0 * MINUTE;
+            let start = c.true_time();
+            let r = run_on(&sc, &mut c);
+            println!(
+                "restart seed {seed} from 0 ppm: max offset {:.2} µs, max |frequency error| {:.2} ppm, steps {}",
+                r.max_abs_offset(start, start + sc.duration) * 1e6,
+                r.max_abs_frequency_error(start, start + sc.duration),
+                r.steps.len()
+            );
+        }
+    }
+
+    /// 2027-01-01 00:00:00 UTC: a leap second (23:59:60) before it.
+    const NEW_YEAR_2027: i64 = 1_798_761_600;
+
+    /// The baseline, starting 40 minutes before the new year, for an hour.
+    fn new_year(seed: u64, leap: Option<LeapStatus>) -> Scenario {
+        let mut sc = Scenario::baseline(seed);
+        sc.start_unix = NEW_YEAR_2027 - 2400;
+        sc.duration = 3600.0;
+        sc.leap = leap.map(|l| (NEW_YEAR_2027, l));
+        sc
+    }
+
+    /// A `leap-seconds.list` with a valid hash: the given entries, updated
+    /// and expiring as asked.
+    fn make_list(updated_unix: i64, expires_unix: i64, entries: &[(i64, i32)]) -> LeapSecondsList {
+        use sha1::{Digest, Sha1};
+        let ntp = |u: i64| u + crate::clock::leap::NTP_UNIX_OFFSET;
+        let mut text = format!("#$\t{}\n#@\t{}\n", ntp(updated_unix), ntp(expires_unix));
+        let mut h = Sha1::new();
+        h.update(ntp(updated_unix).to_string());
+        h.update(ntp(expires_unix).to_string());
+        for (u, tai) in entries {
+            text.push_str(&format!("{}\t{}\n", ntp(*u), tai));
+            h.update(format!("{}{}", ntp(*u), tai));
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let groups: Vec<&str> = (0..5).map(|i| &hex[i * 8..i * 8 + 8]).collect();
+        text.push_str(&format!("#h\t{}\n", groups.join(" ")));
+        LeapSecondsList::parse(&text).unwrap()
+    }
+
+    /// Checks a run that crossed the new year with (or without) a leap.
+    fn check_leap_run(name: &str, sc: &Scenario, want: Option<LeapStatus>) -> SimReport {
+        let r = run(sc);
+        let at = (NEW_YEAR_2027 - sc.start_unix) as f64;
+        let after = r.max_abs_offset(at - 120.0, sc.duration);
+        let settled = r.max_abs_offset(10.0 * MINUTE, sc.duration);
+        println!(
+            "{name} seed {}: kernel leaps {:?} (due at {at} s), flags {:?}, steps {}, max |UTC offset| {:.2} µs from 10 min, {:.2} µs around and after the leap",
+            sc.seed,
+            r.leaps,
+            r.leap_commands,
+            r.steps.len(),
+            settled * 1e6,
+            after * 1e6
+        );
+        match want {
+            Some(l) => {
+                // Exactly one leap, at the right second: an inserted second
+                // starts when the clock reads midnight, a deleted one when
+                // it reads 23:59:59; the clock is microseconds from truth.
+                let due = if l == LeapStatus::Insert {
+                    at
+                } else {
+                    at - 1.0
+                };
+                assert_eq!(r.leaps.len(), 1, "{name}: leaps {:?}", r.leaps);
+                assert_eq!(r.leaps[0].1, l);
+                assert!((r.leaps[0].0 - due).abs() < 1e-3, "{name}: {:?}", r.leaps);
+                // Flag up on the last day, down once past midnight.
+                assert_eq!(r.leap_commands.first().map(|c| c.1), Some(l));
+                let (t_down, down) = *r.leap_commands.last().unwrap();
+                assert_eq!(down, LeapStatus::None);
+                assert!(
+                    t_down > due && t_down < due + 10.0,
+                    "{name}: {:?}",
+                    r.leap_commands
+                );
+                assert_eq!(r.leap_commands.len(), 2, "{name}: {:?}", r.leap_commands);
+            }
+            None => {
+                assert!(r.leaps.is_empty(), "{name}: leaps {:?}", r.leaps);
+                assert!(r.leap_commands.is_empty(), "{name}: {:?}", r.leap_commands);
+            }
+        }
+        assert_eq!(r.steps.len(), 1, "{name}: steps {:?}", r.steps);
+        assert!(r.steps[0].0 < 60.0, "{name}: late step {:?}", r.steps);
+        assert!(settled < 100e-6, "{name}: offset {settled}");
+        r
+    }
+
+    #[test]
+    fn a_leap_second_is_applied_once_at_the_right_second() {
+        for seed in 1..=3 {
+            let r = check_leap_run(
+                "insert",
+                &new_year(seed, Some(LeapStatus::Insert)),
+                Some(LeapStatus::Insert),
+            );
+            assert_eq!(r.status.leap, LeapDecision::default());
+            check_leap_run(
+                "delete",
+                &new_year(seed, Some(LeapStatus::Delete)),
+                Some(LeapStatus::Delete),
+            );
+        }
+        println!(
+            "the inserted second: {}",
+            crate::clock::leap::format_leap_second(NEW_YEAR_2027, LeapStatus::Insert)
+        );
+    }
+
+    #[test]
+    fn a_minority_or_overruled_leap_announcement_is_not_acted_on() {
+        // One server of four announces a leap that UTC does not have.
+        let mut sc = new_year(1, None);
+        sc.servers[2].forced_leap = Some(LeapIndicator::InsertSecond);
+        let r = check_leap_run("forged minority", &sc, None);
+        assert_eq!(r.status.leap.announced, LeapStatus::None);
+        // Two of four: still no majority.
+        sc.servers[3].forced_leap = Some(LeapIndicator::InsertSecond);
+        check_leap_run("two of four", &sc, None);
+        // All four announce it, but a valid leap-seconds.list says no leap
+        // at this new year: the list decides.
+        let mut sc = new_year(2, None);
+        for s in sc.servers.iter_mut() {
+            s.forced_leap = Some(LeapIndicator::InsertSecond);
+        }
+        let no_leap_list = make_list(
+            NEW_YEAR_2027 - 100 * 86_400,
+            NEW_YEAR_2027 + 100 * 86_400,
+            &[(1_483_228_800, 37)],
+        );
+        sc.leap_list = Some(no_leap_list.clone());
+        check_leap_run("overruled by the list", &sc, None);
+        // An expired list does not decide: the majority of sources does.
+        let mut sc = new_year(3, Some(LeapStatus::Insert));
+        let mut expired = no_leap_list;
+        expired.expires_ntp = expired.updated_ntp + 86_400;
+        sc.leap_list = Some(expired);
+        check_leap_run("expired list", &sc, Some(LeapStatus::Insert));
+        // A valid list announces it while no server does: the list decides.
+        let mut sc = new_year(3, Some(LeapStatus::Insert));
+        for s in sc.servers.iter_mut() {
+            s.forced_leap = Some(LeapIndicator::NoWarning);
+        }
+        sc.leap_list = Some(make_list(
+            NEW_YEAR_2027 - 100 * 86_400,
+            NEW_YEAR_2027 + 100 * 86_400,
+            &[(1_483_228_800, 37), (NEW_YEAR_2027, 38)],
+        ));
+        check_leap_run("list only", &sc, Some(LeapStatus::Insert));
+    }
+
+    #[test]
+    fn observe_mode_reports_a_leap_without_commanding_it() {
+        let mut sc = new_year(1, Some(LeapStatus::Insert));
+        sc.agent.discipline.observe_only = true;
+        sc.duration = 1200.0;
+        let r = run(&sc);
+        assert!(r.leap_commands.is_empty() && r.leaps.is_empty());
+        assert_eq!(r.status.leap.status, LeapStatus::Insert);
+        assert_eq!(r.status.leap.announced, LeapStatus::Insert);
+        assert_eq!(r.status.leap.source, LeapSource::Sources);
+        assert_eq!(r.status.leap.at_unix, Some(NEW_YEAR_2027));
+        assert_eq!(r.status.kernel_leap, LeapStatus::None);
+    }
+
     #[test]
     fn an_absurd_offset_panics_and_the_clock_is_left_alone() {
         let mut sc = Scenario::baseline(1);
@@ -499,6 +888,8 @@ mod tests {
         assert!((est - truth).abs() < 50e-6, "{est} vs {truth}");
         let f = r.status.residual_frequency_ppm.unwrap();
         assert!((f + 100.0).abs() < 0.1, "{f}");
+        assert_eq!(r.status.frequency_ppm, 0.0);
+        assert!((r.status.estimated_frequency_ppm.unwrap() + 100.0).abs() < 0.1);
     }
 
     /// The numbers in docs/clock-discipline.md:
@@ -512,8 +903,18 @@ mod tests {
             format!("median {:.4}, worst {:.4}", median, v[v.len() - 1])
         }
         type Setup = fn(&mut Scenario);
-        let scenarios: [(&str, Setup, f64); 4] = [
+        let scenarios: [(&str, Setup, f64); 5] = [
             ("baseline", |_| {}, 2400.0),
+            (
+                "spikes",
+                |sc| {
+                    for s in sc.servers.iter_mut() {
+                        s.spike_probability = 0.1;
+                        s.spike_delay = 20e-3;
+                    }
+                },
+                2400.0,
+            ),
             ("falseticker", |sc| sc.servers[2].offset = 1.0, 2400.0),
             (
                 "hostile",

@@ -4,6 +4,7 @@
 //! under frequency-only control.
 
 use super::clock_trait::{Clock, SyncStatus};
+use super::leap::LeapStatus;
 use super::sim::Rng;
 use crate::ntp_packet::NtpTimestamp;
 use core::convert::Infallible;
@@ -25,12 +26,27 @@ pub struct SimulatedClock {
     /// Random-walk frequency noise: variance of the frequency, in (s/s)², added per second.
     wander: f64,
     rng: Rng,
-    /// The NTP timestamp that true time 0 corresponds to.
+    /// The NTP timestamp that true time 0 corresponds to, and the same as
+    /// Unix seconds.
     epoch: NtpTimestamp,
+    epoch_unix: i64,
     steps: Vec<(f64, f64)>,
     stepped: f64,
     status: SyncStatus,
+    /// The kernel's leap flag (`STA_INS`/`STA_DEL`).
+    leap_flag: LeapStatus,
+    /// The kernel has applied a leap and waits for the flag to be cleared
+    /// before it will apply another (Linux's TIME_WAIT).
+    leap_wait: bool,
+    /// Seconds the kernel's leaps took off the UTC reading (+1 per inserted
+    /// second, −1 per deleted one).
+    leap_adjust: f64,
+    /// Leaps applied: (true time, what).
+    leaps: Vec<(f64, LeapStatus)>,
 }
+
+/// 2024-01-01T00:00:00Z, where simulations start unless told otherwise.
+pub const DEFAULT_EPOCH_UNIX: i64 = 1_704_067_200;
 
 impl SimulatedClock {
     /// A clock `initial_offset` seconds ahead of true time, running
@@ -43,12 +59,78 @@ impl SimulatedClock {
             correction_ppm: 0.0,
             wander: 0.0,
             rng: Rng::new(seed ^ 0x5eed_c10c),
-            // 2024-01-01T00:00:00Z
-            epoch: NtpTimestamp::from_unix(1_704_067_200, 0),
+            epoch: NtpTimestamp::from_unix(DEFAULT_EPOCH_UNIX as u64, 0),
+            epoch_unix: DEFAULT_EPOCH_UNIX,
             steps: Vec::new(),
             stepped: 0.0,
             status: SyncStatus::UNSYNCHRONIZED,
+            leap_flag: LeapStatus::None,
+            leap_wait: false,
+            leap_adjust: 0.0,
+            leaps: Vec::new(),
         }
+    }
+
+    /// Start true time at `unix` (Unix seconds, UTC) instead of 2024-01-01.
+    pub fn with_epoch_unix(mut self, unix: i64) -> Self {
+        self.epoch_unix = unix;
+        self.epoch = NtpTimestamp::from_unix(unix.max(0) as u64, 0);
+        self
+    }
+
+    /// The Unix time that true time 0 corresponds to.
+    pub fn epoch_unix(&self) -> i64 {
+        self.epoch_unix
+    }
+
+    /// The clock's UTC reading, as seconds since the epoch: the local time
+    /// less what the kernel's leaps took off.
+    fn reading(&self) -> f64 {
+        self.local_time() - self.leap_adjust
+    }
+
+    /// The reading (seconds since the epoch) at which the armed leap
+    /// happens, if one is armed: midnight UTC for an insertion (the clock is
+    /// set back a second: 23:59:59 repeats, the kernel's 23:59:60), one
+    /// second before it for a deletion (23:59:59 is skipped).
+    fn leap_boundary(&self) -> Option<f64> {
+        if self.leap_wait {
+            return None;
+        }
+        let r = self.reading() + self.epoch_unix as f64;
+        let next_midnight = |x: f64| ((x / 86_400.0).floor() + 1.0) * 86_400.0;
+        let b = match self.leap_flag {
+            LeapStatus::None => return None,
+            LeapStatus::Insert => next_midnight(r),
+            LeapStatus::Delete => next_midnight(r + 1.0) - 1.0,
+        };
+        Some(b - self.epoch_unix as f64)
+    }
+
+    fn apply_leap(&mut self) {
+        let delta = match self.leap_flag {
+            LeapStatus::None => return,
+            LeapStatus::Insert => 1.0,
+            LeapStatus::Delete => -1.0,
+        };
+        self.leap_adjust += delta;
+        self.leaps.push((self.true_time, self.leap_flag));
+        self.leap_wait = true;
+    }
+
+    /// Leaps the kernel applied: (true time, inserted or deleted).
+    pub fn leaps(&self) -> &[(f64, LeapStatus)] {
+        &self.leaps
+    }
+
+    /// Seconds the kernel's leaps took off the UTC reading so far.
+    pub fn leap_adjustment(&self) -> f64 {
+        self.leap_adjust
+    }
+
+    /// The kernel's leap flag now.
+    pub fn leap_flag(&self) -> LeapStatus {
+        self.leap_flag
     }
 
     /// Add random-walk frequency noise: the frequency's variance grows by
@@ -64,15 +146,27 @@ impl SimulatedClock {
         while left > 0.0 {
             // Wander is applied at most a second apart, so its effect on the
             // phase is integrated finely enough.
-            let h = if self.wander > 0.0 {
+            let mut h = if self.wander > 0.0 {
                 left.min(1.0)
             } else {
                 left
             };
+            // Stop exactly at an armed leap, as the kernel does.
+            let mut leap_now = false;
+            if let Some(b) = self.leap_boundary() {
+                let to_b = (b - self.reading()) / (1.0 + self.rate());
+                if to_b <= h {
+                    h = to_b.max(0.0);
+                    leap_now = true;
+                }
+            }
             self.error += self.rate() * h;
             self.true_time += h;
             if self.wander > 0.0 {
                 self.intrinsic_ppm += self.rng.normal() * (self.wander * h).sqrt() * 1e6;
+            }
+            if leap_now {
+                self.apply_leap();
             }
             left -= h;
         }
@@ -129,7 +223,7 @@ impl Clock for SimulatedClock {
     type Error = Infallible;
 
     fn now(&self) -> Result<NtpTimestamp, Infallible> {
-        Ok(offset_timestamp(self.epoch, self.local_time()))
+        Ok(offset_timestamp(self.epoch, self.reading()))
     }
 
     fn step(&mut self, offset: f64) -> Result<(), Infallible> {
@@ -156,6 +250,14 @@ impl Clock for SimulatedClock {
     fn sync_status(&self) -> Result<SyncStatus, Infallible> {
         Ok(self.status)
     }
+
+    fn set_leap(&mut self, leap: LeapStatus) -> Result<(), Infallible> {
+        self.leap_flag = leap;
+        if leap == LeapStatus::None {
+            self.leap_wait = false;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +281,44 @@ mod tests {
         let t = c.now().unwrap();
         let want = c.true_timestamp(c.true_time());
         assert!((t.diff_seconds(want) - c.offset()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_kernel_applies_a_leap_once_at_midnight() {
+        // 2026-12-31 23:59:50 UTC.
+        let mut c = SimulatedClock::new(0.0, 0.0, 1).with_epoch_unix(1_798_761_590);
+        let read = |c: &SimulatedClock| c.now().unwrap().to_unix_f64(1_798_761_600);
+        c.set_leap(LeapStatus::Insert).unwrap();
+        c.advance(9.5);
+        assert!((read(&c) - 1_798_761_599.5).abs() < 1e-6);
+        c.advance(1.0);
+        // 23:59:60.5: the reading repeats 23:59:59.
+        assert!((read(&c) - 1_798_761_599.5).abs() < 1e-6, "{}", read(&c));
+        assert_eq!(c.leaps(), &[(10.0, LeapStatus::Insert)]);
+        c.advance(1.0);
+        assert!((read(&c) - 1_798_761_600.5).abs() < 1e-6);
+        // Still flagged, but the kernel waits for the flag to be cleared.
+        c.advance(86_400.0);
+        assert_eq!(c.leaps().len(), 1);
+        assert_eq!(c.leap_adjustment(), 1.0);
+        // Monotonic time never jumps.
+        assert!((c.monotonic() - c.true_time()).abs() < 1e-9);
+
+        // Deletion: 23:59:58 is followed by 00:00:00.
+        let mut c = SimulatedClock::new(0.0, 0.0, 1).with_epoch_unix(1_798_761_590);
+        c.set_leap(LeapStatus::Delete).unwrap();
+        c.advance(8.5);
+        assert!((read(&c) - 1_798_761_598.5).abs() < 1e-6);
+        c.advance(1.0);
+        assert!((read(&c) - 1_798_761_600.5).abs() < 1e-6, "{}", read(&c));
+        assert_eq!(c.leaps(), &[(9.0, LeapStatus::Delete)]);
+        // Cleared in time, nothing happens.
+        let mut c = SimulatedClock::new(0.0, 0.0, 1).with_epoch_unix(1_798_761_590);
+        c.set_leap(LeapStatus::Insert).unwrap();
+        c.advance(5.0);
+        c.set_leap(LeapStatus::None).unwrap();
+        c.advance(10.0);
+        assert!(c.leaps().is_empty());
     }
 
     #[test]
