@@ -12,7 +12,8 @@ use crate::system_clock::{has_cap_sys_time, SystemClock};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::clock::{
-    apply_command, Agent, AgentConfig, ClockCommand, Sample, ServerInfo, SourceId, SourceState,
+    apply_command, Agent, AgentConfig, Clock, ClockCommand, InitialFrequency, LeapStatus, Sample,
+    ServerInfo, SourceId, SourceState,
 };
 use nts_proto::ntp_client::ResponseCheckError;
 use nts_proto::nts_source::{
@@ -626,15 +627,13 @@ fn source_report(agent: &Agent, s: &Source, now: f64) -> SourceReport {
     }
 }
 
-/// What the shell remembers between reports for the tracking view.
+/// What the shell remembers between reports.
 #[derive(Default)]
 struct TrackState {
     updates_seen: u64,
     last_update_unix: Option<f64>,
-    last_offset: Option<f64>,
-    /// Exponentially weighted mean of squared offsets at updates.
-    mean_square: Option<f64>,
     system_peer: Option<SourceId>,
+    leap: LeapStatus,
 }
 
 /// Refresh the shared report. Sources being polled right now keep their last entry.
@@ -659,65 +658,76 @@ fn publish(
     if st.updates != track.updates_seen {
         track.updates_seen = st.updates;
         track.last_update_unix = Some(unix_f64());
-        if let Some(o) = st.offset {
-            track.last_offset = Some(o);
-            let sq = o * o;
-            track.mean_square = Some(track.mean_square.map_or(sq, |m| 0.75 * m + 0.25 * sq));
-        }
     }
-    // Selection changes, logged once each.
+    let ids = agent.source_ids();
+    let name_of = |id: SourceId| ids.iter().position(|x| *x == id).and_then(|i| cache.get(i));
+    // Selection and leap changes, logged once each.
     let peer = st.selection.as_ref().ok().map(|s| s.system_peer);
     if peer != track.system_peer {
-        let name = |id: Option<SourceId>| {
-            id.and_then(|id| {
-                slots
-                    .iter()
-                    .flatten()
-                    .find(|s| s.id == id)
-                    .map(|s| s.name.clone())
-            })
-            .or_else(|| {
-                id.and_then(|id| agent.source_ids().iter().position(|x| *x == id))
-                    .and_then(|i| cache.get(i).map(|c| c.name.clone()))
-            })
-        };
-        match name(peer) {
-            Some(n) => tracing::info!(source = %n, "selected as the reference source"),
+        match peer.and_then(name_of) {
+            Some(r) => tracing::info!(source = %r.name, "selected as the reference source"),
             None => tracing::warn!("no source selectable: {:?}", st.selection.as_ref().err()),
         }
         track.system_peer = peer;
     }
-    let ids = agent.source_ids();
-    let peer_report = peer
-        .and_then(|p| ids.iter().position(|x| *x == p))
-        .and_then(|i| cache.get(i));
-    let peer_status = peer.and_then(|p| agent.source_status(p, now));
-    let reachable_peer = peer_report.is_some_and(|r| r.reach != 0);
-    let filter = peer_status.and_then(|s| s.filter);
+    if st.leap.announced != track.leap {
+        track.leap = st.leap.announced;
+        match (st.leap.announced, st.leap.at_unix) {
+            (LeapStatus::None, _) => tracing::info!("no leap second announced any more"),
+            (l, Some(at)) => tracing::warn!(
+                source = st.leap.source.as_str(),
+                "leap second announced: {}{}",
+                nts_proto::clock::leap::format_leap_second(at, l),
+                if observe {
+                    " (observe-only: reported, the kernel is not told)"
+                } else {
+                    ""
+                }
+            ),
+            (l, None) => tracing::warn!("leap second announced: {}", l.as_str()),
+        }
+    }
+    let t = st.tracking.as_ref();
+    let peer_report = t.and_then(|t| name_of(t.reference));
     let tracking = Tracking {
         reference: peer_report.map(|r| r.name.clone()),
         reference_time_server: peer_report.and_then(|r| r.ntp_address.clone()),
-        stratum: filter.map(|f| f.server.stratum.saturating_add(1)),
-        reference_time_unix: track.last_update_unix,
+        stratum: t.map(|t| t.stratum),
+        reference_time_unix: t
+            .map(|t| {
+                t.reference_time
+                    .to_unix_f64(nts_proto::clock::agent::NTP_ERA_PIVOT_UNIX)
+            })
+            .filter(|u| *u > 0.0),
         system_time_offset: st.offset,
-        last_offset: track.last_offset,
-        rms_offset: track.mean_square.map(f64::sqrt),
+        last_offset: t.and_then(|t| t.last_offset),
+        rms_offset: t.and_then(|t| t.rms_offset),
         frequency_ppm: st.frequency_ppm,
-        estimated_frequency_ppm: st.residual_frequency_ppm.map(|r| st.frequency_ppm + r),
+        estimated_frequency_ppm: st.estimated_frequency_ppm,
         residual_frequency_ppm: st.residual_frequency_ppm,
         skew_ppm: st.frequency_sd_ppm,
-        root_delay: filter.map(|f| f.server.root_delay + f.delay),
-        root_dispersion: filter.map(|f| f.server.root_dispersion + f.dispersion + f.jitter),
-        update_interval: 2f64.powi(i32::from(st.poll_exponent)),
-        last_update_age: track.last_update_unix.map(|t| (unix_f64() - t).max(0.0)),
-        leap_status: match filter.map(|f| f.server.leap) {
-            Some(nts_proto::ntp_packet::LeapIndicator::InsertSecond) => "insert second",
-            Some(nts_proto::ntp_packet::LeapIndicator::DeleteSecond) => "delete second",
-            Some(nts_proto::ntp_packet::LeapIndicator::NoWarning) => "normal",
-            _ => "not synchronised",
-        }
-        .to_string(),
+        root_delay: t.map(|t| t.root_delay),
+        root_dispersion: t.map(|t| t.root_dispersion),
+        update_interval: t
+            .and_then(|t| t.update_interval)
+            .unwrap_or_else(|| 2f64.powi(i32::from(st.poll_exponent))),
+        last_update_age: t.and_then(|t| t.last_update_age),
+        last_sample_age: t.and_then(|t| t.last_sample_age),
+        leap_status: match (st.leap.status, st.leap.announced) {
+            (LeapStatus::Insert, _) => "insert second (armed)".into(),
+            (LeapStatus::Delete, _) => "delete second (armed)".into(),
+            (_, LeapStatus::Insert) => "insert second at the end of the month".into(),
+            (_, LeapStatus::Delete) => "delete second at the end of the month".into(),
+            _ if t.is_some() => "normal".into(),
+            _ => "not synchronised".into(),
+        },
+        leap_at: st
+            .leap
+            .at_unix
+            .filter(|_| st.leap.announced != LeapStatus::None)
+            .map(|a| nts_proto::clock::leap::format_leap_second(a, st.leap.announced)),
     };
+    let reachable_peer = peer_report.is_some_and(|r| r.reach != 0);
     let report = StatusReport {
         observe_only: observe,
         synchronized: st.synchronized && reachable_peer,
@@ -753,15 +763,71 @@ pub fn prepare_state_dir(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Run the agent until the task is dropped.
-pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
+/// The frequency to start from: the drift file (discipline mode), else what
+/// the kernel has in force (a read, never a change), so a restart does not
+/// disturb a clock that is already disciplined.
+fn initial_frequency(cfg: &Config, observe: bool, acfg: &mut AgentConfig) -> Result<()> {
+    let drift = match (&cfg.clock.drift_file, observe) {
+        (Some(p), false) => crate::drift_file::read(p).context("clock.drift_file")?,
+        _ => None,
+    };
+    let kernel = SystemClock::new();
+    let reading = match (kernel.frequency(), kernel.sync_status()) {
+        (Ok(f), Ok(s)) => Some((f, s)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot read the kernel's frequency: {e}");
+            None
+        }
+    };
+    let init = InitialFrequency::decide(
+        drift.as_ref().map(|d| (d, crate::drift_file::unix_now())),
+        reading.as_ref().map(|(f, s)| (*f, s)),
+        acfg.discipline.wander,
+    );
+    init.apply(&mut acfg.discipline);
+    tracing::info!(
+        ppm = init.ppm,
+        uncertainty_ppm = init.uncertainty_ppm,
+        origin = ?init.origin,
+        "starting frequency"
+    );
+    Ok(())
+}
+
+/// Run the agent until `stop` turns true; then end a slew in progress and
+/// write the drift file, so the kernel is left at the frequency found.
+pub async fn run(
+    cfg: Config,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     let observe = effective_observe(&cfg);
     let cas: Vec<&std::path::Path> = cfg.nts.ca_files.iter().map(|p| p.as_path()).collect();
     let roots = ke::root_store(&cas, cfg.nts.system_roots).context("nts.ca_files")?;
     let tls = ke::tls_config(roots);
     prepare_state_dir(&cfg)?;
     let started = Instant::now();
-    let mut agent = Agent::new(agent_config(&cfg, observe));
+    let mut acfg = agent_config(&cfg, observe);
+    initial_frequency(&cfg, observe, &mut acfg)?;
+    let mut agent = Agent::new(acfg);
+    if let Some(p) = &cfg.clock.leap_seconds_file {
+        let list = crate::leap_file::read(p).context("clock.leap_seconds_file")?;
+        if !list.is_valid_at(unix_f64()) {
+            tracing::warn!(
+                file = %p.display(),
+                expired = %nts_proto::clock::leap::format_unix(list.expires_unix()),
+                "leap-seconds list has expired: the sources decide leap seconds"
+            );
+        }
+        agent.set_leap_seconds_list(Some(list));
+    }
+    let mut drift_writer = match (&cfg.clock.drift_file, observe) {
+        (Some(p), false) => Some(crate::drift_file::DriftWriter::new(
+            p.clone(),
+            Duration::from_secs_f64(cfg.clock.drift_interval),
+        )),
+        _ => None,
+    };
     let sources = expand_sources(&cfg, &mut agent, started).await;
     let mut clock = (!observe).then(SystemClock::new);
     let mut commands = 0u64;
@@ -814,7 +880,12 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
         let (when, which) = due.unwrap_or((now + 1.0, None));
         let wait = Duration::from_secs_f64((when - now).clamp(0.0, 3600.0));
         let mut cmds = Vec::new();
+        let mut stopping = false;
         tokio::select! {
+            _ = stop.changed() => {
+                stopping = true;
+                cmds.extend(agent.shutdown(mono(started)));
+            }
             _ = tokio::time::sleep(wait) => {
                 let now = mono(started);
                 match which {
@@ -871,8 +942,17 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
                 ),
                 (_, Some(c)) => {
                     commands += 1;
-                    if let ClockCommand::Step { offset } = cmd {
-                        tracing::warn!(offset, "stepping the clock");
+                    match cmd {
+                        ClockCommand::Step { offset } => {
+                            tracing::warn!(offset, "stepping the clock")
+                        }
+                        ClockCommand::SetLeap(l) => {
+                            tracing::warn!(
+                                leap = l.as_str(),
+                                "telling the kernel about the leap second"
+                            )
+                        }
+                        _ => {}
                     }
                     if let Err(e) = apply_command(c, cmd) {
                         tracing::error!("clock adjustment failed: {e}");
@@ -881,8 +961,17 @@ pub async fn run(cfg: Config, shared: Arc<Shared>) -> Result<()> {
                 (_, None) => {}
             }
         }
+        if let Some(w) = drift_writer.as_mut() {
+            let record = agent.drift_record(mono(started));
+            if let Err(e) = w.maybe_write(record, Instant::now(), stopping) {
+                tracing::warn!("{e}");
+            }
+        }
         publish(
             &shared, &agent, &slots, &mut cache, started, observe, commands, &mut track,
         );
+        if stopping {
+            return Ok(());
+        }
     }
 }

@@ -123,6 +123,12 @@ pub struct ClockSection {
     /// Poll interval bounds, log2 seconds.
     pub minpoll: i8,
     pub maxpoll: i8,
+    /// Where the frequency is kept across restarts (discipline mode), like chrony's driftfile.
+    pub drift_file: Option<PathBuf>,
+    /// Write the drift file at most this often (seconds), and at shutdown.
+    pub drift_interval: f64,
+    /// A `leap-seconds.list` (IETF/NIST format) that decides leap seconds while unexpired.
+    pub leap_seconds_file: Option<PathBuf>,
 }
 
 impl Default for ClockSection {
@@ -136,6 +142,9 @@ impl Default for ClockSection {
             max_frequency: 500.0,
             minpoll: 4,
             maxpoll: 10,
+            drift_file: None,
+            drift_interval: 3600.0,
+            leap_seconds_file: None,
         }
     }
 }
@@ -223,6 +232,19 @@ impl Config {
                 "nts.ke_timeout = {}: must be between 0 and 120 seconds",
                 self.nts.ke_timeout
             );
+        }
+        if !(c.drift_interval.is_finite() && c.drift_interval >= 60.0) {
+            bail!(
+                "clock.drift_interval = {}: must be at least 60 seconds",
+                c.drift_interval
+            );
+        }
+        if let Some(p) = &c.drift_file {
+            crate::drift_file::read(p).map_err(|e| anyhow::anyhow!("clock.drift_file: {e}"))?;
+        }
+        if let Some(p) = &c.leap_seconds_file {
+            crate::leap_file::read(p)
+                .map_err(|e| anyhow::anyhow!("clock.leap_seconds_file: {e}"))?;
         }
         let n = &self.nts;
         if !(n.ke_spread.is_finite() && (0.0..=3600.0).contains(&n.ke_spread)) {

@@ -185,13 +185,21 @@ fn run_agent(
                 tracing::warn!("status socket {} unavailable: {e}", sock.display());
             }
         });
-        let agent = tokio::spawn(nts_client::agent::run(config, shared));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut agent = tokio::spawn(nts_client::agent::run(config, shared, stop_rx));
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = agent => { r??; }
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let finished = tokio::select! {
+            r = &mut agent => { r??; true }
+            _ = tokio::signal::ctrl_c() => false,
+            _ = term.recv() => false,
+        };
+        if !finished {
+            // Let the agent end a slew and save its frequency, briefly.
+            let _ = stop_tx.send(true);
+            if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), &mut agent).await {
+                r??;
+            }
         }
         status_task.abort();
         tracing::info!("shutting down");

@@ -80,8 +80,12 @@ pub struct Tracking {
     pub update_interval: f64,
     /// Seconds since the last update.
     pub last_update_age: Option<f64>,
-    /// normal, insert second, delete second, not synchronised.
+    /// Seconds since the reference's newest sample.
+    pub last_sample_age: Option<f64>,
+    /// normal, insert/delete second (armed or at the end of the month), not synchronised.
     pub leap_status: String,
+    /// When the announced leap second happens, for people.
+    pub leap_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -243,11 +247,16 @@ impl StatusReport {
                 .map_or("never".into(), |a| format!("{a:.1} seconds ago")),
         );
         line(
+            "Last sample",
+            t.last_sample_age
+                .map_or("-".into(), |a| format!("{a:.1} seconds ago")),
+        );
+        line(
             "Leap status",
-            if t.leap_status.is_empty() {
-                "-".into()
-            } else {
-                t.leap_status.clone()
+            match (&t.leap_status, &t.leap_at) {
+                (s, _) if s.is_empty() => "-".into(),
+                (s, Some(at)) => format!("{s} ({at})"),
+                (s, None) => s.clone(),
             },
         );
         o

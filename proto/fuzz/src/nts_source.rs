@@ -121,6 +121,23 @@ fn forged(req: &[u8], stratum: u8, refid: [u8; 4]) -> Vec<u8> {
     p
 }
 
+/// The client's random source: a counter would repeat its Unique
+/// Identifiers and origins every 256 bytes, making a replay a genuine answer.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
 struct Flight {
     flight: InFlight,
     request: Vec<u8>,
@@ -133,6 +150,7 @@ pub fn check(data: &[u8]) -> usize {
     let mut now = 0.0f64;
     let mut src = NtsSource::new(cfg, now, 0.0);
     let mut rng = Counter(0x11);
+    let mut client_rng = SplitMix(0x5eed);
     let mut nonce = Counter(0x77);
     let mut flight: Option<Flight> = None;
     let mut last_genuine: Option<Vec<u8>> = None;
@@ -150,7 +168,7 @@ pub fn check(data: &[u8]) -> usize {
             0 => {
                 if src.next_step(now) == Step::Request && flight.is_none() {
                     let mut req = Vec::new();
-                    if let Some(f) = src.prepare_request(&mut req, &mut |b| rng.fill(b)) {
+                    if let Some(f) = src.prepare_request(&mut req, &mut |b| client_rng.fill(b)) {
                         assert_eq!(src.cookies(), before.0 - 1, "one cookie per request");
                         flight = Some(Flight {
                             flight: f,
