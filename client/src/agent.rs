@@ -304,9 +304,20 @@ async fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?
         .collect();
-    let (mut v6, mut v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6());
-    v6.dedup();
-    v4.dedup();
+    let out = interleave_families(addrs);
+    if out.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
+    Ok(out)
+}
+
+/// IPv6 and IPv4 addresses alternating (IPv6 first), duplicates removed.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    let (v6, v4): (Vec<_>, Vec<_>) = addrs
+        .into_iter()
+        .filter(|a| seen.insert(*a))
+        .partition(|a| a.is_ipv6());
     let mut out = Vec::with_capacity(v6.len() + v4.len());
     let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
     loop {
@@ -315,10 +326,7 @@ async fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
             (x, y) => out.extend(x.into_iter().chain(y)),
         }
     }
-    if out.is_empty() {
-        return Err(format!("{host} has no address"));
-    }
-    Ok(out)
+    out
 }
 
 /// What a poll produced.
@@ -973,5 +981,40 @@ pub async fn run(
         if stopping {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_alternate_without_duplicates() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let got = interleave_families(vec![
+            a("192.0.2.1:123"),
+            a("192.0.2.2:123"),
+            a("[2001:db8::1]:123"),
+            a("192.0.2.1:123"),
+            a("192.0.2.3:123"),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                a("[2001:db8::1]:123"),
+                a("192.0.2.1:123"),
+                a("192.0.2.2:123"),
+                a("192.0.2.3:123")
+            ]
+        );
+        assert!(interleave_families(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn names_and_state_files() {
+        assert_eq!(host_port("::1", 4460), "[::1]:4460");
+        assert_eq!(host_port("time.example", 4460), "time.example:4460");
+        let f = state_file_for(std::path::Path::new("/s"), "[::1]:4460");
+        assert_eq!(f, std::path::Path::new("/s/___1__4460.nts"));
     }
 }

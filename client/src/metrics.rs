@@ -108,8 +108,18 @@ pub fn render(r: &StatusReport) -> String {
     );
     e.gauges(
         "nts_client_source_auth_failures_total",
-        "Authentication failures per source.",
+        "Datagrams whose NTS authenticator failed (forged or corrupted), per source.",
         &gauge(&|s| s.auth_failures as f64),
+    );
+    e.gauges(
+        "nts_client_source_ignored_total",
+        "Datagrams ignored while waiting for an answer (forged, stray, replayed, unauthenticated, garbage), per source.",
+        &gauge(&|s| s.ignored as f64),
+    );
+    e.gauges(
+        "nts_client_source_key_exchanges_total",
+        "Successful NTS key exchanges per source.",
+        &gauge(&|s| s.ke_ok as f64),
     );
     e.gauges(
         "nts_client_source_ke_failures_total",
