@@ -7,7 +7,8 @@
 #      kubernetes-validate --strict against the oldest supported and the newest
 #      Kubernetes schemas (custom resources: cert-manager, ServiceMonitor are
 #      only warned about: no schema offline);
-#   4. every rendered container's command, args, env and ConfigMaps run through
+#   4. NOTES.txt renders with each values file;
+#   5. every rendered container's command, args, env and ConfigMaps run through
 #      the real binary in the real image with --check-config (helm/tests/check_config.py).
 # Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
 set -euo pipefail
@@ -50,6 +51,13 @@ for f in "$CHART"/ci/*.yaml; do
         warn="$(grep -c WARN "$OUT/kv.log" || true)"
         echo "  ok   kubernetes-validate --strict -k $v ($warn custom resources without an offline schema)"
     done
+    # NOTES.txt, rendered through a throwaway copy of the chart (helm template skips it).
+    rm -rf "$OUT/notes-chart" && cp -r "$CHART" "$OUT/notes-chart"
+    echo 'notes: {{ include "nts/templates/NOTES.txt" . | toJson }}' > "$OUT/notes-chart/templates/zz-notes.yaml"
+    "$HELM" template nts "$OUT/notes-chart" --namespace nts -f "$f" --show-only templates/zz-notes.yaml \
+        | python3 -c 'import sys, yaml; n = yaml.safe_load(sys.stdin)["notes"]; sys.exit(0 if "installed as nts in nts" in n else 1)' \
+        || { echo "  FAIL NOTES.txt does not render" >&2; exit 1; }
+    echo "  ok   NOTES.txt renders"
     python3 "$ROOT/helm/tests/check_config.py" "$IMAGE" "$OUT/$name.yaml" $([ "$name" = minimal-values ] && echo --self-test)
 done
 echo "==> chart checks passed"
