@@ -7,7 +7,9 @@
 #      kubernetes-validate --strict against the oldest supported and the newest
 #      Kubernetes schemas (custom resources: cert-manager, ServiceMonitor are
 #      only warned about: no schema offline);
-#   4. NOTES.txt renders with each values file;
+#   4. NOTES.txt renders with each values file; references between resources
+#      hold (helm/tests/check_wiring.py: selectors, named ports, the headless
+#      Service, key-sync endpoints and certificate names);
 #   5. every rendered container's command, args, env and ConfigMaps run through
 #      the real binary in the real image with --check-config (helm/tests/check_config.py).
 # Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
@@ -58,6 +60,19 @@ for f in "$CHART"/ci/*.yaml; do
         | python3 -c 'import sys, yaml; n = yaml.safe_load(sys.stdin)["notes"]; sys.exit(0 if "installed as nts in nts" in n else 1)' \
         || { echo "  FAIL NOTES.txt does not render" >&2; exit 1; }
     echo "  ok   NOTES.txt renders"
+    python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/$name.yaml" nts
+    if [ "$name" = minimal-values ]; then
+        # The wiring check must be able to fail: a Service port by a name no container has,
+        # and time servers pointed at replicas of another namespace.
+        sed 's/targetPort: key-sync/targetPort: keysync/' "$OUT/$name.yaml" > "$OUT/broken.yaml"
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/broken.yaml" nts >/dev/null; then
+            echo "  FAIL self-test: a wrong targetPort passed the wiring check" >&2; exit 1
+        fi
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/$name.yaml" elsewhere >/dev/null; then
+            echo "  FAIL self-test: key-sync endpoints in the wrong namespace passed" >&2; exit 1
+        fi
+        echo "  ok   self-test: a wrong targetPort and a wrong namespace fail the wiring check"
+    fi
     python3 "$ROOT/helm/tests/check_config.py" "$IMAGE" "$OUT/$name.yaml" $([ "$name" = minimal-values ] && echo --self-test)
 done
 echo "==> chart checks passed"
