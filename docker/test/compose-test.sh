@@ -24,8 +24,13 @@ HERE="$ROOT/docker/test"
 export NTS_IMAGE="${NTS_IMAGE:-nts:dev}"
 export NTS_PEER_IMAGE="${NTS_PEER_IMAGE:-nts-test-peer:bookworm}"
 export NTS_PROJECT="ntse2e$$"
-# A /24 unlikely to collide with the host's or another run's networks.
-export NTS_NET="172.30.$(( ($$ % 200) + 20 ))"
+# A /24 no Docker network and no host route uses (another run may be going on).
+used="$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' $(docker network ls -q) 2>/dev/null; ip route 2>/dev/null | awk '{print $1}')"
+for i in $(seq 0 199); do
+    NTS_NET="172.30.$(( (($$ + i) % 200) + 20 ))"
+    grep -q "${NTS_NET//./\.}\." <<<"$used" || break
+done
+export NTS_NET
 NET="${NTS_PROJECT}_nts"
 EXPIRY=4            # KE key_sync.expiry (seconds) in this test
 REPORT=1            # KE key_sync.report_interval
