@@ -37,10 +37,17 @@ install -m 0644 "$BUNDLE" "$OUT/etc/ssl/certs/ca-certificates.crt"
 
 log "docker build --target offline -t $IMAGE"
 # (the classic builder's deprecation notice is dropped; real errors are shown)
-if ! docker build --quiet --target offline -f docker/Dockerfile -t "$IMAGE" . >/dev/null 2>"$OUT/.build.log"; then
-    cat "$OUT/.build.log" >&2; rm -f "$OUT/.build.log"; exit 1
+errs="$(mktemp)"
+if ! docker build --quiet --target offline -f docker/Dockerfile -t "$IMAGE" . >/dev/null 2>"$errs"; then
+    cat "$errs" >&2; rm -f "$errs"; exit 1
 fi
-rm -f "$OUT/.build.log"
+rm -f "$errs"
+# Nothing but the binaries, the CA bundle and the user (the engine adds /dev, /etc/hosts and friends).
+c="$(docker create "$IMAGE" x)"
+files="$(docker export "$c" | tar -t | grep -v '/$' | grep -vxE '\.dockerenv|dev/console|etc/(hostname|hosts|mtab|resolv\.conf)' | sort | tr '\n' ' ')"
+docker rm "$c" >/dev/null
+expected="etc/group etc/passwd etc/ssl/certs/ca-certificates.crt usr/local/bin/nts-client usr/local/bin/nts-ke-server usr/local/bin/nts-time-server "
+[ "$files" = "$expected" ] || { echo "build-images: ERROR: unexpected image contents: $files" >&2; exit 1; }
 docker image inspect -f 'built {{index .RepoTags 0}}: {{.Size}} bytes' "$IMAGE"
 docker run --rm --network none "$IMAGE" /usr/local/bin/nts-ke-server --version >/dev/null
 du -b "$OUT"/usr/local/bin/* "$OUT"/etc/ssl/certs/* | awk '{printf "  %10d  %s\n", $1, $2}'
