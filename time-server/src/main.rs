@@ -36,6 +36,13 @@ struct Cli {
     /// Log level (replaces log.level; RUST_LOG wins over both).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Where clients are sent for NTP, `host:port` or `[ip]:port` (replaces
+    /// key_sync.advertise), so each pod of a DaemonSet can advertise its node's address.
+    #[arg(long, value_name = "HOST:PORT", env = "NTS_ADVERTISE")]
+    advertise: Option<String>,
+    /// Identity in the ke-servers' registry (replaces key_sync.server_id).
+    #[arg(long, value_name = "ID", env = "NTS_SERVER_ID")]
+    server_id: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -60,6 +67,7 @@ fn main() -> Result<()> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
+    config.override_key_sync(cli.advertise.clone(), cli.server_id.clone())?;
     nts_ops::init_logging(&config.log.level);
     if cli.dev {
         // The ke-server started beside us creates the development PKI; give it a moment.

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Chart checks (run by scripts/test.sh):
+#   1. helm lint --strict, with the defaults and each values file in helm/nts/ci/;
+#   2. values.schema.json refuses bad values (a typo in an enum, an unknown key);
+#   3. helm template with every values file (minimal, ACME, cert-manager,
+#      production-like), each rendered manifest validated offline with
+#      kubernetes-validate --strict against the oldest supported and the newest
+#      Kubernetes schemas (custom resources: cert-manager, ServiceMonitor are
+#      only warned about: no schema offline);
+#   4. NOTES.txt renders with each values file; references between resources
+#      hold (helm/tests/check_wiring.py: selectors, named ports, the headless
+#      Service, key-sync endpoints and certificate names);
+#   5. every rendered container's command, args, env and ConfigMaps run through
+#      the real binary in the real image with --check-config (helm/tests/check_config.py).
+# Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CHART="$ROOT/helm/nts"
+IMAGE="${1:-${NTS_IMAGE:-nts:dev}}"
+HELM="$("$ROOT/docker/test/install-deps.sh" | sed -n 's/^HELM=//p')"
+[ -x "$HELM" ] || { echo "check-chart: no helm" >&2; exit 1; }
+[ -n "$(docker image ls -q "$IMAGE")" ] || "$ROOT/docker/build-images.sh" "$IMAGE"
+OUT="$(mktemp -d /tmp/nts-chart.XXXXXX)"
+trap 'rm -rf "$OUT"' EXIT
+KUBE_OLDEST=1.25.0   # Chart.yaml kubeVersion
+KUBE_NEWEST=1.37.0
+
+echo "==> helm lint --strict ($("$HELM" version --short))"
+"$HELM" lint --strict "$CHART" >/dev/null
+for f in "$CHART"/ci/*.yaml; do
+    "$HELM" lint --strict "$CHART" -f "$f" >/dev/null || { "$HELM" lint --strict "$CHART" -f "$f"; exit 1; }
+    echo "  ok   lint with $(basename "$f")"
+done
+
+echo "==> values.schema.json refuses bad values"
+for bad in client.mode=disciplne keServer.replicaz=2 timeServer.port=70000 keServer.tls.source=file; do
+    if "$HELM" template t "$CHART" --set "$bad" >/dev/null 2>&1; then
+        echo "  FAIL --set $bad was accepted" >&2; exit 1
+    fi
+    echo "  ok   --set $bad refused"
+done
+
+for f in "$CHART"/ci/*.yaml; do
+    name="$(basename "$f" .yaml)"
+    echo "==> $name: helm template, kubernetes-validate --strict, --check-config in $IMAGE"
+    "$HELM" template nts "$CHART" --namespace nts -f "$f" > "$OUT/$name.yaml"
+    kinds="$(grep -h '^kind:' "$OUT/$name.yaml" | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}')"
+    echo "  rendered: ${kinds%, }"
+    for v in "$KUBE_OLDEST" "$KUBE_NEWEST"; do
+        if ! kubernetes-validate --strict -k "$v" "$OUT/$name.yaml" > "$OUT/kv.log" 2>&1; then
+            cat "$OUT/kv.log" >&2; echo "  FAIL kubernetes-validate $v" >&2; exit 1
+        fi
+        warn="$(grep -c WARN "$OUT/kv.log" || true)"
+        echo "  ok   kubernetes-validate --strict -k $v ($warn custom resources without an offline schema)"
+    done
+    # NOTES.txt, rendered through a throwaway copy of the chart (helm template skips it).
+    rm -rf "$OUT/notes-chart" && cp -r "$CHART" "$OUT/notes-chart"
+    echo 'notes: {{ include "nts/templates/NOTES.txt" . | toJson }}' > "$OUT/notes-chart/templates/zz-notes.yaml"
+    "$HELM" template nts "$OUT/notes-chart" --namespace nts -f "$f" --show-only templates/zz-notes.yaml \
+        | python3 -c 'import sys, yaml; n = yaml.safe_load(sys.stdin)["notes"]; sys.exit(0 if "installed as nts in nts" in n else 1)' \
+        || { echo "  FAIL NOTES.txt does not render" >&2; exit 1; }
+    echo "  ok   NOTES.txt renders"
+    python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/$name.yaml" nts
+    if [ "$name" = minimal-values ]; then
+        # The wiring check must be able to fail: a Service port by a name no container has,
+        # and time servers pointed at replicas of another namespace.
+        sed 's/targetPort: key-sync/targetPort: keysync/' "$OUT/$name.yaml" > "$OUT/broken.yaml"
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/broken.yaml" nts >/dev/null; then
+            echo "  FAIL self-test: a wrong targetPort passed the wiring check" >&2; exit 1
+        fi
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/$name.yaml" elsewhere >/dev/null; then
+            echo "  FAIL self-test: key-sync endpoints in the wrong namespace passed" >&2; exit 1
+        fi
+        echo "  ok   self-test: a wrong targetPort and a wrong namespace fail the wiring check"
+    fi
+    python3 "$ROOT/helm/tests/check_config.py" "$IMAGE" "$OUT/$name.yaml" $([ "$name" = minimal-values ] && echo --self-test)
+done
+echo "==> chart checks passed"
