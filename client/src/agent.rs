@@ -802,6 +802,35 @@ fn initial_frequency(cfg: &Config, observe: bool, acfg: &mut AgentConfig) -> Res
     Ok(())
 }
 
+/// What `--check-config` checks of the state directory, creating nothing:
+/// it exists and is writable, or its nearest existing parent is.
+pub fn check_state_dir(cfg: &Config) -> Result<()> {
+    let Some(dir) = &cfg.nts.state_dir else {
+        return Ok(());
+    };
+    let mut at = dir.as_path();
+    while !at.exists() {
+        at = at
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+    }
+    if !at.is_dir() {
+        anyhow::bail!("nts.state_dir: {} is not a directory", at.display());
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
+        .context("nts.state_dir: path holds a NUL byte")?;
+    // SAFETY: access(2) on a NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        anyhow::bail!(
+            "nts.state_dir: {} is not writable: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// Run the agent until `stop` turns true; then end a slew in progress and
 /// write the drift file, so the kernel is left at the frequency found.
 pub async fn run(

@@ -253,7 +253,7 @@ fn main() -> Result<()> {
             nts_ops::init_logging(log_level.as_deref().unwrap_or(&cfg.log.level));
             cfg.validate()?;
             if check_config {
-                nts_client::agent::prepare_state_dir(&cfg)?;
+                nts_client::agent::check_state_dir(&cfg)?;
                 out!("configuration OK");
                 return Ok(());
             }

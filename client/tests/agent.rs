@@ -503,7 +503,7 @@ fn on_path_attacker_cannot_knock_the_source_over() {
     let seconds: u64 = std::env::var("NTS_ATTACK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(150);
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate().unwrap();
     let root = dir.path().join("root.key");

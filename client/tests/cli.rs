@@ -1,0 +1,101 @@
+//! The one-shot commands as an operator runs them: `query` against a server
+//! whose clock is not synchronized (this machine's kernel clock is not, so a
+//! time server that follows it says so), and output into a pipe that closes
+//! early (`| head -1`).
+
+use std::process::{Command, Stdio};
+use testkit::certs::TestPki;
+use testkit::stack::{self, KeServerOptions, TimeServerOptions};
+
+/// A KE server and a time server that is NOT a local reference: it announces
+/// whatever the kernel says, which on these machines is unsynchronized.
+fn unsynchronized_stack(dir: &std::path::Path) -> (stack::Daemon, stack::Daemon, TestPki) {
+    let pki = TestPki::generate().unwrap();
+    let root = dir.join("root.key");
+    stack::write_root_secret(&root).unwrap();
+    let (port, mport) = (testkit::ports::free_port(), testkit::ports::free_port());
+    let ts = stack::start_daemon(
+        "nts-time-server",
+        stack::cargo_bin("nts-time-server", "nts-time-server"),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n[keys]\nroot_secret_file = {root:?}\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
+        ),
+        dir,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("127.0.0.1:{mport}").parse().unwrap(),
+        "NTP listening",
+    )
+    .unwrap();
+    let ke = stack::start_ke_server(
+        dir,
+        &pki,
+        &root,
+        &KeServerOptions {
+            ntp_port: port,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (ts, ke, pki)
+}
+
+fn kernel_is_synchronized() -> bool {
+    // SAFETY: modes = 0 only reads the kernel's clock state.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+}
+
+#[test]
+fn query_measures_an_unsynchronized_server_and_warns() {
+    if kernel_is_synchronized() {
+        eprintln!("this machine's clock is synchronized: nothing unsynchronized to query");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_ts, ke, pki) = unsynchronized_stack(dir.path());
+    let out = Command::new(stack::cargo_bin("nts-client", "nts-client"))
+        .args([
+            "query",
+            "--no-system-roots",
+            "--samples",
+            "3",
+            "--interval",
+            "0.1",
+        ])
+        .arg("--ca")
+        .arg(pki.ca_path())
+        .arg(format!("127.0.0.1:{}", ke.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(text.contains("WARNING"), "{text}");
+    assert!(text.contains("NOT synchronized"), "{text}");
+    assert!(text.contains("yes (NTS)"), "{text}");
+    assert!(text.contains("samples         3"), "{text}");
+    assert!(text.contains("stratum         16"), "{text}");
+}
+
+#[test]
+fn closed_pipe_ends_quietly() {
+    let s = stack::Stack::start(&TimeServerOptions::default()).unwrap();
+    for sub in ["ke", "query"] {
+        let mut child = Command::new(stack::cargo_bin("nts-client", "nts-client"))
+            .args([sub, "--no-system-roots"])
+            .arg("--ca")
+            .arg(s.pki.ca_path())
+            .arg(format!("127.0.0.1:{}", s.ke.port()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{sub}: {err}");
+        assert!(out.status.success(), "{sub}: {:?} {err}", out.status);
+    }
+}
