@@ -409,11 +409,17 @@ mod tests {
         );
         let mut nreq = Vec::new();
         build_request(&mut nreq, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
-        let (r, out) = serve(&s, &nreq, true);
-        assert!(matches!(r, Ok(Response::Rate(n)) if n <= nreq.len()));
+        // NTS over the rate: dropped, never an unauthenticated kiss.
+        let (r, _) = serve(&s, &nreq, true);
+        assert_eq!(r, Err(DropReason::RateLimitedNts));
+        let policy = ServerPolicy::default();
         assert_eq!(
-            NtpHeader::parse(&out).unwrap().0.kiss_code(),
-            Some(*b"RATE")
+            crate::ntp_server::over_rate_reason(&nreq, &policy),
+            DropReason::RateLimitedNts
+        );
+        assert_eq!(
+            crate::ntp_server::over_rate_reason(&req, &policy),
+            DropReason::RateLimited
         );
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod key_sync_client;
 pub mod keys;
 pub mod metrics;
+pub mod steering;
 pub mod timestamping;
 pub mod worker;
 
@@ -22,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use timestamping::{PhcConversion, TimestampSource};
-use worker::{RateSettings, Shared};
+use worker::{RateSettings, Shared, WorkerSettings};
 
 /// Default UDP address in `--dev` mode (the port `nts-ke-server --dev` sends clients to).
 pub const DEV_LISTEN: &str = "127.0.0.1:4123";
@@ -116,6 +117,11 @@ pub fn start(settings: Settings) -> Result<Running> {
     // workers of an address share the port.
     let mut sockets = Vec::new();
     let mut addrs = Vec::new();
+    // Rate limiting per address needs all of an address's datagrams on one worker.
+    let steer = cfg.rate_limit.enabled && workers > 1;
+    let key = steering::SteeringKey::from_random(&mut |b| {
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b)
+    });
     for &addr in &cfg.server.listen {
         let first = bind_socket(addr, cfg.server.receive_buffer)?;
         let bound = first
@@ -123,9 +129,22 @@ pub fn start(settings: Settings) -> Result<Running> {
             .as_socket()
             .context("bound socket has no address")?;
         addrs.push(bound);
+        let group = sockets.len();
         sockets.push((bound, first));
         for _ in 1..workers {
             sockets.push((bound, bind_socket(bound, cfg.server.receive_buffer)?));
+        }
+        if steer {
+            // The group's sockets are numbered in bind order, which is worker order.
+            let program = steering::program(bound.is_ipv6(), &key, workers as u32);
+            steering::attach(&sockets[group].1, &program).with_context(|| {
+                format!(
+                    "rate_limit: cannot attach the reuseport BPF program that steers each client \
+                     address to one worker on {bound} (needs Linux 4.6+); without it a client \
+                     changing source ports is limited once per worker. Set server.workers = 1 \
+                     or disable rate_limit"
+                )
+            })?;
         }
     }
 
@@ -188,6 +207,7 @@ pub fn start(settings: Settings) -> Result<Running> {
         .map(|k| k.endpoints.clone())
         .unwrap_or_default();
     let metrics = Arc::new(Metrics::new(sockets.len(), &endpoints));
+    metrics.steering.store(steer, Ordering::Relaxed);
     metrics.timestamp_source.store(
         match source {
             TimestampSource::User => 0,
@@ -315,16 +335,20 @@ pub fn start(settings: Settings) -> Result<Running> {
         slots: cfg.rate_limit.slots,
     });
     let batch = cfg.server.batch_size;
+    let max_request_age_ns = (cfg.server.max_request_age * 1e9) as u64;
     for (i, (addr, sock)) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let metrics = metrics.clone();
-        let pktinfo = addr.ip().is_unspecified();
+        let settings = WorkerSettings {
+            batch,
+            use_pktinfo: addr.ip().is_unspecified(),
+            rate,
+            max_request_age_ns,
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ntp-{i}"))
-                .spawn(move || {
-                    worker::run(sock, shared, &metrics.workers[i], batch, pktinfo, rate)
-                })?,
+                .spawn(move || worker::run(sock, shared, &metrics.workers[i], settings))?,
         );
     }
     Ok(Running {

@@ -479,10 +479,7 @@ mod tests {
                 }),
                 "{name}"
             );
-            assert!(
-                matches!(o.rate_kiss, Ok(Response::Rate(_))),
-                "{name}: {o:?}"
-            );
+            assert_eq!(o.rate_kiss, Err(DropReason::RateLimitedNts), "{name}");
             if name != "nts_short_nonce_encrypted" {
                 // Nothing encrypted: re-sealing gives back the same request.
                 assert_eq!(o.resealed, Some(o.normal), "{name}");
