@@ -424,6 +424,23 @@ mod tests {
     }
 
     #[test]
+    fn unsynchronized_server_answers_plain_but_not_nts() {
+        let mut s = setup(AeadAlgorithm::AesSivCmac256);
+        s.clock = ServerClock::unsynchronized(-20);
+        let mut req = Vec::new();
+        build_request(&mut req, None, &mut rnd);
+        let (r, out) = serve(&s, &req, false);
+        assert_eq!(r, Ok(Response::Plain(48)));
+        assert_eq!(
+            NtpHeader::parse(&out).unwrap().0.leap,
+            LeapIndicator::Unsynchronized
+        );
+        let mut nreq = Vec::new();
+        build_request(&mut nreq, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
+        assert_eq!(serve(&s, &nreq, false).0, Err(DropReason::Unsynchronized));
+    }
+
+    #[test]
     fn malformed_requests_are_dropped_by_reason() {
         let s = setup(AeadAlgorithm::AesSivCmac256);
         let mut good = Vec::new();

@@ -97,10 +97,14 @@ pub enum DropReason {
     RateLimitedNts,
     /// Waited in the socket queue longer than the configured maximum age.
     TooOld,
+    /// NTS request while the server's clock is unsynchronized: its answer would
+    /// be useless (leap indicator 3), and silence sends the NTS client back to
+    /// NTS-KE once its cookies run out, which hands it a synchronized server.
+    Unsynchronized,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::TooShort,
         Self::TooLong,
         Self::BadVersion,
@@ -114,6 +118,7 @@ impl DropReason {
         Self::RateLimited,
         Self::RateLimitedNts,
         Self::TooOld,
+        Self::Unsynchronized,
     ];
 
     pub fn label(self) -> &'static str {
@@ -131,6 +136,7 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::RateLimitedNts => "rate_limited_nts",
             Self::TooOld => "too_old",
+            Self::Unsynchronized => "unsynchronized",
         }
     }
 }
@@ -311,6 +317,9 @@ pub fn respond(
     let auth = Authenticator::parse(auth_body).map_err(|_| DropReason::MalformedNts)?;
     if ctx.rate_kiss {
         return Err(DropReason::RateLimitedNts);
+    }
+    if ctx.clock.leap == LeapIndicator::Unsynchronized {
+        return Err(DropReason::Unsynchronized);
     }
 
     let keys = match cookie::open(ctx.ring, cookie_bytes, ctx.unix_now) {

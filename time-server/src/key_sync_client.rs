@@ -302,7 +302,7 @@ async fn session(
                 info: Some(settings.info.clone()),
                 requests_per_second: rps,
                 has_keys: merger.store.has_keys(unix_now()),
-                healthy: true,
+                healthy: crate::health(metrics, &merger.store).is_ok(),
             });
             // A report that cannot get through in one interval means the link is gone.
             tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)

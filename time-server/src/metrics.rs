@@ -55,6 +55,8 @@ pub struct Metrics {
     pub keys_held: AtomicI64,
     pub key_age_seconds: AtomicI64,
     pub synchronized: AtomicI64,
+    /// 1 when the clock is synchronized and keys are held (what key sync reports).
+    pub healthy: AtomicI64,
     pub stratum: AtomicI64,
     pub leap: AtomicI64,
     /// Key-sync endpoints and whether each link is up.
@@ -80,6 +82,7 @@ impl Metrics {
             keys_held: AtomicI64::new(0),
             key_age_seconds: AtomicI64::new(-1),
             synchronized: AtomicI64::new(0),
+            healthy: AtomicI64::new(0),
             stratum: AtomicI64::new(16),
             leap: AtomicI64::new(3),
         }
@@ -89,6 +92,11 @@ impl Metrics {
         if let Some((_, flag)) = self.key_sync_endpoints.get(index) {
             flag.store(up, Ordering::Relaxed);
         }
+    }
+
+    /// Whether responses claim a synchronized clock.
+    pub fn is_synchronized(&self) -> bool {
+        self.synchronized.load(Ordering::Relaxed) == 1
     }
 
     /// Datagrams received by all workers so far.
@@ -210,6 +218,11 @@ impl Metrics {
             "nts_time_clock_synchronized",
             "1 when responses claim a synchronized clock.",
             self.synchronized.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_healthy",
+            "1 when the clock is synchronized (or the local reference) and cookie keys are held: what is reported to the ke-servers and on /readyz.",
+            self.healthy.load(Ordering::Relaxed),
         );
         e.gauge(
             "nts_time_stratum",
