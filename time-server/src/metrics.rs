@@ -63,6 +63,8 @@ pub struct Metrics {
     pub key_sync_endpoints: Vec<(String, AtomicBool)>,
     pub key_sync_reconnects: AtomicU64,
     pub key_sets_received: AtomicU64,
+    /// Key sets refused because a key contradicted the key held under its id.
+    pub key_conflicts: AtomicU64,
     /// Client addresses are steered to workers by a reuseport BPF program.
     pub steering: AtomicBool,
 }
@@ -76,6 +78,7 @@ impl Metrics {
                 .collect(),
             key_sync_reconnects: AtomicU64::new(0),
             key_sets_received: AtomicU64::new(0),
+            key_conflicts: AtomicU64::new(0),
             steering: AtomicBool::new(false),
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
             timestamp_source: AtomicU8::new(0),
@@ -211,7 +214,7 @@ impl Metrics {
         );
         e.gauge(
             "nts_time_key_set_age_seconds",
-            "Seconds since the key set was last refreshed (-1: never).",
+            "Seconds since the key set held was last known current: a key set received, a live key-sync link's report answered, or the root secret file read (-1: never). Small while links are healthy; grows when every link is down.",
             self.key_age_seconds.load(Ordering::Relaxed),
         );
         e.gauge(
@@ -259,6 +262,11 @@ impl Metrics {
                 "nts_time_key_sets_received_total",
                 "Key sets received from ke-servers.",
                 self.key_sets_received.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "nts_time_key_conflicts_total",
+                "Key sets refused because a key contradicted the key held under the same id (replicas with different root secrets).",
+                self.key_conflicts.load(Ordering::Relaxed),
             );
         }
         e.finish()

@@ -6,6 +6,7 @@
 //! secrets: the time server refuses the conflicting key set, says so once,
 //! counts it, and keeps serving with the consistent keys.
 
+use nts_client::exchange::{exchange, ExchangeError, NtsCredentials};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -36,7 +37,11 @@ struct Ke {
 }
 
 fn start_ke(base: &Path, name: &str, pki: &DevPki, root: &Path) -> Ke {
-    let (port, mport, ks_port) = (free_port(), free_port(), free_port());
+    start_ke_on(base, name, pki, root, free_port())
+}
+
+fn start_ke_on(base: &Path, name: &str, pki: &DevPki, root: &Path, ks_port: u16) -> Ke {
+    let (port, mport) = (free_port(), free_port());
     let config = format!(
         r#"[server]
 listen = ["127.0.0.1:{port}"]
@@ -293,4 +298,89 @@ fn chrony_follows_to_the_healthy_server() {
     eprintln!("chrony now polls {:?}", st.ntpdata.first());
     // A stopped answering NTS while unsynchronized, which sent chrony back to NTS-KE.
     assert!(a.d.metric("nts_time_requests_dropped_total{reason=\"unsynchronized\"}") >= 1.0);
+}
+
+async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<bool, ExchangeError> {
+    exchange(
+        ts.d.addr,
+        Some(NtsCredentials {
+            cookie,
+            c2s: &ko.c2s,
+            s2c: &ko.s2c,
+            placeholders: 0,
+        }),
+        Duration::from_secs(2),
+    )
+    .await
+    .map(|s| s.authenticated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_key_sets_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = setup(tmp.path());
+    // Two replicas with different root secrets (a typo in one's root_secret_file).
+    let (root_a, root_b) = (tmp.path().join("root-a.key"), tmp.path().join("root-b.key"));
+    stack::write_root_secret(&root_a).unwrap();
+    stack::write_root_secret(&root_b).unwrap();
+    let a = start_ke(tmp.path(), "ke-a", &pki, &root_a);
+    let b_port = free_port();
+    let ts = start_ts(tmp.path(), "ts", &pki, &[a.ks_port, b_port]);
+    wait_for(Duration::from_secs(20), "keys from A", || ts.d.ready());
+    let from_a = key_exchange(&pki, &a).await;
+    assert!(query(&ts, &from_a, &from_a.cookies[0]).await.unwrap());
+    assert_eq!(ts.d.metric("nts_time_key_conflicts_total"), 0.0);
+
+    // B comes up with the other secret: its key set names the same key ids.
+    let b = start_ke_on(tmp.path(), "ke-b", &pki, &root_b, b_port);
+    wait_for(Duration::from_secs(15), "conflict counted", || {
+        ts.d.metric("nts_time_key_conflicts_total") >= 1.0
+    });
+    let endpoint = format!("127.0.0.1:{b_port}");
+    let logs = ts.d.guard.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("key set refused"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line:\n{logs}");
+    assert!(warnings[0].contains(&endpoint), "{}", warnings[0]);
+    assert!(warnings[0].contains("key_id="), "{}", warnings[0]);
+    assert!(warnings[0].len() < 400, "{}", warnings[0]);
+    assert!(
+        !root_b_hex_in(&root_b, &logs),
+        "the root secret leaked into the log"
+    );
+
+    // Still serving with A's keys; B's cookies open to nothing (NAK), never mixed in.
+    assert!(query(&ts, &from_a, &from_a.cookies[1]).await.unwrap());
+    let from_b = key_exchange(&pki, &b).await;
+    let r = query(&ts, &from_b, &from_b.cookies[0]).await;
+    assert!(
+        matches!(
+            r,
+            Err(ExchangeError::Check(
+                nts_proto::ntp_client::ResponseCheckError::NtsNak
+            ))
+        ),
+        "{r:?}"
+    );
+    assert!(ts.d.ready());
+    // Both links are up: the refusal does not cost the link.
+    wait_for(Duration::from_secs(5), "both links up", || {
+        ts.d.metric(&format!(
+            "nts_time_key_sync_link_up{{endpoint=\"{endpoint}\"}}"
+        )) == 1.0
+    });
+    // The key set is known current while links are healthy.
+    std::thread::sleep(Duration::from_secs(3));
+    let age = ts.d.metric("nts_time_key_set_age_seconds");
+    assert!(
+        (0.0..=1.0).contains(&age),
+        "key set age {age} with healthy links"
+    );
+}
+
+fn root_b_hex_in(root: &Path, logs: &str) -> bool {
+    let hex = std::fs::read_to_string(root).unwrap();
+    logs.contains(hex.trim())
 }
