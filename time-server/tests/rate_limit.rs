@@ -282,3 +282,58 @@ fn spoofed_address_flood_does_not_free_an_abuser() {
     let n = sock.recv(&mut buf).expect("newcomer served");
     check_response(&buf[..n], &p, None).unwrap();
 }
+
+#[test]
+fn ipv6_clients_are_steered_and_limited_too() {
+    // Two workers on [::1]: the IPv6 steering program (source /64) is accepted by the
+    // kernel and a client changing ports still gets one bucket.
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.key");
+    testkit::stack::write_root_secret(&root).unwrap();
+    let (port, mport) = (testkit::ports::free_port(), testkit::ports::free_port());
+    let config = format!(
+        "[server]\nlisten = [\"[::1]:{port}\"]\nworkers = 2\n\
+         [rate_limit]\nrate = {RATE}\nburst = {BURST}\nkiss_interval = 60.0\n\
+         [clock]\nlocal_reference = true\nstratum = 1\nreference_id = \"LOCL\"\n\
+         [keys]\nroot_secret_file = {root:?}\n\
+         [metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
+    );
+    let d = testkit::stack::start_daemon(
+        "nts-time-server",
+        testkit::stack::cargo_bin("nts-time-server", "nts-time-server"),
+        &config,
+        dir.path(),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        SocketAddr::from(([127, 0, 0, 1], mport)),
+        "NTP listening",
+    )
+    .unwrap();
+    assert_eq!(d.metric("nts_time_rate_limit_steering"), 1.0);
+    let mut req = Vec::new();
+    let pending = build_request(&mut req, None, &mut rnd);
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let s = UdpSocket::bind("[::1]:0").unwrap();
+        s.send_to(&req, d.addr).unwrap();
+        socks.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut answered, mut kisses) = (0, 0);
+    let mut buf = [0u8; 512];
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            if NtpHeader::parse(&buf[..n]).unwrap().0.kiss_code() == Some(*b"RATE") {
+                kisses += 1;
+            } else {
+                check_response(&buf[..n], &pending, None).unwrap();
+                answered += 1;
+            }
+        }
+    }
+    assert_eq!((answered, kisses), (BURST as usize, 1));
+}
