@@ -114,14 +114,27 @@ impl RateLimiter {
         } else {
             1.0
         };
+        let mut table = vec![Bucket::default(); buckets].into_boxed_slice();
+        let mut cells = vec![0u64; buckets * WAYS].into_boxed_slice();
+        // Zeroed allocations are mapped lazily: touch every page now, so the
+        // memory is resident from the start and a flood cannot grow it.
+        for b in table
+            .iter_mut()
+            .step_by(4096 / std::mem::size_of::<Bucket>())
+        {
+            *std::hint::black_box(&mut b.0[0].kiss_ms) = 0;
+        }
+        for c in cells.iter_mut().step_by(4096 / 8) {
+            *std::hint::black_box(c) = 0;
+        }
         Self {
-            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
+            buckets: table,
             mask: buckets - 1,
             interval_ns: (interval as u64).max(1),
             tolerance_ns: ((burst - 1.0) * interval).min(u64::MAX as f64 / 4.0) as u64,
             kiss_interval_ms: 10_000,
             hasher: RandomState::new(),
-            cells: vec![0u64; buckets * WAYS].into_boxed_slice(),
+            cells,
             cell_mask: buckets * WAYS - 1,
             overflowed: 0,
         }

@@ -69,15 +69,16 @@ struct Tally {
 }
 
 impl Tally {
-    /// What the limit lets through over the flood: the burst, then the rate.
+    /// What the limit lets through over the flood: the burst at once, then one
+    /// request every 1/rate seconds.
     fn expected(&self) -> f64 {
-        BURST + RATE * self.elapsed
+        BURST + (RATE * self.elapsed).floor()
     }
 
     fn assert_limited(&self, what: &str) {
         let e = self.expected();
         assert!(
-            (self.answered as f64) <= e + 1.0 && (self.answered as f64) >= e - 1.5,
+            (self.answered as f64 - e).abs() <= 1.0,
             "{what}: {} answered, {e:.1} expected (burst {BURST} + {RATE}/s over {:.2} s)",
             self.answered,
             self.elapsed
@@ -147,6 +148,10 @@ fn new_source_port_per_request_is_limited_whatever_the_workers() {
             s.ts.metric("nts_time_rate_limit_table_bytes"),
             (workers * 4096 * 24) as f64
         );
+        // Warm up (code pages and stack touched by the first plain and NTS
+        // answers count in RSS), then measure.
+        let ko = key_exchange(&s);
+        warm_up(to, &ko);
         let rss_before = rss_kib(pid);
 
         // Plain NTP: the limit, and one RATE kiss in the kiss interval.
@@ -173,7 +178,6 @@ fn new_source_port_per_request_is_limited_whatever_the_workers() {
         assert_eq!(plain.other, 0);
 
         // NTS: the same limit, no kiss at all (an NTS client must ignore unauthenticated ones).
-        let ko = key_exchange(&s);
         let mut req = Vec::new();
         let pending: PendingRequest =
             build_request(&mut req, Some((&ko.cookies[0], 0, &ko.c2s)), &mut rnd);
@@ -206,7 +210,7 @@ fn new_source_port_per_request_is_limited_whatever_the_workers() {
 
         let growth = rss_kib(pid).saturating_sub(rss_before);
         eprintln!("{workers} workers: RSS +{growth} KiB");
-        assert!(growth < 1024, "RSS grew by {growth} KiB");
+        assert!(growth < 128, "RSS grew by {growth} KiB");
     }
 }
 
@@ -216,11 +220,14 @@ fn spoofed_address_flood_does_not_free_an_abuser() {
     let s = start(2, 64);
     let to = s.ts.addr;
     let pid = s.ts.guard.pid();
+    warm_up(to, &key_exchange(&s));
     let rss_before = rss_kib(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spoofer = {
         let stop = stop.clone();
         std::thread::spawn(move || {
+            // The abuser has its bucket by the time the flood starts.
+            std::thread::sleep(Duration::from_millis(500));
             let mut req = Vec::new();
             build_request(&mut req, None, &mut rnd);
             let mut sent = 0u32;
@@ -235,14 +242,14 @@ fn spoofed_address_flood_does_not_free_an_abuser() {
             sent
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
     let mut req = Vec::new();
     let pending = build_request(&mut req, None, &mut rnd);
+    // 100 requests a second for 2.5 s, a new source port each time.
     let abuser = flood(
         Ipv4Addr::new(127, 0, 9, 66),
         to,
         &req,
-        200,
+        250,
         Duration::from_millis(10),
         &|r| {
             check_response(r, &pending, None)
@@ -260,19 +267,19 @@ fn spoofed_address_flood_does_not_free_an_abuser() {
         spoofed > 2_000,
         "the spoofed flood was too small: {spoofed}"
     );
-    // Never more than the limit (the overflow sketch may be stricter while the flood lasts).
-    assert!(
-        (abuser.answered as f64) <= abuser.expected() + 1.0,
-        "abuser: {} answered, {:.1} allowed",
-        abuser.answered,
-        abuser.expected()
-    );
-    assert!(abuser.answered >= 1);
+    // Its bucket survived the flood: exactly the limit, neither reset (more) nor
+    // pushed into the overflow sketch (less).
+    abuser.assert_limited("abuser");
     assert!(abuser.kisses <= 1);
+    // The flood overran the table: its newcomers were limited through the sketch.
     assert!(s.ts.metric("nts_time_rate_limit_overflow_total") > 0.0);
     let growth = rss_kib(pid).saturating_sub(rss_before);
-    assert!(growth < 1024, "RSS grew by {growth} KiB");
-    // The server still answers a newcomer.
+    eprintln!("RSS +{growth} KiB under the spoofed flood");
+    assert!(growth < 128, "RSS grew by {growth} KiB");
+    // The server answers a newcomer once the flood's one-shot entries have refilled
+    // (1/rate seconds); during a flood this far beyond the table (a 64-entry table,
+    // tens of thousands of addresses a second) newcomers share the sketch's limit.
+    std::thread::sleep(Duration::from_millis(700));
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut req = Vec::new();
@@ -336,4 +343,23 @@ fn ipv6_clients_are_steered_and_limited_too() {
         }
     }
     assert_eq!((answered, kisses), (BURST as usize, 1));
+}
+
+/// A few plain and NTS exchanges from an address the floods do not use.
+fn warm_up(to: SocketAddr, ko: &KeOutcome) {
+    let sock = UdpSocket::bind("127.0.0.5:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1024];
+    for i in 0..4 {
+        let mut req = Vec::new();
+        let p = if i % 2 == 0 {
+            build_request(&mut req, None, &mut rnd)
+        } else {
+            build_request(&mut req, Some((&ko.cookies[1], 0, &ko.c2s)), &mut rnd)
+        };
+        sock.send_to(&req, to).unwrap();
+        let n = sock.recv(&mut buf).expect("warm-up answer");
+        let keys = (i % 2 == 1).then_some(&ko.s2c);
+        check_response(&buf[..n], &p, keys).unwrap();
+    }
 }
