@@ -214,6 +214,9 @@ pub async fn connect(
         .with_context(|| format!("connecting to {endpoint}"))
 }
 
+/// How often a key-sync link checks whether health changed since its last report.
+const HEALTH_CHECK: Duration = Duration::from_millis(200);
+
 /// Longest cause a key-sync warning quotes.
 const MAX_CAUSE: usize = 240;
 
@@ -331,6 +334,10 @@ async fn session(
     let mut last_at = std::time::Instant::now();
     let mut tick = tokio::time::interval(report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Health changes are reported at once, not at the next interval.
+    let mut health_tick = tokio::time::interval(HEALTH_CHECK);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported_healthy: Option<bool> = None;
     loop {
         let report_now = tokio::select! {
             msg = stream.message() => {
@@ -361,8 +368,13 @@ async fn session(
                 first
             }
             _ = tick.tick() => true,
+            _ = health_tick.tick() => {
+                reported_healthy.is_some_and(|h| h != crate::health(metrics, &merger.store).is_ok())
+            }
         };
         if report_now {
+            let healthy = crate::health(metrics, &merger.store).is_ok();
+            reported_healthy = Some(healthy);
             let count = metrics.requests_received();
             let secs = last_at.elapsed().as_secs_f64().max(1e-3);
             let rps = count.saturating_sub(last_count) as f64 / secs;
@@ -372,7 +384,7 @@ async fn session(
                 info: Some(settings.info.clone()),
                 requests_per_second: rps,
                 has_keys: merger.store.has_keys(unix_now()),
-                healthy: crate::health(metrics, &merger.store).is_ok(),
+                healthy,
             });
             // A report that cannot get through in one interval means the link is gone.
             tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)
