@@ -288,6 +288,7 @@ fn chrony_follows_to_the_healthy_server() {
     // A loses synchronization, B recovers: chrony ends up on B.
     b.set_clock("synchronized");
     a.set_clock("unsynchronized");
+    let moved = std::time::Instant::now();
     let st = client
         .wait_until(Duration::from_secs(90), "chrony on B", |st| {
             st.ntpdata.first().is_some_and(|n| {
@@ -295,7 +296,11 @@ fn chrony_follows_to_the_healthy_server() {
             })
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
-    eprintln!("chrony now polls {:?}", st.ntpdata.first());
+    eprintln!(
+        "chrony moved to B {:?} after A lost synchronization: {:?}",
+        moved.elapsed(),
+        st.ntpdata.first()
+    );
     // A stopped answering NTS while unsynchronized, which sent chrony back to NTS-KE.
     assert!(a.d.metric("nts_time_requests_dropped_total{reason=\"unsynchronized\"}") >= 1.0);
 }
