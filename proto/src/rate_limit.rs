@@ -38,7 +38,10 @@ struct Entry {
     tat_ns: u64,
     /// Keyed fingerprint of the address (never 0 when in use) plus the LIMITED bit; 0: empty.
     tag: u32,
-    /// When this address was last sent a RATE kiss, in wrapping milliseconds.
+    /// When this address was last sent a RATE kiss, in wrapping milliseconds
+    /// (compared with wrapping arithmetic: an entry left alone for more than
+    /// 24.8 days may have one kiss suppressed, never an extra one sent early
+    /// within the interval).
     kiss_ms: u32,
 }
 
