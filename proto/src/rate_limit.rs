@@ -40,7 +40,7 @@ struct Entry {
     tag: u32,
     /// When this address was last sent a RATE kiss, in wrapping milliseconds
     /// (compared with wrapping arithmetic: an entry left alone for more than
-    /// 24.8 days may have one kiss suppressed, never an extra one sent early
+    /// 49.7 days may have one kiss suppressed, never an extra one sent early
     /// within the interval).
     kiss_ms: u32,
 }
