@@ -173,6 +173,21 @@ impl CookieKey {
     pub fn key_bytes(&self) -> &[u8] {
         self.key.as_bytes()
     }
+
+    /// Same key id, different key material (compared in constant time): two
+    /// key masters with different root secrets.
+    pub fn contradicts(&self, other: &CookieKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.id == other.id && !bool::from(self.key_bytes().ct_eq(other.key_bytes()))
+    }
+}
+
+/// The first key id of `incoming` that contradicts a key of `held`, if any.
+pub fn find_conflict(held: &[CookieKey], incoming: &[CookieKey]) -> Option<KeyId> {
+    incoming
+        .iter()
+        .find(|k| held.iter().any(|h| h.contradicts(k)))
+        .map(|k| k.id)
 }
 
 /// Why a key id does not lead to a usable key.
@@ -264,6 +279,27 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflicting_keys_are_found() {
+        let schedule = KeySchedule::new(10, 1).unwrap();
+        let a = KeyRing::derive(&RootSecret::from_bytes(&[1; 32]).unwrap(), &schedule, 100);
+        let a2 = KeyRing::derive(&RootSecret::from_bytes(&[1; 32]).unwrap(), &schedule, 105);
+        let b = KeyRing::derive(&RootSecret::from_bytes(&[2; 32]).unwrap(), &schedule, 100);
+        // Same root: no conflict, also with a shifted window.
+        assert_eq!(find_conflict(a.keys(), a2.keys()), None);
+        assert_eq!(find_conflict(a.keys(), &[]), None);
+        // Another root: the same key ids hold other keys.
+        let id = find_conflict(a.keys(), b.keys()).expect("conflict");
+        assert!(a.keys().iter().any(|k| k.id == id));
+        // Keys of other ids never conflict.
+        let later = KeyRing::derive(
+            &RootSecret::from_bytes(&[2; 32]).unwrap(),
+            &schedule,
+            10_000,
+        );
+        assert_eq!(find_conflict(a.keys(), later.keys()), None);
+    }
 
     fn root() -> RootSecret {
         RootSecret::from_bytes(&[42u8; 32]).unwrap()

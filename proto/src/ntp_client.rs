@@ -409,12 +409,35 @@ mod tests {
         );
         let mut nreq = Vec::new();
         build_request(&mut nreq, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
-        let (r, out) = serve(&s, &nreq, true);
-        assert!(matches!(r, Ok(Response::Rate(n)) if n <= nreq.len()));
+        // NTS over the rate: dropped, never an unauthenticated kiss.
+        let (r, _) = serve(&s, &nreq, true);
+        assert_eq!(r, Err(DropReason::RateLimitedNts));
+        let policy = ServerPolicy::default();
         assert_eq!(
-            NtpHeader::parse(&out).unwrap().0.kiss_code(),
-            Some(*b"RATE")
+            crate::ntp_server::over_rate_reason(&nreq, &policy),
+            DropReason::RateLimitedNts
         );
+        assert_eq!(
+            crate::ntp_server::over_rate_reason(&req, &policy),
+            DropReason::RateLimited
+        );
+    }
+
+    #[test]
+    fn unsynchronized_server_answers_plain_but_not_nts() {
+        let mut s = setup(AeadAlgorithm::AesSivCmac256);
+        s.clock = ServerClock::unsynchronized(-20);
+        let mut req = Vec::new();
+        build_request(&mut req, None, &mut rnd);
+        let (r, out) = serve(&s, &req, false);
+        assert_eq!(r, Ok(Response::Plain(48)));
+        assert_eq!(
+            NtpHeader::parse(&out).unwrap().0.leap,
+            LeapIndicator::Unsynchronized
+        );
+        let mut nreq = Vec::new();
+        build_request(&mut nreq, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
+        assert_eq!(serve(&s, &nreq, false).0, Err(DropReason::Unsynchronized));
     }
 
     #[test]

@@ -89,10 +89,22 @@ pub enum DropReason {
     UnauthenticatedRefused,
     /// The output buffer could not hold the response (cannot happen with a request-sized buffer).
     Internal,
+    /// Plain NTP over the client's rate, its RATE kiss for this interval already sent.
+    RateLimited,
+    /// NTS over the client's rate: dropped silently, since an NTS client must
+    /// ignore an unauthenticated kiss and an authenticated one would cost the
+    /// cryptography the limit exists to save.
+    RateLimitedNts,
+    /// Waited in the socket queue longer than the configured maximum age.
+    TooOld,
+    /// NTS request while the server's clock is unsynchronized: its answer would
+    /// be useless (leap indicator 3), and silence sends the NTS client back to
+    /// NTS-KE once its cookies run out, which hands it a synchronized server.
+    Unsynchronized,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 14] = [
         Self::TooShort,
         Self::TooLong,
         Self::BadVersion,
@@ -103,6 +115,10 @@ impl DropReason {
         Self::AuthenticationFailed,
         Self::UnauthenticatedRefused,
         Self::Internal,
+        Self::RateLimited,
+        Self::RateLimitedNts,
+        Self::TooOld,
+        Self::Unsynchronized,
     ];
 
     pub fn label(self) -> &'static str {
@@ -117,6 +133,10 @@ impl DropReason {
             Self::AuthenticationFailed => "auth_failed",
             Self::UnauthenticatedRefused => "unauthenticated_refused",
             Self::Internal => "internal",
+            Self::RateLimited => "rate_limited",
+            Self::RateLimitedNts => "rate_limited_nts",
+            Self::TooOld => "too_old",
+            Self::Unsynchronized => "unsynchronized",
         }
     }
 }
@@ -130,7 +150,7 @@ pub enum Response {
     Nts { len: usize, cookies: usize },
     /// NTS NAK (kiss code NTSN): the cookie could not be opened.
     Nak { len: usize, why: CookieError },
-    /// Kiss-o'-death RATE (caller decided the client is over its rate).
+    /// Kiss-o'-death RATE to a plain NTP client (caller decided it is over its rate).
     Rate(usize),
 }
 
@@ -221,6 +241,19 @@ fn response_header(req: &NtpHeader, clock: &ServerClock, recv: NtpTimestamp) -> 
     }
 }
 
+/// Why an over-rate request is dropped, without answering it: a look at its
+/// extension fields (no cryptography) tells NTS from plain NTP for the metrics.
+pub fn over_rate_reason(req: &[u8], policy: &ServerPolicy) -> DropReason {
+    let nts = req.len() > HEADER_LEN
+        && req.len() <= MAX_REQUEST_LEN
+        && scan(req, policy).map_or(true, |n| n.any_nts);
+    if nts {
+        DropReason::RateLimitedNts
+    } else {
+        DropReason::RateLimited
+    }
+}
+
 /// Inputs that vary per request.
 pub struct RequestContext<'a> {
     /// When the request arrived (kernel timestamp where available).
@@ -230,7 +263,9 @@ pub struct RequestContext<'a> {
     pub clock: &'a ServerClock,
     pub ring: &'a KeyRing,
     pub policy: &'a ServerPolicy,
-    /// The client is over its rate: answer with a RATE kiss (if `true`) instead of time.
+    /// The client is over its rate and may be told so: a plain request gets a
+    /// RATE kiss instead of time; an NTS request is dropped
+    /// ([`DropReason::RateLimitedNts`]), never answered with an unauthenticated kiss.
     pub rate_kiss: bool,
 }
 
@@ -281,12 +316,10 @@ pub fn respond(
     }
     let auth = Authenticator::parse(auth_body).map_err(|_| DropReason::MalformedNts)?;
     if ctx.rate_kiss {
-        return Ok(Response::Rate(write_kiss(
-            &resp,
-            kiss::RATE,
-            Some(uid),
-            out,
-        )?));
+        return Err(DropReason::RateLimitedNts);
+    }
+    if ctx.clock.leap == LeapIndicator::Unsynchronized {
+        return Err(DropReason::Unsynchronized);
     }
 
     let keys = match cookie::open(ctx.ring, cookie_bytes, ctx.unix_now) {

@@ -41,6 +41,60 @@ pub fn read_kernel() -> std::io::Result<KernelState> {
     })
 }
 
+/// Environment variable naming a file that replaces the kernel as the source
+/// of the clock state. A TEST HOOK: end-to-end tests flip the file to make a
+/// server's clock unsynchronized without touching the real clock. The file
+/// holds `synchronized` or `unsynchronized`; anything else reads as an error
+/// (announced as unsynchronized). Never set it in production.
+pub const TEST_CLOCK_STATE_ENV: &str = "NTS_TIME_SERVER_TEST_CLOCK_STATE_FILE";
+
+/// Parse the test hook's file (see [`TEST_CLOCK_STATE_ENV`]).
+pub fn parse_test_state(text: &str) -> std::io::Result<KernelState> {
+    match text.trim() {
+        "synchronized" => Ok(KernelState {
+            state: 0,
+            status: 0x0001, // STA_PLL
+            maxerror_us: 1000,
+            esterror_us: 10,
+        }),
+        "unsynchronized" => Ok(KernelState {
+            state: TIME_ERROR,
+            status: STA_UNSYNC,
+            maxerror_us: 16_000_000,
+            esterror_us: 16_000_000,
+        }),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("clock state test file: {other:?} is neither synchronized nor unsynchronized"),
+        )),
+    }
+}
+
+/// Where the clock state comes from: the kernel (read-only adjtimex), or the
+/// test hook's file when [`TEST_CLOCK_STATE_ENV`] is set.
+#[derive(Debug, Clone)]
+pub enum ClockStateSource {
+    Kernel,
+    TestFile(std::path::PathBuf),
+}
+
+impl ClockStateSource {
+    /// The kernel, unless the test hook's variable is set.
+    pub fn from_env() -> Self {
+        match std::env::var_os(TEST_CLOCK_STATE_ENV) {
+            Some(p) if !p.is_empty() => Self::TestFile(p.into()),
+            _ => Self::Kernel,
+        }
+    }
+
+    pub fn read(&self) -> std::io::Result<KernelState> {
+        match self {
+            Self::Kernel => read_kernel(),
+            Self::TestFile(p) => parse_test_state(&std::fs::read_to_string(p)?),
+        }
+    }
+}
+
 /// Is the kernel clock synchronized?
 pub fn kernel_synchronized(k: &KernelState) -> bool {
     k.status & STA_UNSYNC == 0 && k.state != TIME_ERROR
@@ -195,6 +249,17 @@ mod tests {
         assert_eq!(s.leap, LeapIndicator::NoWarning);
         assert_eq!(s.stratum, 1);
         assert_eq!(&s.reference_id, b"LOCL");
+    }
+
+    #[test]
+    fn test_hook_states() {
+        let s = parse_test_state("synchronized\n").unwrap();
+        assert!(kernel_synchronized(&s));
+        let u = parse_test_state("unsynchronized").unwrap();
+        assert!(!kernel_synchronized(&u));
+        assert!(parse_test_state("maybe").is_err());
+        let c = server_clock(Some(&u), &cfg(false), *b"KERN", -20, NtpTimestamp(1));
+        assert_eq!(c.leap, LeapIndicator::Unsynchronized);
     }
 
     #[test]

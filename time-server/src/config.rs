@@ -45,6 +45,9 @@ pub struct ServerSection {
     pub max_extension_fields: usize,
     /// Socket receive buffer in bytes (0 = kernel default).
     pub receive_buffer: usize,
+    /// Seconds a request may wait in the socket queue (by its kernel receive
+    /// timestamp); older ones are dropped so the answers that leave are fresh.
+    pub max_request_age: f64,
     /// User and group to switch to after binding.
     pub user: Option<String>,
     pub group: Option<String>,
@@ -62,6 +65,7 @@ impl Default for ServerSection {
             serve_unauthenticated: true,
             max_extension_fields: 16,
             receive_buffer: 4 << 20,
+            max_request_age: 0.05,
             user: None,
             group: None,
         }
@@ -78,7 +82,8 @@ pub struct RateLimitSection {
     pub burst: f64,
     /// Seconds between two RATE kiss-o'-death packets to one address; other excess requests are dropped.
     pub kiss_interval: f64,
-    /// Table slots per worker (32 bytes each); memory does not grow with the number of clients.
+    /// Table entries per worker (16 bytes each, in 4-way buckets of 64 bytes);
+    /// memory does not grow with the number of clients.
     pub slots: usize,
 }
 
@@ -277,6 +282,12 @@ impl Config {
                 s.max_extension_fields
             );
         }
+        if !s.max_request_age.is_finite() || s.max_request_age < 0.001 || s.max_request_age > 10.0 {
+            bail!(
+                "server.max_request_age = {}: must be between 0.001 and 10 seconds",
+                s.max_request_age
+            );
+        }
         let r = &self.rate_limit;
         if r.enabled {
             positive("rate_limit.rate", r.rate, 1e6)?;
@@ -292,9 +303,9 @@ impl Config {
                     r.kiss_interval
                 );
             }
-            if r.slots == 0 || r.slots > 1 << 24 {
+            if r.slots < 4 || r.slots > 1 << 24 {
                 bail!(
-                    "rate_limit.slots = {}: must be between 1 and 16777216",
+                    "rate_limit.slots = {}: must be between 4 and 16777216",
                     r.slots
                 );
             }
@@ -405,6 +416,9 @@ mod tests {
                 "clock.reference_id",
             ),
             ("[rate_limit]\nrate = -1\n", "rate_limit.rate"),
+            ("[rate_limit]\nslots = 2\n", "rate_limit.slots"),
+            ("[server]\nmax_request_age = 0\n", "server.max_request_age"),
+            ("[server]\nmax_request_age = 60\n", "server.max_request_age"),
             (
                 "[timestamping]\nmode = \"hardware\"\n",
                 "timestamping.interface",

@@ -11,7 +11,7 @@ use crate::keys::{unix_now, KeyStore};
 use crate::metrics::Metrics;
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
-use nts_proto::key_ring::{CookieKey, KeyRing};
+use nts_proto::key_ring::{find_conflict, CookieKey, KeyId, KeyRing};
 use nts_proto::key_sync::keys_from_set;
 use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
 use nts_proto::key_sync::pb::{LoadReport, RegisterRequest, TimeServerInfo, WatchKeysRequest};
@@ -45,10 +45,27 @@ struct Merger {
 }
 
 impl Merger {
-    fn update(&self, endpoint: &str, keys: Vec<CookieKey>) {
+    /// Take `endpoint`'s latest set, unless a key in it contradicts a key held
+    /// for the same id (ke-server replicas with different root secrets): then
+    /// the whole set is refused and the first contradicting key id returned.
+    fn update(&self, endpoint: &str, keys: Vec<CookieKey>) -> Result<(), KeyId> {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = unix_now();
+        // Held: what is in service, and every other endpoint's unexpired set.
+        let ring = self.store.load();
+        let others: Vec<CookieKey> = sets
+            .iter()
+            .filter(|(ep, _)| ep.as_str() != endpoint)
+            .flat_map(|(_, set)| set.iter())
+            .filter(|k| now < k.not_after)
+            .cloned()
+            .collect();
+        if let Some(id) = find_conflict(ring.keys(), &keys).or(find_conflict(&others, &keys)) {
+            return Err(id);
+        }
         sets.insert(endpoint.to_string(), keys);
         self.publish(&sets, true);
+        Ok(())
     }
 
     /// Rebuild the ring from every endpoint's latest set, dropping expired keys.
@@ -197,6 +214,43 @@ pub async fn connect(
         .with_context(|| format!("connecting to {endpoint}"))
 }
 
+/// How often a key-sync link checks whether health changed since its last report.
+const HEALTH_CHECK: Duration = Duration::from_millis(200);
+
+/// Longest cause a key-sync warning quotes.
+const MAX_CAUSE: usize = 240;
+
+/// An error and its causes on one short line, each cause said once: wrappers
+/// that repeat their source's text are skipped, and a gRPC status is its code
+/// and message (its `Display` dumps details and metadata).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(st) if st.message().is_empty() => format!("{:?}", st.code()),
+            Some(st) => format!("{:?}: {}", st.code(), st.message()),
+            None => cause.to_string(),
+        };
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        // A later, fuller text replaces an earlier one it contains.
+        parts.retain(|p| !text.contains(p.as_str()));
+        parts.push(text);
+    }
+    let mut line = parts.join(": ");
+    if line.len() > MAX_CAUSE {
+        let mut cut = MAX_CAUSE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
 async fn run_endpoint(
     index: usize,
     endpoint: String,
@@ -222,7 +276,7 @@ async fn run_endpoint(
         metrics.key_sync_link_up(index, false);
         let why = match result {
             Ok(()) => "stream ended".to_string(),
-            Err(e) => format!("{e:#}"),
+            Err(e) => one_line(&e),
         };
         // Say it once per outage (and when the reason changes); retries go to debug.
         if got_keys || last_error.as_deref() != Some(why.as_str()) {
@@ -273,10 +327,17 @@ async fn session(
         .into_inner();
     metrics.key_sync_link_up(index, true);
     tracing::info!(endpoint = %endpoint, "key-sync link up");
+    // Whether this endpoint's latest set was taken, and the key id it was refused for.
+    let mut accepted = false;
+    let mut refused_id: Option<KeyId> = None;
     let mut last_count = metrics.requests_received();
     let mut last_at = std::time::Instant::now();
     let mut tick = tokio::time::interval(report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Health changes are reported at once, not at the next interval.
+    let mut health_tick = tokio::time::interval(HEALTH_CHECK);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported_healthy: Option<bool> = None;
     loop {
         let report_now = tokio::select! {
             msg = stream.message() => {
@@ -284,15 +345,36 @@ async fn session(
                 let keys = keys_from_set(&set).context("malformed key set")?;
                 tracing::debug!(endpoint = %endpoint, keys = keys.len(), "key set received");
                 metrics.key_sets_received.fetch_add(1, Ordering::Relaxed);
-                merger.update(endpoint, keys);
+                match merger.update(endpoint, keys) {
+                    Ok(()) => {
+                        accepted = true;
+                        if refused_id.take().is_some() {
+                            tracing::info!(endpoint = %endpoint, "key set from this ke-server agrees with the keys held again");
+                        }
+                        merger.store.confirm(unix_now());
+                    }
+                    Err(id) => {
+                        accepted = false;
+                        metrics.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                        if refused_id != Some(id) {
+                            tracing::warn!(endpoint = %endpoint, key_id = %id, "key set refused: its key {id} differs from the key held under that id (ke-server replicas with different root secrets?); serving with the keys held");
+                            refused_id = Some(id);
+                        }
+                    }
+                }
                 let first = !*got_keys;
                 *got_keys = true;
                 // Report at once after the first set, so the ke-server can send clients here.
                 first
             }
             _ = tick.tick() => true,
+            _ = health_tick.tick() => {
+                reported_healthy.is_some_and(|h| h != crate::health(metrics, &merger.store).is_ok())
+            }
         };
         if report_now {
+            let healthy = crate::health(metrics, &merger.store).is_ok();
+            reported_healthy = Some(healthy);
             let count = metrics.requests_received();
             let secs = last_at.elapsed().as_secs_f64().max(1e-3);
             let rps = count.saturating_sub(last_count) as f64 / secs;
@@ -302,13 +384,49 @@ async fn session(
                 info: Some(settings.info.clone()),
                 requests_per_second: rps,
                 has_keys: merger.store.has_keys(unix_now()),
-                healthy: true,
+                healthy,
             });
             // A report that cannot get through in one interval means the link is gone.
             tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)
                 .await
                 .context("report timed out")?
                 .context("report")?;
+            // The watch stream is up and the ke-server answered: it would have pushed
+            // any change, so the keys held from it are current as of now.
+            if accepted {
+                merger.store.confirm(unix_now());
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_said_once_on_one_line() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let e = anyhow::Error::new(io)
+            .context("transport error: Connection refused (os error 111)")
+            .context("connecting to 127.0.0.1:4461");
+        assert_eq!(
+            one_line(&e),
+            "connecting to 127.0.0.1:4461: transport error: Connection refused (os error 111)"
+        );
+        let st = tonic::Status::unavailable("error reading a body from connection");
+        let e = anyhow::Error::new(st).context("key stream");
+        let line = one_line(&e);
+        assert_eq!(
+            line,
+            "key stream: Unavailable: error reading a body from connection"
+        );
+        assert!(!line.contains("metadata"));
+        let long = anyhow::anyhow!("{}", "x\n".repeat(500));
+        let line = one_line(&long);
+        assert!(line.len() <= MAX_CAUSE + 3 && !line.contains('\n'));
     }
 }

@@ -16,7 +16,8 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct KeyStore {
     ring: ArcSwap<KeyRing>,
-    /// Unix seconds of the last successful refresh (0: never).
+    /// Unix seconds when the key set was last known current: received, derived
+    /// from the root secret file, or confirmed by a live key-sync link (0: never).
     refreshed_at: AtomicU64,
 }
 
@@ -30,12 +31,17 @@ impl KeyStore {
         self.refreshed_at.store(now, Ordering::Relaxed);
     }
 
+    /// A key master confirmed that the ring held is current (the key set is fresh).
+    pub fn confirm(&self, now: u64) {
+        self.refreshed_at.store(now, Ordering::Relaxed);
+    }
+
     /// Replace the ring without counting it as a refresh (pruning expired keys).
     pub fn replace(&self, ring: KeyRing) {
         self.ring.store(Arc::new(ring));
     }
 
-    /// Seconds since the key set was refreshed, or None if it never was.
+    /// Seconds since the key set was last known current, or None if it never was.
     pub fn age(&self, now: u64) -> Option<u64> {
         match self.refreshed_at.load(Ordering::Relaxed) {
             0 => None,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod key_sync_client;
 pub mod keys;
 pub mod metrics;
+pub mod steering;
 pub mod timestamping;
 pub mod worker;
 
@@ -22,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use timestamping::{PhcConversion, TimestampSource};
-use worker::{RateSettings, Shared};
+use worker::{RateSettings, Shared, WorkerSettings};
 
 /// Default UDP address in `--dev` mode (the port `nts-ke-server --dev` sends clients to).
 pub const DEV_LISTEN: &str = "127.0.0.1:4123";
@@ -116,6 +117,11 @@ pub fn start(settings: Settings) -> Result<Running> {
     // workers of an address share the port.
     let mut sockets = Vec::new();
     let mut addrs = Vec::new();
+    // Rate limiting per address needs all of an address's datagrams on one worker.
+    let steer = cfg.rate_limit.enabled && workers > 1;
+    let key = steering::SteeringKey::from_random(&mut |b| {
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b)
+    });
     for &addr in &cfg.server.listen {
         let first = bind_socket(addr, cfg.server.receive_buffer)?;
         let bound = first
@@ -123,9 +129,22 @@ pub fn start(settings: Settings) -> Result<Running> {
             .as_socket()
             .context("bound socket has no address")?;
         addrs.push(bound);
+        let group = sockets.len();
         sockets.push((bound, first));
         for _ in 1..workers {
             sockets.push((bound, bind_socket(bound, cfg.server.receive_buffer)?));
+        }
+        if steer {
+            // The group's sockets are numbered in bind order, which is worker order.
+            let program = steering::program(bound.is_ipv6(), &key, workers as u32);
+            steering::attach(&sockets[group].1, &program).with_context(|| {
+                format!(
+                    "rate_limit: cannot attach the reuseport BPF program that steers each client \
+                     address to one worker on {bound} (needs Linux 4.6+); without it a client \
+                     changing source ports is limited once per worker. Set server.workers = 1 \
+                     or disable rate_limit"
+                )
+            })?;
         }
     }
 
@@ -188,6 +207,7 @@ pub fn start(settings: Settings) -> Result<Running> {
         .map(|k| k.endpoints.clone())
         .unwrap_or_default();
     let metrics = Arc::new(Metrics::new(sockets.len(), &endpoints));
+    metrics.steering.store(steer, Ordering::Relaxed);
     metrics.timestamp_source.store(
         match source {
             TimestampSource::User => 0,
@@ -264,34 +284,26 @@ pub fn start(settings: Settings) -> Result<Running> {
     {
         let shared = shared.clone();
         let metrics = metrics.clone();
-        let clock_cfg = cfg.clock.clone();
-        let refid = settings.reference_id;
+        let mut clock = ClockRefresh {
+            source: clock_state::ClockStateSource::from_env(),
+            cfg: cfg.clock.clone(),
+            reference_id: settings.reference_id,
+            precision,
+            last_error: None,
+        };
+        if let clock_state::ClockStateSource::TestFile(p) = &clock.source {
+            tracing::warn!(file = %p.display(), "TEST HOOK: clock state read from a file, not the kernel ({})", clock_state::TEST_CLOCK_STATE_ENV);
+        }
+        clock.refresh(&shared, &metrics);
         let every = Duration::from_secs_f64(cfg.clock.refresh_interval);
-        threads.push(std::thread::Builder::new().name("clock-state".into()).spawn(move || {
-            let mut warned = false;
-            loop {
-                let kernel = match clock_state::read_kernel() {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        if !warned {
-                            tracing::warn!("adjtimex read failed ({e}); announcing an unsynchronized clock");
-                            warned = true;
-                        }
-                        None
-                    }
-                };
-                let c = clock_state::server_clock(kernel.as_ref(), &clock_cfg, refid, precision, clock_state::now_ntp());
-                metrics.synchronized.store((c.leap != nts_proto::ntp_packet::LeapIndicator::Unsynchronized) as i64, Ordering::Relaxed);
-                metrics.stratum.store(c.stratum as i64, Ordering::Relaxed);
-                metrics.leap.store(c.leap as i64, Ordering::Relaxed);
-                shared.clock.store(Arc::new(c));
-                let now = unix_now();
-                let ring = shared.keys.load();
-                metrics.keys_held.store(ring.keys().iter().filter(|k| now < k.not_after).count() as i64, Ordering::Relaxed);
-                metrics.key_age_seconds.store(shared.keys.age(now).map_or(-1, |a| a as i64), Ordering::Relaxed);
-                std::thread::sleep(every);
-            }
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("clock-state".into())
+                .spawn(move || loop {
+                    clock.refresh(&shared, &metrics);
+                    std::thread::sleep(every);
+                })?,
+        );
     }
     if let Some(f) = phc_file {
         let shared = shared.clone();
@@ -315,16 +327,20 @@ pub fn start(settings: Settings) -> Result<Running> {
         slots: cfg.rate_limit.slots,
     });
     let batch = cfg.server.batch_size;
+    let max_request_age_ns = (cfg.server.max_request_age * 1e9) as u64;
     for (i, (addr, sock)) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let metrics = metrics.clone();
-        let pktinfo = addr.ip().is_unspecified();
+        let settings = WorkerSettings {
+            batch,
+            use_pktinfo: addr.ip().is_unspecified(),
+            rate,
+            max_request_age_ns,
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ntp-{i}"))
-                .spawn(move || {
-                    worker::run(sock, shared, &metrics.workers[i], batch, pktinfo, rate)
-                })?,
+                .spawn(move || worker::run(sock, shared, &metrics.workers[i], settings))?,
         );
     }
     Ok(Running {
@@ -335,6 +351,82 @@ pub fn start(settings: Settings) -> Result<Running> {
         keys,
         threads,
     })
+}
+
+/// Reads the clock state and publishes what responses announce, the metrics and health.
+struct ClockRefresh {
+    source: clock_state::ClockStateSource,
+    cfg: config::ClockSection,
+    reference_id: [u8; 4],
+    precision: i8,
+    last_error: Option<String>,
+}
+
+impl ClockRefresh {
+    fn refresh(&mut self, shared: &Shared, metrics: &Metrics) {
+        let kernel = match self.source.read() {
+            Ok(k) => {
+                self.last_error = None;
+                Some(k)
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.last_error.as_deref() != Some(&e) {
+                    tracing::warn!(
+                        "clock state read failed ({e}); announcing an unsynchronized clock"
+                    );
+                    self.last_error = Some(e);
+                }
+                None
+            }
+        };
+        let c = clock_state::server_clock(
+            kernel.as_ref(),
+            &self.cfg,
+            self.reference_id,
+            self.precision,
+            clock_state::now_ntp(),
+        );
+        let synced = c.leap != nts_proto::ntp_packet::LeapIndicator::Unsynchronized;
+        if synced != metrics.is_synchronized() {
+            if synced {
+                tracing::info!("clock synchronized: serving time and reporting healthy");
+            } else {
+                tracing::warn!("clock not synchronized: announcing leap indicator 3 and reporting unhealthy to the ke-servers");
+            }
+        }
+        metrics.synchronized.store(synced as i64, Ordering::Relaxed);
+        metrics.stratum.store(c.stratum as i64, Ordering::Relaxed);
+        metrics.leap.store(c.leap as i64, Ordering::Relaxed);
+        shared.clock.store(Arc::new(c));
+        let now = unix_now();
+        let ring = shared.keys.load();
+        metrics.keys_held.store(
+            ring.keys().iter().filter(|k| now < k.not_after).count() as i64,
+            Ordering::Relaxed,
+        );
+        metrics.key_age_seconds.store(
+            shared.keys.age(now).map_or(-1, |a| a as i64),
+            Ordering::Relaxed,
+        );
+        metrics.healthy.store(
+            health(metrics, &shared.keys).is_ok() as i64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Healthy: the clock is synchronized (or this host is the configured local
+/// reference) and cookie keys are held. This is what the server reports to the
+/// ke-servers (which send clients only to healthy servers) and on `/readyz`.
+pub fn health(metrics: &Metrics, keys: &KeyStore) -> Result<(), String> {
+    if !metrics.is_synchronized() {
+        return Err("clock not synchronized".into());
+    }
+    if !keys.has_keys(unix_now()) {
+        return Err("no cookie keys yet".into());
+    }
+    Ok(())
 }
 
 /// What the operations endpoint reports.
@@ -349,10 +441,6 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        if self.keys.has_keys(unix_now()) {
-            Ok(())
-        } else {
-            Err("no cookie keys yet".into())
-        }
+        health(&self.metrics, &self.keys)
     }
 }

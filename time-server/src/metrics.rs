@@ -1,7 +1,7 @@
 //! Packet-path counters: one cache-line-aligned block per worker (no sharing
 //! between cores), summed when Prometheus scrapes.
 
-use nts_ops::metrics::{Counter, Exposition};
+use nts_ops::metrics::{Counter, Exposition, Gauge};
 use nts_proto::ntp_server::DropReason;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 
@@ -22,7 +22,10 @@ pub struct WorkerMetrics {
     pub nts: Counter,
     pub cookies_issued: Counter,
     pub rate_kiss: Counter,
-    pub rate_dropped: Counter,
+    /// Requests the rate limiter decided through its overflow sketch (table full of live entries).
+    pub rate_overflowed: Gauge,
+    /// Bytes of this worker's rate-limit table (0: rate limiting off).
+    pub rate_limit_table_bytes: Gauge,
     pub send_errors: Counter,
     pub user_timestamps: Counter,
     nak: [Counter; 5],
@@ -52,12 +55,18 @@ pub struct Metrics {
     pub keys_held: AtomicI64,
     pub key_age_seconds: AtomicI64,
     pub synchronized: AtomicI64,
+    /// 1 when the clock is synchronized and keys are held (what key sync reports).
+    pub healthy: AtomicI64,
     pub stratum: AtomicI64,
     pub leap: AtomicI64,
     /// Key-sync endpoints and whether each link is up.
     pub key_sync_endpoints: Vec<(String, AtomicBool)>,
     pub key_sync_reconnects: AtomicU64,
     pub key_sets_received: AtomicU64,
+    /// Key sets refused because a key contradicted the key held under its id.
+    pub key_conflicts: AtomicU64,
+    /// Client addresses are steered to workers by a reuseport BPF program.
+    pub steering: AtomicBool,
 }
 
 impl Metrics {
@@ -69,11 +78,14 @@ impl Metrics {
                 .collect(),
             key_sync_reconnects: AtomicU64::new(0),
             key_sets_received: AtomicU64::new(0),
+            key_conflicts: AtomicU64::new(0),
+            steering: AtomicBool::new(false),
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
             timestamp_source: AtomicU8::new(0),
             keys_held: AtomicI64::new(0),
             key_age_seconds: AtomicI64::new(-1),
             synchronized: AtomicI64::new(0),
+            healthy: AtomicI64::new(0),
             stratum: AtomicI64::new(16),
             leap: AtomicI64::new(3),
         }
@@ -83,6 +95,11 @@ impl Metrics {
         if let Some((_, flag)) = self.key_sync_endpoints.get(index) {
             flag.store(up, Ordering::Relaxed);
         }
+    }
+
+    /// Whether responses claim a synchronized clock.
+    pub fn is_synchronized(&self) -> bool {
+        self.synchronized.load(Ordering::Relaxed) == 1
     }
 
     /// Datagrams received by all workers so far.
@@ -125,24 +142,40 @@ impl Metrics {
             "NTS NAKs sent because the cookie could not be opened, by reason.",
             &samples,
         );
-        let mut labels: Vec<[(&str, &str); 1]> = DropReason::ALL
+        let labels: Vec<[(&str, &str); 1]> = DropReason::ALL
             .iter()
             .map(|r| [("reason", r.label())])
             .collect();
-        labels.push([("reason", "rate_limited")]);
-        let mut samples: Vec<(&[(&str, &str)], u64)> = labels[..DropReason::ALL.len()]
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
             .iter()
             .enumerate()
             .map(|(i, l)| (&l[..], self.sum(|w| w.dropped[i].get())))
             .collect();
-        samples.push((
-            &labels[DropReason::ALL.len()][..],
-            self.sum(|w| w.rate_dropped.get()),
-        ));
         e.counters(
             "nts_time_requests_dropped_total",
-            "Requests dropped without an answer, by reason (auth_failed: NTS authenticator did not verify).",
+            "Requests dropped without an answer, by reason (auth_failed: NTS authenticator did not verify; rate_limited_nts: NTS over the rate; too_old: waited longer than server.max_request_age).",
             &samples,
+        );
+        e.counter(
+            "nts_time_rate_limit_overflow_total",
+            "Requests limited through the overflow sketch because every entry of their rate-limit bucket was live (rate_limit.slots too small for the traffic).",
+            self.workers
+                .iter()
+                .map(|w| w.rate_overflowed.get().max(0) as u64)
+                .sum::<u64>(),
+        );
+        e.gauge(
+            "nts_time_rate_limit_table_bytes",
+            "Memory of the rate-limit tables of all workers.",
+            self.workers
+                .iter()
+                .map(|w| w.rate_limit_table_bytes.get())
+                .sum::<i64>(),
+        );
+        e.gauge(
+            "nts_time_rate_limit_steering",
+            "1 when each client address is steered to one worker (reuseport BPF), so one table sees all its requests.",
+            self.steering.load(Ordering::Relaxed) as u8,
         );
         e.counter(
             "nts_time_cookies_issued_total",
@@ -181,13 +214,18 @@ impl Metrics {
         );
         e.gauge(
             "nts_time_key_set_age_seconds",
-            "Seconds since the key set was last refreshed (-1: never).",
+            "Seconds since the key set held was last known current: a key set received, a live key-sync link's report answered, or the root secret file read (-1: never). Small while links are healthy; grows when every link is down.",
             self.key_age_seconds.load(Ordering::Relaxed),
         );
         e.gauge(
             "nts_time_clock_synchronized",
             "1 when responses claim a synchronized clock.",
             self.synchronized.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_healthy",
+            "1 when the clock is synchronized (or the local reference) and cookie keys are held: what is reported to the ke-servers and on /readyz.",
+            self.healthy.load(Ordering::Relaxed),
         );
         e.gauge(
             "nts_time_stratum",
@@ -224,6 +262,11 @@ impl Metrics {
                 "nts_time_key_sets_received_total",
                 "Key sets received from ke-servers.",
                 self.key_sets_received.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "nts_time_key_conflicts_total",
+                "Key sets refused because a key contradicted the key held under the same id (replicas with different root secrets).",
+                self.key_conflicts.load(Ordering::Relaxed),
             );
         }
         e.finish()

@@ -10,7 +10,8 @@ use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, Tim
 use arc_swap::ArcSwap;
 use nts_proto::ntp_packet::NtpTimestamp;
 use nts_proto::ntp_server::{
-    respond, RequestContext, Response, ServerClock, ServerPolicy, MAX_REQUEST_LEN,
+    over_rate_reason, respond, DropReason, RequestContext, Response, ServerClock, ServerPolicy,
+    MAX_REQUEST_LEN,
 };
 use nts_proto::rate_limit::{RateLimiter, Verdict};
 use rand::{RngCore, SeedableRng};
@@ -43,6 +44,18 @@ pub struct RateSettings {
     pub slots: usize,
 }
 
+/// Per-worker packet path settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// Datagrams per recvmmsg/sendmmsg.
+    pub batch: usize,
+    /// Answer from the address each datagram was sent to (wildcard binds).
+    pub use_pktinfo: bool,
+    pub rate: Option<RateSettings>,
+    /// Requests whose kernel receive timestamp is older than this are dropped.
+    pub max_request_age_ns: u64,
+}
+
 /// Peer address out of a sockaddr_storage.
 fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
     match sa.ss_family as i32 {
@@ -72,14 +85,21 @@ pub fn run(
     sock: socket2::Socket,
     shared: Arc<Shared>,
     metrics: &WorkerMetrics,
-    batch: usize,
-    use_pktinfo: bool,
-    rate: Option<RateSettings>,
+    settings: WorkerSettings,
 ) {
+    let WorkerSettings {
+        batch,
+        use_pktinfo,
+        rate,
+        max_request_age_ns,
+    } = settings;
     let fd = sock.as_raw_fd();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut limiter = rate
         .map(|r| RateLimiter::new(r.slots, r.rate, r.burst).with_kiss_interval(r.kiss_interval_ms));
+    metrics
+        .rate_limit_table_bytes
+        .set(limiter.as_ref().map_or(0, |l| l.memory_bytes() as i64));
     let started = Instant::now();
 
     let mut rx = vec![[0u8; MAX_REQUEST_LEN]; batch];
@@ -128,14 +148,14 @@ pub fn run(
         let clock = shared.clock.load();
         let phc = **shared.phc.load();
         let unix_now = batch_time / 1_000_000_000;
-        let now_ms = started.elapsed().as_millis() as u64;
+        let mono_ns = started.elapsed().as_nanos() as u64;
         let mut out = 0usize;
         for i in 0..n as usize {
             metrics.received.inc();
             let h = &rx_hdr[i];
             let len = (h.msg_len as usize).min(MAX_REQUEST_LEN);
             if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                metrics.dropped(nts_proto::ntp_server::DropReason::TooLong);
+                metrics.dropped(DropReason::TooLong);
                 continue;
             }
             let meta = parse_control(&rx_ctrl[i][..h.msg_hdr.msg_controllen.min(RX_CTRL)]);
@@ -146,16 +166,25 @@ pub fn run(
                     batch_time
                 }
             };
+            // Bounded queueing: under overload the socket buffer becomes a queue;
+            // answering what waited too long only makes every answer late.
+            if batch_time.saturating_sub(ts) > max_request_age_ns {
+                metrics.dropped(DropReason::TooOld);
+                continue;
+            }
             let Some(ip) = peer_ip(&rx_addr[i]) else {
                 continue;
             };
             let verdict = match limiter.as_mut() {
-                Some(l) => l.check(ip, now_ms),
+                Some(l) => l.check(ip, mono_ns),
                 None => Verdict::Allow,
             };
-            if verdict == Verdict::Drop {
-                metrics.rate_dropped.inc();
-                continue;
+            match verdict {
+                Verdict::Drop => {
+                    metrics.dropped(over_rate_reason(&rx[i][..len], &shared.policy));
+                    continue;
+                }
+                Verdict::Allow | Verdict::Kiss => {}
             }
             let ctx = RequestContext {
                 receive_timestamp: nanos_to_ntp(ts),
@@ -214,6 +243,9 @@ pub fn run(
         }
         drop(keys);
         drop(clock);
+        if let Some(l) = &limiter {
+            metrics.rate_overflowed.set(l.overflowed() as i64);
+        }
         let mut sent = 0usize;
         while sent < out {
             // SAFETY: headers [sent, out) point into live buffers set up above.

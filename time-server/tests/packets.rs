@@ -257,3 +257,51 @@ fn rate_limit_flood_from_many_addresses() {
     check_response(&resp, &p, None).unwrap();
     eprintln!("flood: {total} requests from {addresses} addresses: {answers} answered, {kisses} RATE kisses, {dropped} dropped; RSS +{growth} KiB");
 }
+
+#[test]
+fn requests_that_waited_too_long_are_dropped() {
+    // One worker, no rate limit, 1 ms of queueing allowed: a burst of NTS requests
+    // (each costs the server cryptography) queues up and its tail is dropped, counted;
+    // what is answered was answered within the age.
+    let s = Stack::start(&TimeServerOptions {
+        workers: 1,
+        server_extra: "max_request_age = 0.001\nreceive_buffer = 16777216".into(),
+        extra: "[rate_limit]\nenabled = false\n".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let ko = key_exchange(&s);
+    let to = s.ts.addr;
+    let mut req = Vec::new();
+    let pending = build_request(&mut req, Some((&ko.cookies[0], 0, &ko.c2s)), &mut rnd);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket2::SockRef::from(&sock)
+        .set_recv_buffer_size(16 << 20)
+        .unwrap();
+    let sent = 20_000;
+    for _ in 0..sent {
+        sock.send_to(&req, to).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1024];
+    let mut answered = 0usize;
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        check_response(&buf[..n], &pending, Some(&ko.s2c)).unwrap();
+        answered += 1;
+    }
+    let too_old =
+        s.ts.metric("nts_time_requests_dropped_total{reason=\"too_old\"}");
+    eprintln!("{sent} sent in a burst: {answered} answered, {too_old} too old");
+    assert!(
+        too_old > 0.0,
+        "nothing counted as too old ({answered} answered)"
+    );
+    assert!(answered > 0);
+    // Nothing else was lost on the server's side.
+    let received = s.ts.metric("nts_time_requests_received_total");
+    assert!(
+        answered as f64 + too_old >= received - 1.0,
+        "{answered} + {too_old} < {received}"
+    );
+}

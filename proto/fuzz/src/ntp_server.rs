@@ -8,11 +8,12 @@
 //! * no panic, never `DropReason::Internal` (the buffer is request-sized), the
 //!   simple drop reasons agree with the bytes, nothing is written past the
 //!   request's length, the clock is read only for a time-bearing answer;
-//! * with `rate_kiss` the answer is a RATE kiss or the same drop as without it;
+//! * with `rate_kiss` a plain request gets a RATE kiss or the same drop as
+//!   without it, and an NTS request is dropped (`RateLimitedNts`), never kissed;
 //! * every answer is no longer than the request and parses as a server-mode
 //!   header with the request's version, poll and transmit timestamp as origin;
-//! * `Plain` only for requests without NTS fields; `Rate` only when asked for,
-//!   echoing the Unique Identifier of an NTS request; `Nak` only when the cookie
+//! * `Plain` only for requests without NTS fields; `Rate` only when asked for
+//!   and only to plain requests; `Nak` only when the cookie
 //!   does not open (with that error), echoing the Unique Identifier;
 //! * `Nts` only when the cookie opens and the request's authenticator verifies
 //!   with its C2S key; the response is UID + authenticator, verifies with
@@ -242,20 +243,22 @@ fn check_datagram(req: &[u8]) -> (Result<Response, DropReason>, Result<Response,
     }
 
     // The RATE decision comes after the request is known to be well formed,
-    // and before any cryptography.
+    // and before any cryptography. An NTS request is then dropped, never kissed.
     match (&kissed, &normal) {
+        (Err(DropReason::RateLimitedNts), n) => assert!(
+            matches!(
+                n,
+                Ok(Response::Nts { .. } | Response::Nak { .. })
+                    | Err(DropReason::AuthenticationFailed | DropReason::MalformedNts)
+            ),
+            "rate-limited NTS drop for a request otherwise answered {n:?}"
+        ),
         (Err(e), n) => assert_eq!(n, &Err(*e), "rate_kiss changed the drop reason"),
         (Ok(Response::Rate(_)), Ok(Response::Rate(_))) => {
             panic!("RATE kiss without rate_kiss")
         }
-        (Ok(Response::Rate(_)), Ok(_)) => {}
-        (Ok(Response::Rate(_)), Err(e)) => assert!(
-            matches!(
-                e,
-                DropReason::AuthenticationFailed | DropReason::MalformedNts
-            ),
-            "rate_kiss answered a request dropped for {e:?}"
-        ),
+        (Ok(Response::Rate(_)), Ok(Response::Plain(_))) => {}
+        (Ok(Response::Rate(_)), n) => panic!("RATE kiss for a request otherwise answered {n:?}"),
         (Ok(other), _) => panic!("rate_kiss answered {other:?}"),
     }
 
@@ -325,16 +328,11 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
         Response::Rate(_) => {
             assert!(rate_kiss, "RATE kiss without rate_kiss");
             kissed(&h, kiss::RATE);
-            if nts.any {
-                let uid = nts.unique_id.expect("RATE to an NTS request without a UID");
-                assert!((MIN_UNIQUE_ID_LEN..=MAX_UNIQUE_ID_LEN).contains(&uid.len()));
-                assert_eq!(rest, uid_field(uid), "RATE kiss does not echo the UID");
-            } else {
-                assert!(
-                    rest.is_empty(),
-                    "RATE kiss to a plain client carries fields"
-                );
-            }
+            assert!(!nts.any, "unauthenticated RATE kiss to an NTS request");
+            assert!(
+                rest.is_empty(),
+                "RATE kiss to a plain client carries fields"
+            );
             assert_eq!(
                 check_response(out, &pending, None),
                 Err(ResponseCheckError::Kiss(kiss::RATE))
