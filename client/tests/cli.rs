@@ -53,19 +53,12 @@ fn query_measures_an_unsynchronized_server_and_warns() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_ts, ke, pki) = unsynchronized_stack(dir.path());
+    // nts-time-server does not answer NTS while unsynchronized (clients then go
+    // back to NTS-KE for a healthy server); plain NTP still gets the answer.
+    let (ts, _ke, _pki) = unsynchronized_stack(dir.path());
     let out = Command::new(stack::cargo_bin("nts-client", "nts-client"))
-        .args([
-            "query",
-            "--no-system-roots",
-            "--samples",
-            "3",
-            "--interval",
-            "0.1",
-        ])
-        .arg("--ca")
-        .arg(pki.ca_path())
-        .arg(format!("127.0.0.1:{}", ke.port()))
+        .args(["query", "--no-nts", "--samples", "3", "--interval", "0.1"])
+        .arg(format!("127.0.0.1:{}", ts.port()))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -73,7 +66,7 @@ fn query_measures_an_unsynchronized_server_and_warns() {
     assert!(out.status.success(), "{text}\n{err}");
     assert!(text.contains("WARNING"), "{text}");
     assert!(text.contains("NOT synchronized"), "{text}");
-    assert!(text.contains("yes (NTS)"), "{text}");
+    assert!(text.contains("authenticated   no"), "{text}");
     assert!(text.contains("samples         3"), "{text}");
     assert!(text.contains("stratum         16"), "{text}");
 }

@@ -6,7 +6,7 @@
 //! secrets: the time server refuses the conflicting key set, says so once,
 //! counts it, and keeps serving with the consistent keys.
 
-use nts_client::exchange::{exchange, ExchangeError, NtsCredentials};
+use nts_client::exchange::{nts_probe, ExchangeError, NtsCredentials};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -306,18 +306,18 @@ fn chrony_follows_to_the_healthy_server() {
 }
 
 async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<bool, ExchangeError> {
-    exchange(
+    nts_probe(
         ts.d.addr,
-        Some(NtsCredentials {
+        NtsCredentials {
             cookie,
             c2s: &ko.c2s,
             s2c: &ko.s2c,
             placeholders: 0,
-        }),
+        },
         Duration::from_secs(2),
     )
     .await
-    .map(|s| s.authenticated)
+    .map(|p| p.sample.authenticated)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
