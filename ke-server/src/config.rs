@@ -50,6 +50,13 @@ pub struct KeySyncSection {
     /// How Server Negotiation picks among live time servers.
     #[serde(default = "default_selection")]
     pub selection: crate::registry::Selection,
+    /// TLS handshakes on the key-sync listener running at once; more connections are closed.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_max_handshakes() -> usize {
+    64
 }
 
 fn default_report_interval() -> f64 {
@@ -372,7 +379,10 @@ impl AcmeSection {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct NtpSection {
-    /// Host name or address clients should send NTP to (Server Negotiation); unset: the KE host itself.
+    /// Host name or address clients should send NTP to (Server Negotiation). Without
+    /// `[key_sync]`, unset means the KE host itself (no record sent). With `[key_sync]`
+    /// it is the explicit fallback used when no registered time server is alive;
+    /// unset: no fallback (key exchanges fail and /readyz says not ready).
     pub server: Option<String>,
     /// UDP port clients should send NTP to (Port Negotiation); unset: 123.
     pub port: Option<u16>,
@@ -486,6 +496,9 @@ impl Config {
         if self.ntp.port == Some(0) {
             bail!("ntp.port: 0 is not a port");
         }
+        if self.key_sync.is_some() && self.ntp.server.is_none() && self.ntp.port.is_some() {
+            bail!("ntp.port is set without ntp.server: with [key_sync], the fallback time server must be named explicitly in ntp.server (there is no implicit \"this host\" fallback)");
+        }
         let ck = &self.cookie_keys;
         if ck.rotation_period == 0 || ck.rotation_period > 365 * 86_400 {
             bail!(
@@ -517,6 +530,12 @@ impl Config {
             Some(k) => {
                 let r = seconds("key_sync.report_interval", k.report_interval)?;
                 let e = seconds("key_sync.expiry", k.expiry)?;
+                if k.max_handshakes == 0 || k.max_handshakes > 65_536 {
+                    bail!(
+                        "key_sync.max_handshakes = {}: must be between 1 and 65536",
+                        k.max_handshakes
+                    );
+                }
                 if e <= r {
                     bail!(
                         "key_sync.expiry = {}: must be longer than key_sync.report_interval ({})",

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dev_pki;
 pub mod key_sync;
 pub mod metrics;
+pub mod registration;
 pub mod registry;
 pub mod root_secret;
 pub mod server;
@@ -151,6 +152,8 @@ struct Health {
     metrics: Arc<Metrics>,
     ring: Arc<ArcSwap<KeyRing>>,
     registry: Option<Arc<registry::Registry>>,
+    /// `ntp.server` is set: with key sync, the explicit fallback.
+    has_fallback: bool,
     acme: Option<Arc<acme::AcmeManager>>,
 }
 
@@ -194,6 +197,14 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
+        if let Some(r) = &self.registry {
+            if !self.has_fallback && !r.has_live(std::time::Instant::now()) {
+                return Err(
+                    "no live time server registered over key sync, and no ntp.server fallback"
+                        .into(),
+                );
+            }
+        }
         if let Some(a) = &self.acme {
             if !a.has_certificate() {
                 return Err("no certificate yet (ACME)".into());
@@ -267,39 +278,34 @@ pub async fn start(settings: Settings) -> Result<Running> {
 
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
+        let l = nts_ops::net::bind_tokio(*addr)
             .with_context(|| format!("server.listen: cannot bind {addr}"))?;
         listeners.push(l);
     }
     let key_sync_listener = match &cfg.key_sync {
         Some(k) => Some(
-            tokio::net::TcpListener::bind(k.listen)
-                .await
+            nts_ops::net::bind_tokio(k.listen)
                 .with_context(|| format!("key_sync.listen: cannot bind {}", k.listen))?,
         ),
         None => None,
     };
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
         ),
         None => None,
     };
     let acme_tls_alpn_listener = match settings.acme.as_ref().and_then(|a| a.challenge_listener) {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("acme.challenge_listen: cannot bind {addr}"))?,
         ),
         None => None,
     };
     let acme_http_listener = match settings.acme.as_ref().and_then(|a| a.http_listener) {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("acme.http_listen: cannot bind {addr}"))?,
         ),
         None => None,
@@ -334,7 +340,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
             expiry: settings.expiry,
         };
         tracing::info!(addr = %listener.local_addr()?, "key sync (gRPC, mutual TLS) listening");
-        tokio::spawn(key_sync::serve(listener, tls, service));
+        tokio::spawn(key_sync::serve(listener, tls, service, k.max_handshakes));
         tokio::spawn(watch_certificate(
             ks_cert,
             settings.reload_interval,
@@ -387,6 +393,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
             metrics: metrics.clone(),
             ring,
             registry,
+            has_fallback: cfg.ntp.server.is_some(),
             acme,
         });
         tokio::spawn(nts_ops::http::serve(l, health));

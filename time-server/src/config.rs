@@ -186,7 +186,12 @@ pub struct KeySyncSection {
     pub server_name: Option<String>,
     /// `host:port` clients should send NTP to (default: the first listen address).
     pub advertise: Option<String>,
-    /// Identity in the registry (default: host name and advertised port).
+    /// More `host:port` addresses of this server, typically of the other address
+    /// family, so IPv6 clients are sent to an IPv6 address (and IPv4 to IPv4).
+    #[serde(default)]
+    pub advertise_also: Vec<String>,
+    /// Identity in the registry (default: host name and advertised port); must be a
+    /// name of the client certificate, or such a name followed by `:` and a suffix.
     pub server_id: Option<String>,
     /// Longest wait between reconnection attempts, in seconds.
     #[serde(default = "default_max_backoff")]
@@ -195,6 +200,17 @@ pub struct KeySyncSection {
 
 fn default_max_backoff() -> f64 {
     30.0
+}
+
+/// Split an advertised `host:port` (`[v6]:port` for IPv6) into host and port.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = h.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port))
 }
 
 /// Checked settings.
@@ -329,6 +345,14 @@ impl Config {
                 } else if s.listen[0].ip().is_unspecified() {
                     bail!("key_sync.advertise: required when server.listen[0] ({}) is a wildcard address", s.listen[0]);
                 }
+                if ks.advertise_also.len() > 4 {
+                    bail!("key_sync.advertise_also: at most 4 addresses");
+                }
+                for a in &ks.advertise_also {
+                    if split_host_port(a).is_none() {
+                        bail!("key_sync.advertise_also: {a:?} is not host:port (IPv6: [address]:port)");
+                    }
+                }
                 positive("key_sync.max_backoff", ks.max_backoff, 3600.0)?;
                 KeySchedule::default()
             }
@@ -388,6 +412,21 @@ mod tests {
             let e = check(&format!("{extra}{MINIMAL}")).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{key}: {e:#}");
         }
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        assert_eq!(
+            split_host_port("[2001:db8::1]:123"),
+            Some(("2001:db8::1".into(), 123))
+        );
+        assert_eq!(
+            split_host_port("a.example:4123"),
+            Some(("a.example".into(), 4123))
+        );
+        assert_eq!(split_host_port("a.example:0"), None);
+        assert_eq!(split_host_port("a.example"), None);
+        assert_eq!(split_host_port(":123"), None);
     }
 
     #[test]

@@ -47,7 +47,10 @@ endpoints = ["{DEV_KEY_SYNC}"]
 ca = {ca:?}
 certificate_chain = {cert:?}
 private_key = {key:?}
+# The development client certificate names "time-server": the registry binds the id to it.
+server_id = "time-server:{port}"
 "#,
+        port = DEV_LISTEN.rsplit_once(':').map_or("4123", |(_, p)| p),
         ca = state_dir.join("ca.pem"),
         cert = state_dir.join("time-server-cert.pem"),
         key = state_dir.join("time-server-key.pem"),
@@ -174,7 +177,7 @@ pub fn start(settings: Settings) -> Result<Running> {
 
     let metrics_listener = match cfg.metrics.listen {
         Some(a) => Some(
-            std::net::TcpListener::bind(a)
+            nts_ops::net::bind_tcp(a)
                 .with_context(|| format!("metrics.listen: cannot bind {a}"))?,
         ),
         None => None,
@@ -225,14 +228,7 @@ pub fn start(settings: Settings) -> Result<Running> {
         }
         (None, Some(ks)) => {
             let advertise = ks.advertise.clone().unwrap_or_else(|| addrs[0].to_string());
-            let (host, port) = advertise
-                .rsplit_once(':')
-                .and_then(|(h, p)| {
-                    Some((
-                        h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                        p.parse::<u16>().ok()?,
-                    ))
-                })
+            let (host, port) = config::split_host_port(&advertise)
                 .context("key_sync.advertise: must be host:port")?;
             let info = nts_proto::key_sync::pb::TimeServerInfo {
                 server_id: ks
@@ -243,6 +239,15 @@ pub fn start(settings: Settings) -> Result<Running> {
                 ntp_port: port as u32,
                 workers: workers as u32,
                 timestamping: source.label().to_string(),
+                alternates: ks
+                    .advertise_also
+                    .iter()
+                    .filter_map(|a| config::split_host_port(a))
+                    .map(|(host, port)| nts_proto::key_sync::pb::NtpEndpoint {
+                        host,
+                        port: port as u32,
+                    })
+                    .collect(),
             };
             let client = key_sync_client::KeySyncClientSettings {
                 endpoints: ks.endpoints.clone(),
