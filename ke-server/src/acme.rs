@@ -158,6 +158,9 @@ pub fn is_acme_hello(hello: &ClientHello<'_>) -> bool {
 pub struct AcmeResolver {
     cert: ArcSwapOption<CertifiedKey>,
     tls_alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 answers other replicas offer in `shared`, loaded by
+    /// [`watch_shared_challenges`] so that no handshake reads a file.
+    shared_tls_alpn: Mutex<HashMap<String, (std::time::SystemTime, Arc<CertifiedKey>)>>,
     http01: Mutex<HashMap<String, String>>,
     /// `cache_dir/challenges`: answers another replica is offering.
     shared: PathBuf,
@@ -170,6 +173,7 @@ impl AcmeResolver {
         Self {
             cert: ArcSwapOption::empty(),
             tls_alpn: Mutex::default(),
+            shared_tls_alpn: Mutex::default(),
             http01: Mutex::default(),
             shared,
             provider,
@@ -210,13 +214,62 @@ impl AcmeResolver {
         if !valid_sni(&sni) {
             return None;
         }
+        // Memory only: this runs inside a TLS handshake.
         let mine = lock(&self.tls_alpn).get(&sni).cloned();
         let answer = mine.or_else(|| {
-            let pem = std::fs::read(self.tls_alpn_file(&sni)).ok()?;
-            challenge_key(&pem, &self.provider).ok().map(Arc::new)
+            lock(&self.shared_tls_alpn)
+                .get(&sni)
+                .map(|(_, c)| c.clone())
         })?;
         self.metrics.acme_tls_alpn_answers.inc();
         Some(answer)
+    }
+
+    /// Load the TLS-ALPN-01 answers other replicas wrote to the shared directory
+    /// (new or changed files only), and forget those whose files are gone.
+    pub fn refresh_shared(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.shared) else {
+            return;
+        };
+        let mut seen = HashMap::new();
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(sni) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("tls-alpn-01-"))
+                .and_then(|n| n.strip_suffix(".pem"))
+            else {
+                continue;
+            };
+            if !valid_sni(sni) {
+                continue;
+            }
+            let Ok(mtime) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            seen.insert(sni.to_string(), mtime);
+        }
+        let stale: Vec<String> = {
+            let have = lock(&self.shared_tls_alpn);
+            seen.iter()
+                .filter(|(sni, m)| have.get(*sni).is_none_or(|(t, _)| t != *m))
+                .map(|(sni, _)| sni.clone())
+                .collect()
+        };
+        let mut loaded = Vec::new();
+        for sni in stale {
+            let Ok(pem) = std::fs::read(self.tls_alpn_file(&sni)) else {
+                continue;
+            };
+            if let Ok(ck) = challenge_key(&pem, &self.provider) {
+                loaded.push((sni.clone(), seen[&sni], Arc::new(ck)));
+            }
+        }
+        let mut have = lock(&self.shared_tls_alpn);
+        have.retain(|sni, _| seen.contains_key(sni));
+        for (sni, mtime, ck) in loaded {
+            have.insert(sni, (mtime, ck));
+        }
     }
 }
 
@@ -231,6 +284,18 @@ impl ResolvesServerCert for AcmeResolver {
             return self.tls_alpn_answer(sni);
         }
         self.cert.load_full()
+    }
+}
+
+/// Keep the shared TLS-ALPN-01 answers of other replicas in memory, looking
+/// at the shared directory every 250 ms (validations follow within seconds).
+pub async fn watch_shared_challenges(resolver: Arc<AcmeResolver>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r = resolver.clone();
+        let _ = tokio::task::spawn_blocking(move || r.refresh_shared()).await;
     }
 }
 
@@ -535,6 +600,11 @@ impl AcmeManager {
             tracing::info!(file = %m.cert_file.display(), "ACME: no cached certificate; ordering one");
         }
         Ok(m)
+    }
+
+    /// The challenge type the CA is asked to validate.
+    pub fn challenge(&self) -> ChallengeType {
+        self.s.challenge
     }
 
     /// The certificate resolver for the NTS-KE listener.

@@ -391,8 +391,12 @@ pub struct NtpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CookieKeysSection {
-    /// File holding the 32-byte root secret (64 hex digits); created, mode 0600, when missing.
+    /// File holding the 32-byte root secret (64 hex digits), mode 0600.
     pub root_secret_file: PathBuf,
+    /// Create `root_secret_file` (mode 0600) when it does not exist; otherwise a
+    /// missing file stops start-up (a typo must not yield a second secret).
+    #[serde(default)]
+    pub create_if_missing: bool,
     /// Seconds per key epoch.
     #[serde(default = "default_rotation")]
     pub rotation_period: u64,
@@ -448,6 +452,7 @@ impl Config {
 
     /// Check every value; errors name the key and the reason.
     pub fn validate(self) -> Result<Settings> {
+        self.log.validate()?;
         let s = &self.server;
         if s.listen.is_empty() {
             bail!("server.listen: at least one address is needed");
@@ -608,6 +613,7 @@ root_secret_file = "/var/lib/nts/root.key"
             ("[server]\nlisten = []\n", "server.listen"),
             ("[ntp]\nport = 0\n", "ntp.port"),
             ("[ntp]\nserver = \"\"\n", "ntp.server"),
+            ("[log]\nlevel = \"infoo\"\n", "log.level"),
         ];
         for (extra, key) in cases {
             let e = check(&format!("{extra}{MINIMAL}")).unwrap_err();

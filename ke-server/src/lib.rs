@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod certificate;
+pub mod check;
 pub mod config;
 pub mod dev_pki;
 pub mod key_sync;
@@ -54,6 +55,7 @@ server = "127.0.0.1"
 port = {DEV_NTP_PORT}
 [cookie_keys]
 root_secret_file = {root:?}
+create_if_missing = true
 [key_sync]
 listen = "{DEV_KEY_SYNC}"
 client_ca = {ca:?}
@@ -224,8 +226,54 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
 }
 
+/// The files that must stay readable after the privilege drop (reloaded when
+/// renewed): the TLS and key-sync certificate chains and keys. Everything else
+/// (root secret, client CA, ACME roots) is read once before the drop.
+pub fn reloadable_files(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Some(t) = &cfg.tls {
+        v.push(t.certificate_chain.clone());
+        v.push(t.private_key.clone());
+    }
+    if let Some(k) = &cfg.key_sync {
+        v.push(k.certificate_chain.clone());
+        v.push(k.private_key.clone());
+    }
+    v
+}
+
+/// How files are read: through a privileged helper when the daemon will switch
+/// users (so renewed root-only certificates still load), directly otherwise.
+/// Call before any thread is started.
+pub fn file_reader(cfg: &Config) -> Result<Arc<nts_ops::file_reader::FileReader>> {
+    use nts_ops::file_reader::FileReader;
+    let reader = if cfg.server.user.is_some() {
+        FileReader::with_helper(reloadable_files(cfg))
+            .context("starting the file-reading helper")?
+    } else {
+        FileReader::direct()
+    };
+    Ok(Arc::new(reader))
+}
+
 /// Bind everything, drop privileges, and spawn the service tasks on the current runtime.
 pub async fn start(settings: Settings) -> Result<Running> {
+    start_with(
+        settings,
+        Arc::new(nts_ops::file_reader::FileReader::direct()),
+    )
+    .await
+}
+
+/// [`start`] reading certificate files through `reader` (see [`file_reader`]).
+pub async fn start_with(
+    settings: Settings,
+    reader: Arc<nts_ops::file_reader::FileReader>,
+) -> Result<Running> {
+    let problems = check::problems(&settings);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
     let settings = Arc::new(settings);
     let cfg = &settings.config;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -233,7 +281,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
     // The certificate: files on disk ([tls]) or ACME ([acme]); validate() made sure of one.
     let (file_cert, acme) = match (&cfg.tls, &settings.acme) {
         (Some(tls), _) => (
-            Some(Arc::new(ReloadingCert::load(
+            Some(Arc::new(ReloadingCert::load_with(
+                reader.clone(),
                 &tls.certificate_chain,
                 &tls.private_key,
                 provider.clone(),
@@ -265,7 +314,10 @@ pub async fn start(settings: Settings) -> Result<Running> {
         answer_tls_alpn,
     )?));
 
-    let (root, created) = root_secret::load_or_create(&cfg.cookie_keys.root_secret_file)?;
+    let (root, created) = root_secret::load(
+        &cfg.cookie_keys.root_secret_file,
+        cfg.cookie_keys.create_if_missing,
+    )?;
     if created {
         tracing::warn!(
             file = %cfg.cookie_keys.root_secret_file.display(),
@@ -310,6 +362,25 @@ pub async fn start(settings: Settings) -> Result<Running> {
         ),
         None => None,
     };
+    // Key-sync certificate and client CA: read before the drop (the certificate is
+    // re-read through `reader` when renewed).
+    let key_sync_tls = match &cfg.key_sync {
+        Some(k) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let ks_cert = Arc::new(
+                ReloadingCert::load_with(
+                    reader.clone(),
+                    &k.certificate_chain,
+                    &k.private_key,
+                    provider.clone(),
+                )
+                .context("key_sync.certificate_chain / key_sync.private_key")?,
+            );
+            let tls = key_sync::mtls_config(ks_cert.clone(), &k.client_ca, provider)?;
+            Some((ks_cert, tls))
+        }
+        None => None,
+    };
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
         .context("server.user/server.group: cannot drop privileges")?;
     if let Some(a) = &acme {
@@ -324,13 +395,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
         .key_sync
         .as_ref()
         .map(|k| Arc::new(registry::Registry::new(settings.expiry, k.selection)));
-    if let (Some(k), Some(listener)) = (&cfg.key_sync, key_sync_listener) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ks_cert = Arc::new(
-            ReloadingCert::load(&k.certificate_chain, &k.private_key, provider.clone())
-                .context("key_sync.certificate_chain / key_sync.private_key")?,
-        );
-        let tls = key_sync::mtls_config(ks_cert.clone(), &k.client_ca, provider)?;
+    if let (Some(k), Some(listener), Some((ks_cert, tls))) =
+        (&cfg.key_sync, key_sync_listener, key_sync_tls)
+    {
         let service = key_sync::KeySyncService {
             ring: ring_rx,
             schedule: settings.schedule,
@@ -384,6 +451,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
         if let Some(l) = acme_http_listener {
             tracing::info!(addr = %l.local_addr()?, "ACME: HTTP-01 challenge listener");
             tokio::spawn(acme::serve_http01(l, a.resolver()));
+        }
+        if a.challenge() == config::ChallengeType::TlsAlpn01 {
+            tokio::spawn(acme::watch_shared_challenges(a.resolver()));
         }
         tokio::spawn(a.clone().run());
     }

@@ -67,17 +67,27 @@ fn main() -> Result<()> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
-    nts_ops::init_logging(&config.log.level);
     let settings = config.validate()?;
+    nts_ops::init_logging(&settings.config.log.level);
     if cli.check_config {
-        println!("configuration OK");
-        return Ok(());
+        // Everything start-up would check: files, keys, certificates, users.
+        let problems = nts_ke_server::check::problems(&settings);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!("{} problem(s) in the configuration", problems.len());
     }
+    // Before any thread exists: the helper that reads renewed certificates after the drop.
+    let reader = nts_ke_server::file_reader(&settings.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let running = nts_ke_server::start(settings).await?;
+        let running = nts_ke_server::start_with(settings, reader).await?;
         for a in &running.ke_addrs {
             tracing::info!(addr = %a, "NTS-KE listening");
         }

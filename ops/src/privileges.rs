@@ -35,3 +35,33 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<()> {
     tracing::info!(user, gid = gid.as_raw(), "dropped privileges");
     Ok(())
 }
+
+/// Problems that would stop [`drop_to`]: `server.user`/`server.group` that do
+/// not exist, or a daemon not started as root. One line per problem, naming the key.
+pub fn check_user(user: Option<&str>, group: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(u) = user {
+        match User::from_name(u) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(format!("server.user = {u:?}: no such user")),
+            Err(e) => out.push(format!("server.user = {u:?}: cannot look it up: {e}")),
+        }
+        if !nix::unistd::geteuid().is_root() {
+            out.push(format!(
+                "server.user = {u:?}: switching users needs the daemon to start as root (running as uid {})",
+                nix::unistd::geteuid()
+            ));
+        }
+    }
+    if let Some(g) = group {
+        if user.is_none() {
+            out.push("server.group: only used together with server.user".into());
+        }
+        match Group::from_name(g) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(format!("server.group = {g:?}: no such group")),
+            Err(e) => out.push(format!("server.group = {g:?}: cannot look it up: {e}")),
+        }
+    }
+    out
+}

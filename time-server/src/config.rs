@@ -252,6 +252,7 @@ impl Config {
     }
 
     pub fn validate(self) -> Result<Settings> {
+        self.log.validate()?;
         let s = &self.server;
         if s.listen.is_empty() {
             bail!("server.listen: at least one address is needed");

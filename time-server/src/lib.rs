@@ -2,6 +2,7 @@
 //! one worker thread and `SO_REUSEPORT` socket per core and listen address,
 //! kernel or NIC receive timestamps, per-address rate limiting.
 
+pub mod check;
 pub mod clock_state;
 pub mod config;
 pub mod key_sync_client;
@@ -110,10 +111,41 @@ pub struct Running {
     pub threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// The files read after the privilege drop (through the helper): the key-sync
+/// CA, certificate and key (read again at every reconnection), and the root
+/// secret file of `[keys]` (read every epoch).
+pub fn reloadable_files(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Some(k) = &cfg.key_sync {
+        v.extend([
+            k.ca.clone(),
+            k.certificate_chain.clone(),
+            k.private_key.clone(),
+        ]);
+    }
+    if let Some(k) = &cfg.keys {
+        v.push(k.root_secret_file.clone());
+    }
+    v
+}
+
 /// Bind, drop privileges, and start the worker and housekeeping threads.
+/// Call before any other thread is started (it may fork the file-reading helper).
 pub fn start(settings: Settings) -> Result<Running> {
     let cfg = &settings.config;
     let workers = settings.workers;
+    let problems = check::problems(&settings);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    // With a user switch, files read later go through a helper that keeps the
+    // start-up identity (see nts_ops::file_reader).
+    let reader = Arc::new(if cfg.server.user.is_some() {
+        nts_ops::file_reader::FileReader::with_helper(reloadable_files(cfg))
+            .context("starting the file-reading helper")?
+    } else {
+        nts_ops::file_reader::FileReader::direct()
+    });
 
     // Bind every socket first (port 123 may need root), resolving port 0 once so all
     // workers of an address share the port.
@@ -218,12 +250,16 @@ pub fn start(settings: Settings) -> Result<Running> {
     let mut threads = Vec::new();
     match (&cfg.keys, &cfg.key_sync) {
         (Some(k), _) => {
-            let (path, schedule, keys) =
-                (k.root_secret_file.clone(), settings.schedule, keys.clone());
+            let (path, schedule, keys, reader) = (
+                k.root_secret_file.clone(),
+                settings.schedule,
+                keys.clone(),
+                reader.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("keys".into())
-                    .spawn(move || keys::run_file_source(path, schedule, keys))?,
+                    .spawn(move || keys::run_file_source(path, schedule, keys, reader))?,
             );
         }
         (None, Some(ks)) => {
@@ -257,6 +293,7 @@ pub fn start(settings: Settings) -> Result<Running> {
                 server_name: ks.server_name.clone(),
                 info,
                 max_backoff: Duration::from_secs_f64(ks.max_backoff),
+                reader: reader.clone(),
             };
             threads.push(key_sync_client::spawn(
                 client,

@@ -60,6 +60,7 @@ fn main() -> Result<()> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
+    config.log.validate()?;
     nts_ops::init_logging(&config.log.level);
     if cli.dev {
         // The ke-server started beside us creates the development PKI; give it a moment.
@@ -82,8 +83,16 @@ fn main() -> Result<()> {
     }
     let settings = config.validate()?;
     if cli.check_config {
-        println!("configuration OK");
-        return Ok(());
+        // Everything start-up would check: files, keys, certificates, users.
+        let problems = nts_time_server::check::problems(&settings);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!("{} problem(s) in the configuration", problems.len());
     }
     let running = nts_time_server::start(settings)?;
     for a in &running.addrs {
