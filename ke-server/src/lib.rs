@@ -156,12 +156,47 @@ struct Health {
     registry: Option<Arc<registry::Registry>>,
     /// `ntp.server` is set: with key sync, the explicit fallback.
     has_fallback: bool,
+    /// Certificates served from files: `[tls]` and `[key_sync]`.
+    file_certs: Vec<(&'static str, Arc<ReloadingCert>)>,
     acme: Option<Arc<acme::AcmeManager>>,
 }
 
 impl nts_ops::http::Observable for Health {
     fn render_metrics(&self) -> String {
         let mut out = self.metrics.render();
+        {
+            // Not-after of every certificate served, whatever its source.
+            let mut certs: Vec<(&str, f64)> = self
+                .file_certs
+                .iter()
+                .filter_map(|(name, c)| {
+                    certificate::leaf_not_after(&c.current()).map(|t| (*name, t as f64))
+                })
+                .collect();
+            if let Some(a) = &self.acme {
+                if let Some(t) = a
+                    .resolver()
+                    .certificate()
+                    .and_then(|c| certificate::leaf_not_after(&c))
+                {
+                    certs.push(("acme", t as f64));
+                }
+            }
+            let labels: Vec<[(&str, &str); 1]> =
+                certs.iter().map(|(n, _)| [("certificate", *n)]).collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&certs)
+                .map(|(l, (_, t))| (&l[..], *t))
+                .collect();
+            let mut e = nts_ops::metrics::Exposition::new();
+            e.gauges(
+                "nts_ke_certificate_expiry_seconds",
+                "Not-after of each certificate in service (tls, key_sync, acme), Unix seconds.",
+                &samples,
+            );
+            out.push_str(&e.finish());
+        }
         if let Some(r) = &self.registry {
             let view = r.view(std::time::Instant::now());
             let mut e = nts_ops::metrics::Exposition::new();
@@ -395,6 +430,13 @@ pub async fn start_with(
         .key_sync
         .as_ref()
         .map(|k| Arc::new(registry::Registry::new(settings.expiry, k.selection)));
+    let mut file_certs: Vec<(&'static str, Arc<ReloadingCert>)> = Vec::new();
+    if let Some(c) = &file_cert {
+        file_certs.push(("tls", c.clone()));
+    }
+    if let Some((c, _)) = &key_sync_tls {
+        file_certs.push(("key_sync", c.clone()));
+    }
     if let (Some(k), Some(listener), Some((ks_cert, tls))) =
         (&cfg.key_sync, key_sync_listener, key_sync_tls)
     {
@@ -464,6 +506,7 @@ pub async fn start_with(
             ring,
             registry,
             has_fallback: cfg.ntp.server.is_some(),
+            file_certs,
             acme,
         });
         tokio::spawn(nts_ops::http::serve(l, health));
