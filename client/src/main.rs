@@ -147,6 +147,8 @@ fn run_agent(
     if let Some(s) = socket {
         config.status.socket = s;
     }
+    // Sandbox: keep only CAP_SYS_TIME; seccomp once started (NTS_SECCOMP=off: no filter).
+    nts_ops::sandbox::narrow_capabilities(&[nts_ops::sandbox::cap::SYS_TIME])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,6 +176,7 @@ fn run_agent(
         let agent = tokio::spawn(nts_client::agent::run(config, shared));
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
+        nts_ops::sandbox::enter(nts_ops::sandbox::Role::Client, true)?;
         tokio::select! {
             r = agent => { r??; }
             _ = tokio::signal::ctrl_c() => {}

@@ -92,6 +92,8 @@ pub struct ServerSection {
     pub user: Option<String>,
     /// Group to switch to (default: the user's primary group).
     pub group: Option<String>,
+    /// Confine the process to its seccomp allow-list after start-up (off: for debugging).
+    pub seccomp: bool,
 }
 
 impl Default for ServerSection {
@@ -107,6 +109,7 @@ impl Default for ServerSection {
             rate_limit_slots: 65_536,
             user: None,
             group: None,
+            seccomp: true,
         }
     }
 }

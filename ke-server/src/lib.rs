@@ -283,7 +283,7 @@ pub fn reloadable_files(cfg: &Config) -> Vec<std::path::PathBuf> {
 pub fn file_reader(cfg: &Config) -> Result<Arc<nts_ops::file_reader::FileReader>> {
     use nts_ops::file_reader::FileReader;
     let reader = if cfg.server.user.is_some() {
-        FileReader::with_helper(reloadable_files(cfg))
+        FileReader::with_helper(reloadable_files(cfg), cfg.server.seccomp)
             .context("starting the file-reading helper")?
     } else {
         FileReader::direct()

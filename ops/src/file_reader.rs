@@ -39,7 +39,8 @@ impl FileReader {
     /// Fork the helper that reads `paths` (and nothing else) with the current
     /// identity. Call while the process is single-threaded, before dropping
     /// privileges.
-    pub fn with_helper(paths: Vec<PathBuf>) -> std::io::Result<Self> {
+    /// `seccomp`: confine the helper to its own allow-list (see [`crate::sandbox`]).
+    pub fn with_helper(paths: Vec<PathBuf>, seccomp: bool) -> std::io::Result<Self> {
         let (parent, child) = UnixStream::pair()?;
         let parent_pid = std::process::id();
         // SAFETY: called while single-threaded (documented contract); the child
@@ -48,7 +49,7 @@ impl FileReader {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 drop(parent);
-                helper_main(child, &paths, parent_pid)
+                helper_main(child, &paths, parent_pid, seccomp)
             }
             _pid => {
                 drop(child);
@@ -153,7 +154,7 @@ fn narrow_capabilities() {
     }
 }
 
-fn helper_main(mut s: UnixStream, paths: &[PathBuf], parent: u32) -> ! {
+fn helper_main(mut s: UnixStream, paths: &[PathBuf], parent: u32, seccomp: bool) -> ! {
     // SAFETY: plain prctl calls; `_exit` skips the parent's destructors and atexit.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -166,6 +167,16 @@ fn helper_main(mut s: UnixStream, paths: &[PathBuf], parent: u32) -> ! {
     // SAFETY: as above.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+    if seccomp && !crate::sandbox::disabled_by_env() {
+        let ok = crate::sandbox::program(crate::sandbox::Role::FileReader)
+            .ok()
+            .is_some_and(|p| seccompiler::apply_filter(&p).is_ok());
+        if !ok {
+            // Never serve files unconfined when confinement was asked for.
+            // SAFETY: see above.
+            unsafe { libc::_exit(1) }
+        }
     }
     let mut req = [0u8; 4];
     while s.read_exact(&mut req).is_ok() {
@@ -212,7 +223,7 @@ mod tests {
         std::fs::write(&a, b"one").unwrap();
         // Tests run multi-threaded; glibc's fork keeps malloc usable in the child,
         // and the helper takes no other lock.
-        let r = FileReader::with_helper(vec![a.clone(), dir.path().join("missing")]).unwrap();
+        let r = FileReader::with_helper(vec![a.clone(), dir.path().join("missing")], true).unwrap();
         assert!(r.is_privileged());
         assert_eq!(r.read(&a).unwrap(), b"one");
         std::fs::write(&a, b"two").unwrap();

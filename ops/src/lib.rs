@@ -7,6 +7,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod privileges;
+pub mod sandbox;
 pub mod socket_timestamps;
 
 /// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.

@@ -48,6 +48,8 @@ pub struct ServerSection {
     /// User and group to switch to after binding.
     pub user: Option<String>,
     pub group: Option<String>,
+    /// Confine the process to its seccomp allow-list after start-up (off: for debugging).
+    pub seccomp: bool,
 }
 
 impl Default for ServerSection {
@@ -64,6 +66,7 @@ impl Default for ServerSection {
             receive_buffer: 4 << 20,
             user: None,
             group: None,
+            seccomp: true,
         }
     }
 }

@@ -141,7 +141,7 @@ pub fn start(settings: Settings) -> Result<Running> {
     // With a user switch, files read later go through a helper that keeps the
     // start-up identity (see nts_ops::file_reader).
     let reader = Arc::new(if cfg.server.user.is_some() {
-        nts_ops::file_reader::FileReader::with_helper(reloadable_files(cfg))
+        nts_ops::file_reader::FileReader::with_helper(reloadable_files(cfg), cfg.server.seccomp)
             .context("starting the file-reading helper")?
     } else {
         nts_ops::file_reader::FileReader::direct()
@@ -216,6 +216,9 @@ pub fn start(settings: Settings) -> Result<Running> {
     };
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
         .context("server.user/server.group: cannot drop privileges")?;
+    // Sockets are bound and timestamping is set up: no capability is needed any
+    // more (reading the clock state needs none). Before any thread starts.
+    nts_ops::sandbox::narrow_capabilities(&[])?;
 
     let endpoints = cfg
         .key_sync

@@ -94,6 +94,7 @@ fn main() -> Result<()> {
         }
         bail!("{} problem(s) in the configuration", problems.len());
     }
+    let seccomp = settings.config.server.seccomp;
     let running = nts_time_server::start(settings)?;
     for a in &running.addrs {
         tracing::info!(addr = %a, workers = running.metrics.workers.len() / running.addrs.len(), "NTP listening");
@@ -101,6 +102,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    nts_ops::sandbox::enter(nts_ops::sandbox::Role::TimeServer, seccomp)?;
     runtime.block_on(async move {
         if let Some(l) = running.metrics_listener {
             l.set_nonblocking(true)?;
