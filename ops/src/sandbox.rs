@@ -6,6 +6,8 @@
 //! call), than left running in an unknown state. `[server] seccomp = false`
 //! (or `NTS_SECCOMP=off` in the environment, for the client) turns the filter
 //! off for debugging; no-new-privileges and the capability narrowing stay.
+//! `NTS_SECCOMP=log` lets every call through and has the kernel log those
+//! outside the list (to derive or check a list).
 //!
 //! The lists were derived by running the daemons' test suites and the local
 //! stack under `strace -f -c` (see docs/architecture.md, "Sandbox"), plus the
@@ -93,6 +95,9 @@ const SERVICE: &[libc::c_long] = &[
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
     libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     libc::SYS_pipe2,
     libc::SYS_ppoll,
     libc::SYS_ioctl,
@@ -221,19 +226,19 @@ fn target_arch() -> Result<TargetArch> {
     }
 }
 
-/// The compiled allow-list of `role`.
+/// The compiled allow-list of `role`: a call outside it kills the process.
 pub fn program(role: Role) -> Result<BpfProgram> {
+    program_with(role, SeccompAction::KillProcess)
+}
+
+/// The allow-list of `role` with `mismatch` for calls outside it.
+fn program_with(role: Role, mismatch: SeccompAction) -> Result<BpfProgram> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(role)
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        target_arch()?,
-    )
-    .context("building the seccomp filter")?;
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, target_arch()?)
+        .context("building the seccomp filter")?;
     filter
         .try_into()
         .context("compiling the seccomp filter to BPF")
@@ -331,6 +336,12 @@ pub fn disabled_by_env() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false"))
 }
 
+/// `NTS_SECCOMP=log`: calls outside the list are allowed and logged by the
+/// kernel (audit type 1326 in `dmesg`), to derive or check a list.
+fn log_only_by_env() -> bool {
+    std::env::var(DISABLE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("log"))
+}
+
 /// Enter the sandbox after start-up: no-new-privileges, and (when `seccomp`
 /// and not disabled by the environment) the allow-list of `role` on every
 /// thread of the process. With [`SELFTEST_ENV`] set, then attempts a call no
@@ -340,7 +351,11 @@ pub fn enter(role: Role, seccomp: bool) -> Result<()> {
     no_new_privs()?;
     let on = seccomp && !disabled_by_env();
     if on {
-        let prog = program(role)?;
+        let prog = if log_only_by_env() {
+            program_with(role, SeccompAction::Log)?
+        } else {
+            program(role)?
+        };
         seccompiler::apply_filter_all_threads(&prog).context("installing the seccomp filter")?;
         tracing::info!(
             role = ?role,
