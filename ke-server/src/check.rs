@@ -64,6 +64,25 @@ pub fn problems(settings: &Settings) -> Vec<String> {
                 "acme.cache_dir {}: exists and is not a directory",
                 a.cache_dir.display()
             ));
+        } else if let Some(user) = cfg.server.user.as_deref() {
+            // After the drop the cache is written as server.user.
+            if !a.cache_dir.exists() {
+                out.push(format!(
+                    "acme.cache_dir {}: does not exist; it would be created owned by root and not writable by server.user {user:?}: create it owned by that user",
+                    a.cache_dir.display()
+                ));
+            } else if nts_ops::privileges::running_as_root() {
+                if let Err(e) = nts_ops::privileges::check_dir_writable_as(
+                    Some(user),
+                    cfg.server.group.as_deref(),
+                    &a.cache_dir,
+                ) {
+                    out.push(format!(
+                        "acme.cache_dir {}: not writable by server.user: {e:#}",
+                        a.cache_dir.display()
+                    ));
+                }
+            }
         }
     }
     let ck = &cfg.cookie_keys;

@@ -157,3 +157,50 @@ fn each_broken_file_is_named_with_its_reason() {
     assert!(ok, "{out}");
     assert!(!absent.exists());
 }
+
+#[test]
+fn acme_cache_must_be_writable_by_the_user() {
+    if !nts_ops::privileges::running_as_root() || nix_user_missing("nobody") {
+        eprintln!("skipped: needs root and the user nobody");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root.key");
+    testkit::stack::write_root_secret(&root).unwrap();
+    let cache = tmp.path().join("acme");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[acme]\ndomains = [\"nts.example.net\"]\ncache_dir = {cache:?}\nchallenge_listen = \"127.0.0.1:0\"\n[cookie_keys]\nroot_secret_file = {root:?}\n"
+    );
+    let (ok, out) = run(tmp.path(), &text, true);
+    assert!(
+        !ok && out.contains("acme.cache_dir") && out.contains("does not exist"),
+        "{out}"
+    );
+    // Owned by root, mode 0700: nobody cannot write there.
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (ok, out) = run(tmp.path(), &text, true);
+    assert!(!ok && out.contains("not writable by server.user"), "{out}");
+    // Owned by the user: fine.
+    std::os::unix::fs::chown(&cache, Some(uid_of("nobody")), None).unwrap();
+    let (ok, out) = run(tmp.path(), &text, true);
+    assert!(ok, "{out}");
+}
+
+fn passwd_line(name: &str) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}:")))
+        .map(str::to_string)
+}
+
+fn nix_user_missing(name: &str) -> bool {
+    passwd_line(name).is_none()
+}
+
+fn uid_of(name: &str) -> u32 {
+    passwd_line(name)
+        .and_then(|l| l.split(':').nth(2).and_then(|u| u.parse().ok()))
+        .expect("uid in /etc/passwd")
+}
