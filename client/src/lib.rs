@@ -8,7 +8,6 @@ pub mod exchange;
 pub mod ke;
 pub mod leap_file;
 pub mod metrics;
-pub mod privileges;
 pub mod query;
 pub mod status;
 pub mod system_clock;

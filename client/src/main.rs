@@ -157,10 +157,16 @@ fn run_agent(
         config.status.socket = s;
     }
     // Capabilities are per thread: narrow them before the runtime starts any.
+    // Keep CAP_SYS_TIME only to discipline; seccomp once started (NTS_SECCOMP=off: no filter).
     nts_client::agent::prepare_state_dir(&config)?;
     let discipline = config.clock.mode == nts_client::config::ClockMode::Discipline
         && nts_client::system_clock::has_cap_sys_time();
-    nts_client::privileges::narrow(discipline).context("dropping privileges")?;
+    let keep: &[u32] = if discipline {
+        &[nts_ops::sandbox::cap::SYS_TIME]
+    } else {
+        &[]
+    };
+    nts_ops::sandbox::narrow_capabilities(keep).context("dropping privileges")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,6 +195,7 @@ fn run_agent(
         let mut agent = tokio::spawn(nts_client::agent::run(config, shared, stop_rx));
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
+        nts_ops::sandbox::enter(nts_ops::sandbox::Role::Client, true)?;
         let finished = tokio::select! {
             r = &mut agent => { r??; true }
             _ = tokio::signal::ctrl_c() => false,

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
+use nts_ops::file_reader::FileReader;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -40,6 +41,67 @@ pub fn certified_key_from_pem(
     Ok(ck)
 }
 
+/// Not-before and not-after of a DER certificate, Unix seconds.
+pub fn validity(der: &[u8]) -> Result<(i64, i64)> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).context("certificate is not parsable X.509")?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Not-after of the leaf of `ck`, Unix seconds.
+pub fn leaf_not_after(ck: &CertifiedKey) -> Option<i64> {
+    ck.cert.first().and_then(|c| validity(c).ok()).map(|v| v.1)
+}
+
+/// Refuse a leaf certificate that is not valid at `now` (Unix seconds).
+pub fn check_within_validity(ck: &CertifiedKey, now: i64) -> Result<()> {
+    let leaf = ck.cert.first().context("empty certificate chain")?;
+    let (nb, na) = validity(leaf)?;
+    if now < nb {
+        bail!("certificate is not valid yet (valid from Unix time {nb})");
+    }
+    if now > na {
+        bail!("certificate expired (not after Unix time {na})");
+    }
+    Ok(())
+}
+
+/// Read, parse and check a chain and key pair the way start-up does: readable,
+/// matching, within validity. Errors name `chain_key` and `key_key`.
+pub fn check_pair(
+    reader: &FileReader,
+    chain_key: &str,
+    chain: &Path,
+    key_key: &str,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey> {
+    let chain_pem = reader
+        .read(chain)
+        .with_context(|| format!("{chain_key} {}: cannot read", chain.display()))?;
+    let key_pem = reader
+        .read(key)
+        .with_context(|| format!("{key_key} {}: cannot read", key.display()))?;
+    let ck = certified_key_from_pem(&chain_pem, &key_pem, provider).with_context(|| {
+        format!(
+            "{chain_key} {} and {key_key} {}",
+            chain.display(),
+            key.display()
+        )
+    })?;
+    check_within_validity(&ck, now_unix())
+        .with_context(|| format!("{chain_key} {}", chain.display()))?;
+    Ok(ck)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// A certificate resolver whose certificate can be replaced at any time.
 #[derive(Debug)]
 pub struct ReloadingCert {
@@ -47,6 +109,8 @@ pub struct ReloadingCert {
     chain_path: PathBuf,
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
+    /// Reads the files; through the privileged helper after a user switch.
+    reader: Arc<FileReader>,
     /// Fingerprint of the file contents in service, and of the last contents that failed.
     seen: Mutex<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -70,15 +134,32 @@ fn fingerprint(a: &[u8], b: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+fn read(reader: &FileReader, path: &Path) -> Result<Vec<u8>> {
+    reader
+        .read(path)
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 impl ReloadingCert {
     /// Load the files now; failing here stops start-up.
     pub fn load(chain_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>) -> Result<Self> {
-        let chain = read(chain_path)?;
-        let key = read(key_path)?;
+        Self::load_with(
+            Arc::new(FileReader::direct()),
+            chain_path,
+            key_path,
+            provider,
+        )
+    }
+
+    /// Like [`Self::load`], reading (now and at every reload) through `reader`.
+    pub fn load_with(
+        reader: Arc<FileReader>,
+        chain_path: &Path,
+        key_path: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self> {
+        let chain = read(&reader, chain_path)?;
+        let key = read(&reader, key_path)?;
         let ck = certified_key_from_pem(&chain, &key, &provider).with_context(|| {
             format!(
                 "loading tls.certificate_chain {} and tls.private_key {}",
@@ -91,13 +172,17 @@ impl ReloadingCert {
             chain_path: chain_path.to_owned(),
             key_path: key_path.to_owned(),
             provider,
+            reader,
             seen: Mutex::new((fingerprint(&chain, &key), None)),
         })
     }
 
     /// Re-read the files and swap in a new certificate if they changed and load.
     pub fn reload(&self) -> ReloadOutcome {
-        let (chain, key) = match (read(&self.chain_path), read(&self.key_path)) {
+        let (chain, key) = match (
+            read(&self.reader, &self.chain_path),
+            read(&self.reader, &self.key_path),
+        ) {
             (Ok(c), Ok(k)) => (c, k),
             (Err(e), _) | (_, Err(e)) => {
                 let fp = format!("{e:#}").into_bytes();

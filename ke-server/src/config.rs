@@ -50,6 +50,13 @@ pub struct KeySyncSection {
     /// How Server Negotiation picks among live time servers.
     #[serde(default = "default_selection")]
     pub selection: crate::registry::Selection,
+    /// TLS handshakes on the key-sync listener running at once; more connections are closed.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_max_handshakes() -> usize {
+    64
 }
 
 fn default_report_interval() -> f64 {
@@ -85,6 +92,8 @@ pub struct ServerSection {
     pub user: Option<String>,
     /// Group to switch to (default: the user's primary group).
     pub group: Option<String>,
+    /// Confine the process to its seccomp allow-list after start-up (off: for debugging).
+    pub seccomp: bool,
 }
 
 impl Default for ServerSection {
@@ -100,6 +109,7 @@ impl Default for ServerSection {
             rate_limit_slots: 65_536,
             user: None,
             group: None,
+            seccomp: true,
         }
     }
 }
@@ -372,7 +382,10 @@ impl AcmeSection {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct NtpSection {
-    /// Host name or address clients should send NTP to (Server Negotiation); unset: the KE host itself.
+    /// Host name or address clients should send NTP to (Server Negotiation). Without
+    /// `[key_sync]`, unset means the KE host itself (no record sent). With `[key_sync]`
+    /// it is the explicit fallback used when no registered time server is alive;
+    /// unset: no fallback (key exchanges fail and /readyz says not ready).
     pub server: Option<String>,
     /// UDP port clients should send NTP to (Port Negotiation); unset: 123.
     pub port: Option<u16>,
@@ -381,8 +394,12 @@ pub struct NtpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CookieKeysSection {
-    /// File holding the 32-byte root secret (64 hex digits); created, mode 0600, when missing.
+    /// File holding the 32-byte root secret (64 hex digits), mode 0600.
     pub root_secret_file: PathBuf,
+    /// Create `root_secret_file` (mode 0600) when it does not exist; otherwise a
+    /// missing file stops start-up (a typo must not yield a second secret).
+    #[serde(default)]
+    pub create_if_missing: bool,
     /// Seconds per key epoch.
     #[serde(default = "default_rotation")]
     pub rotation_period: u64,
@@ -438,6 +455,7 @@ impl Config {
 
     /// Check every value; errors name the key and the reason.
     pub fn validate(self) -> Result<Settings> {
+        self.log.validate()?;
         let s = &self.server;
         if s.listen.is_empty() {
             bail!("server.listen: at least one address is needed");
@@ -486,6 +504,9 @@ impl Config {
         if self.ntp.port == Some(0) {
             bail!("ntp.port: 0 is not a port");
         }
+        if self.key_sync.is_some() && self.ntp.server.is_none() && self.ntp.port.is_some() {
+            bail!("ntp.port is set without ntp.server: with [key_sync], the fallback time server must be named explicitly in ntp.server (there is no implicit \"this host\" fallback)");
+        }
         let ck = &self.cookie_keys;
         if ck.rotation_period == 0 || ck.rotation_period > 365 * 86_400 {
             bail!(
@@ -517,6 +538,12 @@ impl Config {
             Some(k) => {
                 let r = seconds("key_sync.report_interval", k.report_interval)?;
                 let e = seconds("key_sync.expiry", k.expiry)?;
+                if k.max_handshakes == 0 || k.max_handshakes > 65_536 {
+                    bail!(
+                        "key_sync.max_handshakes = {}: must be between 1 and 65536",
+                        k.max_handshakes
+                    );
+                }
                 if e <= r {
                     bail!(
                         "key_sync.expiry = {}: must be longer than key_sync.report_interval ({})",
@@ -589,6 +616,7 @@ root_secret_file = "/var/lib/nts/root.key"
             ("[server]\nlisten = []\n", "server.listen"),
             ("[ntp]\nport = 0\n", "ntp.port"),
             ("[ntp]\nserver = \"\"\n", "ntp.server"),
+            ("[log]\nlevel = \"infoo\"\n", "log.level"),
         ];
         for (extra, key) in cases {
             let e = check(&format!("{extra}{MINIMAL}")).unwrap_err();

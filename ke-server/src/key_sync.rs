@@ -5,6 +5,7 @@
 
 use crate::certificate::ReloadingCert;
 use crate::metrics::Metrics;
+use crate::registration::{self, RegistrationError};
 use crate::registry::Registry;
 use crate::server::unix_now;
 use anyhow::{Context, Result};
@@ -12,7 +13,8 @@ use nts_proto::key_ring::{KeyRing, KeySchedule};
 use nts_proto::key_sync::key_set;
 use nts_proto::key_sync::pb::key_sync_server::{KeySync, KeySyncServer};
 use nts_proto::key_sync::pb::{
-    KeySet, LoadReport, RegisterRequest, RegisterResponse, ReportResponse, WatchKeysRequest,
+    KeySet, LoadReport, RegisterRequest, RegisterResponse, ReportResponse, TimeServerInfo,
+    WatchKeysRequest,
 };
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -36,13 +38,31 @@ pub struct KeySyncService {
     pub expiry: Duration,
 }
 
-fn check_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > 256 {
-        return Err(Status::invalid_argument(
-            "server_id must be 1 to 256 characters",
-        ));
+impl KeySyncService {
+    /// Refuse (and count) a registration whose `server_id` is not bound to the
+    /// peer's certificate or whose advertised address is unusable.
+    fn admit<T>(&self, req: &Request<T>, info: &TimeServerInfo, what: &str) -> Result<(), Status> {
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        match registration::check(info, leaf) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let identity = matches!(
+                    e,
+                    RegistrationError::IdentityMismatch { .. }
+                        | RegistrationError::NoCertificate
+                        | RegistrationError::BadCertificate
+                );
+                self.metrics.registration_refused(identity);
+                tracing::warn!(peer = ?req.remote_addr(), "key-sync {what} refused: {e}");
+                Err(if identity {
+                    Status::permission_denied(e.to_string())
+                } else {
+                    Status::invalid_argument(e.to_string())
+                })
+            }
+        }
     }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -52,13 +72,15 @@ impl KeySync for KeySyncService {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let info = req
-            .into_inner()
+            .get_ref()
             .info
+            .clone()
             .ok_or_else(|| Status::invalid_argument("info is required"))?;
-        check_id(&info.server_id)?;
+        self.admit(&req, &info, "registration")?;
         tracing::info!(
             server_id = %info.server_id,
             ntp = %format!("{}:{}", info.ntp_host, info.ntp_port),
+            alternates = info.alternates.len(),
             workers = info.workers,
             timestamping = %info.timestamping,
             "time server registered"
@@ -71,11 +93,13 @@ impl KeySync for KeySyncService {
     }
 
     async fn report(&self, req: Request<LoadReport>) -> Result<Response<ReportResponse>, Status> {
-        let r = req.into_inner();
-        let info = r
+        let info = req
+            .get_ref()
             .info
+            .clone()
             .ok_or_else(|| Status::invalid_argument("info is required"))?;
-        check_id(&info.server_id)?;
+        self.admit(&req, &info, "report")?;
+        let r = req.into_inner();
         self.registry.report(
             info,
             r.requests_per_second,
@@ -145,9 +169,18 @@ pub fn mtls_config(
 }
 
 /// Accept mutual-TLS connections on `listener` and serve the key-sync service on them.
-pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, service: KeySyncService) {
+/// At most `max_handshakes` TLS handshakes run at once; a connection arriving
+/// beyond that is closed at once and counted, so a flood of half-open
+/// handshakes cannot hold unbounded memory and tasks.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    service: KeySyncService,
+    max_handshakes: usize,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let metrics = service.metrics.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     let (tx, rx) = tokio::sync::mpsc::channel::<
         Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
     >(64);
@@ -161,13 +194,20 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, service: Ke
                     continue;
                 }
             };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                metrics.key_sync_busy.inc();
+                tracing::debug!(%peer, "key-sync connection refused: key_sync.max_handshakes reached");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         metrics.key_sync_connections.inc();
+                        drop(_permit);
                         let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(e)) => {

@@ -4,10 +4,12 @@
 
 pub mod acme;
 pub mod certificate;
+pub mod check;
 pub mod config;
 pub mod dev_pki;
 pub mod key_sync;
 pub mod metrics;
+pub mod registration;
 pub mod registry;
 pub mod root_secret;
 pub mod server;
@@ -53,6 +55,7 @@ server = "127.0.0.1"
 port = {DEV_NTP_PORT}
 [cookie_keys]
 root_secret_file = {root:?}
+create_if_missing = true
 [key_sync]
 listen = "{DEV_KEY_SYNC}"
 client_ca = {ca:?}
@@ -151,12 +154,49 @@ struct Health {
     metrics: Arc<Metrics>,
     ring: Arc<ArcSwap<KeyRing>>,
     registry: Option<Arc<registry::Registry>>,
+    /// `ntp.server` is set: with key sync, the explicit fallback.
+    has_fallback: bool,
+    /// Certificates served from files: `[tls]` and `[key_sync]`.
+    file_certs: Vec<(&'static str, Arc<ReloadingCert>)>,
     acme: Option<Arc<acme::AcmeManager>>,
 }
 
 impl nts_ops::http::Observable for Health {
     fn render_metrics(&self) -> String {
         let mut out = self.metrics.render();
+        {
+            // Not-after of every certificate served, whatever its source.
+            let mut certs: Vec<(&str, f64)> = self
+                .file_certs
+                .iter()
+                .filter_map(|(name, c)| {
+                    certificate::leaf_not_after(&c.current()).map(|t| (*name, t as f64))
+                })
+                .collect();
+            if let Some(a) = &self.acme {
+                if let Some(t) = a
+                    .resolver()
+                    .certificate()
+                    .and_then(|c| certificate::leaf_not_after(&c))
+                {
+                    certs.push(("acme", t as f64));
+                }
+            }
+            let labels: Vec<[(&str, &str); 1]> =
+                certs.iter().map(|(n, _)| [("certificate", *n)]).collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&certs)
+                .map(|(l, (_, t))| (&l[..], *t))
+                .collect();
+            let mut e = nts_ops::metrics::Exposition::new();
+            e.gauges(
+                "nts_ke_certificate_expiry_seconds",
+                "Not-after of each certificate in service (tls, key_sync, acme), Unix seconds.",
+                &samples,
+            );
+            out.push_str(&e.finish());
+        }
         if let Some(r) = &self.registry {
             let view = r.view(std::time::Instant::now());
             let mut e = nts_ops::metrics::Exposition::new();
@@ -194,6 +234,14 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
+        if let Some(r) = &self.registry {
+            if !self.has_fallback && !r.has_live(std::time::Instant::now()) {
+                return Err(
+                    "no live time server registered over key sync, and no ntp.server fallback"
+                        .into(),
+                );
+            }
+        }
         if let Some(a) = &self.acme {
             if !a.has_certificate() {
                 return Err("no certificate yet (ACME)".into());
@@ -213,8 +261,54 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
 }
 
+/// The files that must stay readable after the privilege drop (reloaded when
+/// renewed): the TLS and key-sync certificate chains and keys. Everything else
+/// (root secret, client CA, ACME roots) is read once before the drop.
+pub fn reloadable_files(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Some(t) = &cfg.tls {
+        v.push(t.certificate_chain.clone());
+        v.push(t.private_key.clone());
+    }
+    if let Some(k) = &cfg.key_sync {
+        v.push(k.certificate_chain.clone());
+        v.push(k.private_key.clone());
+    }
+    v
+}
+
+/// How files are read: through a privileged helper when the daemon will switch
+/// users (so renewed root-only certificates still load), directly otherwise.
+/// Call before any thread is started.
+pub fn file_reader(cfg: &Config) -> Result<Arc<nts_ops::file_reader::FileReader>> {
+    use nts_ops::file_reader::FileReader;
+    let reader = if cfg.server.user.is_some() {
+        FileReader::with_helper(reloadable_files(cfg), cfg.server.seccomp)
+            .context("starting the file-reading helper")?
+    } else {
+        FileReader::direct()
+    };
+    Ok(Arc::new(reader))
+}
+
 /// Bind everything, drop privileges, and spawn the service tasks on the current runtime.
 pub async fn start(settings: Settings) -> Result<Running> {
+    start_with(
+        settings,
+        Arc::new(nts_ops::file_reader::FileReader::direct()),
+    )
+    .await
+}
+
+/// [`start`] reading certificate files through `reader` (see [`file_reader`]).
+pub async fn start_with(
+    settings: Settings,
+    reader: Arc<nts_ops::file_reader::FileReader>,
+) -> Result<Running> {
+    let problems = check::problems(&settings);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
     let settings = Arc::new(settings);
     let cfg = &settings.config;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -222,7 +316,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
     // The certificate: files on disk ([tls]) or ACME ([acme]); validate() made sure of one.
     let (file_cert, acme) = match (&cfg.tls, &settings.acme) {
         (Some(tls), _) => (
-            Some(Arc::new(ReloadingCert::load(
+            Some(Arc::new(ReloadingCert::load_with(
+                reader.clone(),
                 &tls.certificate_chain,
                 &tls.private_key,
                 provider.clone(),
@@ -254,7 +349,10 @@ pub async fn start(settings: Settings) -> Result<Running> {
         answer_tls_alpn,
     )?));
 
-    let (root, created) = root_secret::load_or_create(&cfg.cookie_keys.root_secret_file)?;
+    let (root, created) = root_secret::load(
+        &cfg.cookie_keys.root_secret_file,
+        cfg.cookie_keys.create_if_missing,
+    )?;
     if created {
         tracing::warn!(
             file = %cfg.cookie_keys.root_secret_file.display(),
@@ -267,41 +365,55 @@ pub async fn start(settings: Settings) -> Result<Running> {
 
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
+        let l = nts_ops::net::bind_tokio(*addr)
             .with_context(|| format!("server.listen: cannot bind {addr}"))?;
         listeners.push(l);
     }
     let key_sync_listener = match &cfg.key_sync {
         Some(k) => Some(
-            tokio::net::TcpListener::bind(k.listen)
-                .await
+            nts_ops::net::bind_tokio(k.listen)
                 .with_context(|| format!("key_sync.listen: cannot bind {}", k.listen))?,
         ),
         None => None,
     };
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
         ),
         None => None,
     };
     let acme_tls_alpn_listener = match settings.acme.as_ref().and_then(|a| a.challenge_listener) {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("acme.challenge_listen: cannot bind {addr}"))?,
         ),
         None => None,
     };
     let acme_http_listener = match settings.acme.as_ref().and_then(|a| a.http_listener) {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            nts_ops::net::bind_tokio(addr)
                 .with_context(|| format!("acme.http_listen: cannot bind {addr}"))?,
         ),
+        None => None,
+    };
+    // Key-sync certificate and client CA: read before the drop (the certificate is
+    // re-read through `reader` when renewed).
+    let key_sync_tls = match &cfg.key_sync {
+        Some(k) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let ks_cert = Arc::new(
+                ReloadingCert::load_with(
+                    reader.clone(),
+                    &k.certificate_chain,
+                    &k.private_key,
+                    provider.clone(),
+                )
+                .context("key_sync.certificate_chain / key_sync.private_key")?,
+            );
+            let tls = key_sync::mtls_config(ks_cert.clone(), &k.client_ca, provider)?;
+            Some((ks_cert, tls))
+        }
         None => None,
     };
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
@@ -318,13 +430,16 @@ pub async fn start(settings: Settings) -> Result<Running> {
         .key_sync
         .as_ref()
         .map(|k| Arc::new(registry::Registry::new(settings.expiry, k.selection)));
-    if let (Some(k), Some(listener)) = (&cfg.key_sync, key_sync_listener) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ks_cert = Arc::new(
-            ReloadingCert::load(&k.certificate_chain, &k.private_key, provider.clone())
-                .context("key_sync.certificate_chain / key_sync.private_key")?,
-        );
-        let tls = key_sync::mtls_config(ks_cert.clone(), &k.client_ca, provider)?;
+    let mut file_certs: Vec<(&'static str, Arc<ReloadingCert>)> = Vec::new();
+    if let Some(c) = &file_cert {
+        file_certs.push(("tls", c.clone()));
+    }
+    if let Some((c, _)) = &key_sync_tls {
+        file_certs.push(("key_sync", c.clone()));
+    }
+    if let (Some(k), Some(listener), Some((ks_cert, tls))) =
+        (&cfg.key_sync, key_sync_listener, key_sync_tls)
+    {
         let service = key_sync::KeySyncService {
             ring: ring_rx,
             schedule: settings.schedule,
@@ -334,7 +449,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
             expiry: settings.expiry,
         };
         tracing::info!(addr = %listener.local_addr()?, "key sync (gRPC, mutual TLS) listening");
-        tokio::spawn(key_sync::serve(listener, tls, service));
+        tokio::spawn(key_sync::serve(listener, tls, service, k.max_handshakes));
         tokio::spawn(watch_certificate(
             ks_cert,
             settings.reload_interval,
@@ -379,6 +494,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
             tracing::info!(addr = %l.local_addr()?, "ACME: HTTP-01 challenge listener");
             tokio::spawn(acme::serve_http01(l, a.resolver()));
         }
+        if a.challenge() == config::ChallengeType::TlsAlpn01 {
+            tokio::spawn(acme::watch_shared_challenges(a.resolver()));
+        }
         tokio::spawn(a.clone().run());
     }
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -387,6 +505,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
             metrics: metrics.clone(),
             ring,
             registry,
+            has_fallback: cfg.ntp.server.is_some(),
+            file_certs,
             acme,
         });
         tokio::spawn(nts_ops::http::serve(l, health));

@@ -67,17 +67,43 @@ fn main() -> Result<()> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
-    nts_ops::init_logging(&config.log.level);
     let settings = config.validate()?;
+    nts_ops::init_logging(&settings.config.log.level);
     if cli.check_config {
-        println!("configuration OK");
-        return Ok(());
+        // Everything start-up would check: files, keys, certificates, users.
+        let problems = nts_ke_server::check::problems(&settings);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!("{} problem(s) in the configuration", problems.len());
     }
+    // Before any thread exists: the helper that reads renewed certificates after the drop.
+    let reader = nts_ke_server::file_reader(&settings.config)?;
+    // What the KE server may still need while starting (binding low ports, switching
+    // users, reading root-only files); a switch to server.user drops them all.
+    {
+        use nts_ops::sandbox::cap;
+        nts_ops::sandbox::narrow_capabilities(&[
+            cap::NET_BIND_SERVICE,
+            cap::SETUID,
+            cap::SETGID,
+            cap::DAC_OVERRIDE,
+            cap::DAC_READ_SEARCH,
+            cap::CHOWN,
+            cap::FOWNER,
+        ])?;
+    }
+    let seccomp = settings.config.server.seccomp;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let running = nts_ke_server::start(settings).await?;
+        let running = nts_ke_server::start_with(settings, reader).await?;
+        nts_ops::sandbox::enter(nts_ops::sandbox::Role::KeServer, seccomp)?;
         for a in &running.ke_addrs {
             tracing::info!(addr = %a, "NTS-KE listening");
         }

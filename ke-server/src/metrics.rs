@@ -61,10 +61,16 @@ pub struct Metrics {
     pub current_key_id: Gauge,
     pub key_sync_connections: Counter,
     pub key_sync_refused: Counter,
+    /// Key-sync connections closed at once: `key_sync.max_handshakes` handshakes were running.
+    pub key_sync_busy: Counter,
+    registrations_refused_identity: Counter,
+    registrations_refused_address: Counter,
     pub key_watchers: Gauge,
     pub key_sets_sent: Counter,
     pub negotiated_registered: Counter,
     pub negotiated_fallback: Counter,
+    /// Key exchanges refused: key sync has no live time server and no fallback is configured.
+    pub negotiated_none: Counter,
     /// Not-after of the ACME certificate in service, Unix seconds (0: none).
     pub acme_cert_expiry: Gauge,
     pub acme_renewals_ok: Counter,
@@ -84,6 +90,24 @@ impl Metrics {
 
     pub fn cut_off_count(&self, why: CutOff) -> u64 {
         self.cut_off[why as usize].get()
+    }
+
+    /// Count a refused registration or report: `identity` (server_id not bound to
+    /// the certificate) or an unusable advertised address.
+    pub fn registration_refused(&self, identity: bool) {
+        if identity {
+            self.registrations_refused_identity.inc();
+        } else {
+            self.registrations_refused_address.inc();
+        }
+    }
+
+    pub fn registrations_refused(&self, identity: bool) -> u64 {
+        if identity {
+            self.registrations_refused_identity.get()
+        } else {
+            self.registrations_refused_address.get()
+        }
     }
 
     pub fn request_error(&self, reason: &str) {
@@ -190,6 +214,19 @@ impl Metrics {
             "Key-sync connections refused at the TLS handshake (no or untrusted client certificate).",
             self.key_sync_refused.get(),
         );
+        e.counter(
+            "nts_ke_key_sync_busy_total",
+            "Key-sync connections closed at once because key_sync.max_handshakes handshakes were running.",
+            self.key_sync_busy.get(),
+        );
+        e.counters(
+            "nts_ke_key_sync_registrations_refused_total",
+            "Key-sync registrations and reports refused: server_id not bound to the client certificate, or unusable advertised address.",
+            &[
+                (&[("reason", "identity")], self.registrations_refused_identity.get()),
+                (&[("reason", "address")], self.registrations_refused_address.get()),
+            ],
+        );
         e.gauge(
             "nts_ke_key_watchers",
             "Time servers currently watching the key set.",
@@ -202,10 +239,11 @@ impl Metrics {
         );
         e.counters(
             "nts_ke_server_negotiation_total",
-            "Time server named in Server Negotiation: a registered one, or the configured fallback.",
+            "Time server named in Server Negotiation: a registered one, the configured fallback, or none (refused with Internal Server Error).",
             &[
                 (&[("source", "registry")], self.negotiated_registered.get()),
                 (&[("source", "fallback")], self.negotiated_fallback.get()),
+                (&[("source", "none")], self.negotiated_none.get()),
             ],
         );
         e.gauge(

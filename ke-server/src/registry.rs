@@ -3,6 +3,7 @@
 
 use nts_proto::key_sync::pb::TimeServerInfo;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,6 +39,41 @@ pub struct EntryView {
     pub address: String,
     pub alive: bool,
     pub requests_per_second: f64,
+}
+
+/// Whether `host` is an IP literal of the same family as `client`.
+fn same_family(host: &str, client: IpAddr) -> bool {
+    let client_v6 = match client {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+    };
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => !client_v6,
+        Ok(IpAddr::V6(_)) => client_v6,
+        Err(_) => false,
+    }
+}
+
+/// The address of `info` to give a client at `client`: the first advertised
+/// one (main, then alternates) of the client's family, else the main one (a
+/// DNS name, or the only family the server has).
+pub fn address_for(info: &TimeServerInfo, client: Option<IpAddr>) -> Target {
+    let main = Target {
+        host: info.ntp_host.clone(),
+        port: info.ntp_port as u16,
+    };
+    let Some(client) = client else { return main };
+    if same_family(&main.host, client) {
+        return main;
+    }
+    info.alternates
+        .iter()
+        .find(|a| same_family(&a.host, client))
+        .map(|a| Target {
+            host: a.host.clone(),
+            port: a.port as u16,
+        })
+        .unwrap_or(main)
 }
 
 #[derive(Debug)]
@@ -111,8 +147,15 @@ impl Registry {
             && e.info.ntp_port != 0
     }
 
-    /// Choose a live time server, or None when none is eligible.
-    pub fn pick(&self, now: Instant) -> Option<Target> {
+    /// Whether at least one time server could be handed out now.
+    pub fn has_live(&self, now: Instant) -> bool {
+        self.lock().values().any(|v| self.eligible(v, now))
+    }
+
+    /// Choose a live time server, or None when none is eligible. The address is
+    /// one of the client's family where the server advertised one (`client`
+    /// IPv6, or IPv4 including IPv4-mapped IPv6), else its main address.
+    pub fn pick(&self, now: Instant, client: Option<IpAddr>) -> Option<Target> {
         let mut e = self.lock();
         // Forget entries dead for a long time so the map stays bounded by live servers.
         let expiry = self.expiry;
@@ -133,10 +176,13 @@ impl Registry {
                 })
                 .copied()?,
         };
-        Some(Target {
-            host: chosen.info.ntp_host.clone(),
-            port: chosen.info.ntp_port as u16,
-        })
+        Some(address_for(&chosen.info, client))
+    }
+
+    /// Forget every registration (a test helper for restart scenarios).
+    #[cfg(test)]
+    fn clear(&self) {
+        self.lock().clear();
     }
 
     pub fn view(&self, now: Instant) -> Vec<EntryView> {
@@ -166,6 +212,7 @@ mod tests {
             ntp_port: port,
             workers,
             timestamping: "software".into(),
+            alternates: Vec::new(),
         }
     }
 
@@ -173,23 +220,63 @@ mod tests {
     fn only_live_servers_with_keys_are_picked() {
         let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin);
         let t0 = Instant::now();
-        assert_eq!(r.pick(t0), None);
+        assert_eq!(r.pick(t0, None), None);
         r.register(info("a", 1001, 2), t0);
-        assert_eq!(r.pick(t0), None, "registered but no keys yet");
+        assert_eq!(r.pick(t0, None), None, "registered but no keys yet");
         r.report(info("a", 1001, 2), 0.0, true, true, t0);
         r.report(info("b", 1002, 2), 0.0, true, true, t0);
         r.report(info("c", 1003, 2), 0.0, false, true, t0);
-        let mut seen: Vec<u16> = (0..4).map(|_| r.pick(t0).unwrap().port).collect();
+        let mut seen: Vec<u16> = (0..4).map(|_| r.pick(t0, None).unwrap().port).collect();
         seen.sort();
         assert_eq!(seen, vec![1001, 1001, 1002, 1002]);
         // b goes silent: after the expiry only a is picked.
         let t1 = t0 + Duration::from_secs(11);
         r.report(info("a", 1001, 2), 0.0, true, true, t1);
-        assert!((0..4).all(|_| r.pick(t1).unwrap().port == 1001));
+        assert!((0..4).all(|_| r.pick(t1, None).unwrap().port == 1001));
         // Unhealthy servers are skipped.
         r.report(info("a", 1001, 2), 0.0, true, false, t1);
-        assert_eq!(r.pick(t1), None);
+        assert_eq!(r.pick(t1, None), None);
         assert_eq!(r.view(t1).len(), 3);
+        assert!(!r.has_live(t1));
+        r.report(info("a", 1001, 2), 0.0, true, true, t1);
+        assert!(r.has_live(t1));
+        r.clear();
+        assert!(!r.has_live(t1));
+    }
+
+    #[test]
+    fn client_gets_an_address_of_its_family() {
+        use nts_proto::key_sync::pb::NtpEndpoint;
+        let mut i = info("a", 123, 1);
+        i.alternates = vec![NtpEndpoint {
+            host: "2001:db8::7".into(),
+            port: 1123,
+        }];
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(address_for(&i, Some(v4)).host, "127.0.0.1");
+        assert_eq!(address_for(&i, Some(mapped)).host, "127.0.0.1");
+        assert_eq!(
+            address_for(&i, Some(v6)),
+            Target {
+                host: "2001:db8::7".into(),
+                port: 1123
+            }
+        );
+        assert_eq!(address_for(&i, None).host, "127.0.0.1");
+        // No address of the client's family: the main one.
+        i.alternates.clear();
+        assert_eq!(address_for(&i, Some(v6)).host, "127.0.0.1");
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin);
+        let t = Instant::now();
+        i.alternates = vec![NtpEndpoint {
+            host: "::1".into(),
+            port: 5,
+        }];
+        r.report(i, 0.0, true, true, t);
+        assert_eq!(r.pick(t, Some(v6)).unwrap().host, "::1");
+        assert_eq!(r.pick(t, Some(v4)).unwrap().host, "127.0.0.1");
     }
 
     #[test]
@@ -199,8 +286,8 @@ mod tests {
         r.report(info("a", 1, 1), 100.0, true, true, t);
         r.report(info("b", 2, 4), 200.0, true, true, t);
         r.report(info("c", 3, 1), f64::NAN, true, true, t);
-        assert_eq!(r.pick(t).unwrap().port, 3, "NaN counts as idle");
+        assert_eq!(r.pick(t, None).unwrap().port, 3, "NaN counts as idle");
         r.report(info("c", 3, 1), 500.0, true, true, t);
-        assert_eq!(r.pick(t).unwrap().port, 2);
+        assert_eq!(r.pick(t, None).unwrap().port, 2);
     }
 }

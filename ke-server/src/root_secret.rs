@@ -1,6 +1,8 @@
 //! The cookie root secret on disk: 64 hex digits in a file only its owner can
-//! read. Losing it invalidates every cookie in circulation, so it is created
-//! once and then only ever read.
+//! read. Losing it invalidates every cookie in circulation, and a replica with
+//! a different secret makes clients fail, so it is created only when asked
+//! (`cookie_keys.create_if_missing`, or `--dev`) and then only ever read; a
+//! file readable by group or others is refused.
 
 use anyhow::{bail, Context, Result};
 use nts_proto::key_ring::RootSecret;
@@ -8,37 +10,71 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Read the secret, or create it (mode 0600) when the file does not exist.
-/// Returns the secret and whether it was created now.
-pub fn load_or_create(path: &Path) -> Result<(RootSecret, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    "cookie_keys.root_secret_file {} is readable by group or others (mode {:o}); it should be 0600",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-            let bytes = hex::decode(text.trim()).map_err(|_| {
-                anyhow::anyhow!(
-                    "cookie_keys.root_secret_file {}: expected 64 hexadecimal digits",
-                    path.display()
-                )
-            })?;
-            let secret = RootSecret::from_bytes(&bytes)
-                .with_context(|| format!("cookie_keys.root_secret_file {}", path.display()))?;
-            Ok((secret, false))
-        }
+/// Why the root secret file cannot be used; messages name the key.
+fn problem(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("cookie_keys.root_secret_file {}: {why}", path.display())
+}
+
+/// Check the file without creating anything: it exists (or `create_if_missing`),
+/// only its owner can read it, and it holds 64 hexadecimal digits.
+pub fn check(path: &Path, create_if_missing: bool) -> Result<()> {
+    match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if create_if_missing {
+                Ok(())
+            } else {
+                Err(problem(path, "does not exist; copy it from another replica (every replica needs the same secret), or set cookie_keys.create_if_missing = true to create a new one"))
+            }
+        }
+        Err(e) => Err(problem(path, e)),
+        Ok(_) => read_existing(path).map(|_| ()),
+    }
+}
+
+fn read_existing(path: &Path) -> Result<RootSecret> {
+    let text = std::fs::read_to_string(path).map_err(|e| problem(path, e))?;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| problem(path, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(problem(
+            path,
+            format!(
+                "readable or writable by group or others (mode {:o}); chmod 600 it",
+                mode & 0o777
+            ),
+        ));
+    }
+    let bytes = hex::decode(text.trim()).map_err(|_| {
+        problem(
+            path,
+            format!(
+                "expected 64 hexadecimal digits, found {} characters that are not",
+                text.trim().len()
+            ),
+        )
+    })?;
+    RootSecret::from_bytes(&bytes).map_err(|e| {
+        problem(
+            path,
+            format!("expected 64 hexadecimal digits (32 bytes): {e}"),
+        )
+    })
+}
+
+/// Read the secret; create it (mode 0600) only when it is missing and
+/// `create_if_missing` is set. Returns the secret and whether it was created now.
+pub fn load(path: &Path, create_if_missing: bool) -> Result<(RootSecret, bool)> {
+    check(path, create_if_missing)?;
+    match read_existing(path) {
+        Ok(s) => Ok((s, false)),
+        Err(_) if create_if_missing && !path.exists() => {
             let secret = RootSecret::generate(&mut rand::rngs::OsRng);
             write_new(path, &secret)?;
             Ok((secret, true))
         }
-        Err(e) => {
-            Err(e).with_context(|| format!("cookie_keys.root_secret_file {}", path.display()))
-        }
+        Err(e) => Err(e),
     }
 }
 
@@ -69,13 +105,16 @@ mod tests {
     fn created_once_then_reused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/root.key");
-        let (a, created) = load_or_create(&p).unwrap();
+        let e = load(&p, false).unwrap_err();
+        assert!(format!("{e:#}").contains("create_if_missing"), "{e:#}");
+        assert!(!p.exists());
+        let (a, created) = load(&p, true).unwrap();
         assert!(created);
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let (b, created) = load_or_create(&p).unwrap();
+        let (b, created) = load(&p, false).unwrap();
         assert!(!created);
         assert_eq!(a.as_bytes(), b.as_bytes());
     }
@@ -84,10 +123,20 @@ mod tests {
     fn bad_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("root.key");
-        std::fs::write(&p, "abcd").unwrap();
-        let e = load_or_create(&p).unwrap_err();
-        assert!(format!("{e:#}").contains("cookie_keys.root_secret_file"));
+        std::fs::write(&p, "abc").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load(&p, true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cookie_keys.root_secret_file")
+                && format!("{e:#}").contains("64 hexadecimal"),
+            "{e:#}"
+        );
         std::fs::write(&p, "zz".repeat(32)).unwrap();
-        assert!(load_or_create(&p).is_err());
+        assert!(load(&p, false).is_err());
+        std::fs::write(&p, "ab".repeat(32)).unwrap();
+        assert!(load(&p, false).is_ok());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load(&p, false).unwrap_err();
+        assert!(format!("{e:#}").contains("group or others"), "{e:#}");
     }
 }

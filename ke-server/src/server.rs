@@ -256,9 +256,10 @@ impl KeService {
         s2c.fill(0);
         match cookies {
             Some(cookies) => {
-                self.metrics.key_exchanges_ok.inc();
-                self.metrics.cookies_issued.add(cookies.len() as u64);
-                let registered = self.registry.as_ref().and_then(|r| r.pick(Instant::now()));
+                let registered = self
+                    .registry
+                    .as_ref()
+                    .and_then(|r| r.pick(Instant::now(), Some(peer.ip())));
                 let target = match registered {
                     Some(t) => {
                         self.metrics.negotiated_registered.inc();
@@ -267,11 +268,20 @@ impl KeService {
                             port: Some(t.port),
                         }
                     }
+                    // With key sync, only an explicit ntp.server is a fallback: never
+                    // send clients to this host by leaving Server Negotiation out.
+                    None if self.registry.is_some() && self.target.server.is_none() => {
+                        self.metrics.negotiated_none.inc();
+                        tracing::info!(%peer, "no live time server and no ntp.server fallback: answering Internal Server Error");
+                        return Ok(encode_error(ErrorCode::InternalServerError));
+                    }
                     None => {
                         self.metrics.negotiated_fallback.inc();
                         self.target.clone()
                     }
                 };
+                self.metrics.key_exchanges_ok.inc();
+                self.metrics.cookies_issued.add(cookies.len() as u64);
                 tracing::debug!(%peer, aead = %alg, ntp = ?target, "key exchange completed");
                 Ok(encode_response(neg, &cookies, &target))
             }

@@ -2,9 +2,12 @@
 //! HTTP endpoint, logging set-up and dropping privileges after binding.
 
 pub mod config;
+pub mod file_reader;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod privileges;
+pub mod sandbox;
 pub mod socket_timestamps;
 
 /// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.

@@ -35,3 +35,104 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<()> {
     tracing::info!(user, gid = gid.as_raw(), "dropped privileges");
     Ok(())
 }
+
+/// Whether the process runs with effective uid 0.
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Problems that would stop [`drop_to`]: `server.user`/`server.group` that do
+/// not exist, or a daemon not started as root. One line per problem, naming the key.
+pub fn check_user(user: Option<&str>, group: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(u) = user {
+        match User::from_name(u) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(format!("server.user = {u:?}: no such user")),
+            Err(e) => out.push(format!("server.user = {u:?}: cannot look it up: {e}")),
+        }
+        if !nix::unistd::geteuid().is_root() {
+            out.push(format!(
+                "server.user = {u:?}: switching users needs the daemon to start as root (running as uid {})",
+                nix::unistd::geteuid()
+            ));
+        }
+    }
+    if let Some(g) = group {
+        if user.is_none() {
+            out.push("server.group: only used together with server.user".into());
+        }
+        match Group::from_name(g) {
+            Ok(Some(_)) => {}
+            Ok(None) => out.push(format!("server.group = {g:?}: no such group")),
+            Err(e) => out.push(format!("server.group = {g:?}: cannot look it up: {e}")),
+        }
+    }
+    out
+}
+
+/// Whether `user` (and `group`, default its primary group) can create a file in
+/// `dir`, tried for real in a short-lived child process that switches to that
+/// user, as the daemon will. Needs root; `Ok(())` when there is no user.
+pub fn check_dir_writable_as(
+    user: Option<&str>,
+    group: Option<&str>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(user) = user else { return Ok(()) };
+    let u = User::from_name(user)?.with_context(|| format!("user {user:?} does not exist"))?;
+    let gid = match group {
+        Some(g) => {
+            Group::from_name(g)?
+                .with_context(|| format!("group {g:?} does not exist"))?
+                .gid
+        }
+        None => u.gid,
+    };
+    // Everything the child needs is prepared before fork: it only makes system calls.
+    let mut probe = dir.as_os_str().as_bytes().to_vec();
+    probe.extend_from_slice(format!("/.nts-check.{}", std::process::id()).as_bytes());
+    let probe = std::ffi::CString::new(probe).context("directory name holds a NUL byte")?;
+    let (uid, gid) = (u.uid.as_raw(), gid.as_raw());
+    // SAFETY: the child performs only async-signal-safe system calls and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: raw system calls on prepared data; `_exit` ends the child.
+        unsafe {
+            let gids = [gid];
+            if libc::setgroups(1, gids.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(100);
+            }
+            let fd = libc::open(
+                probe.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o600,
+            );
+            if fd < 0 {
+                libc::_exit(*libc::__errno_location() & 0x7f);
+            }
+            libc::close(fd);
+            libc::unlink(probe.as_ptr());
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !libc::WIFEXITED(status) {
+        bail!("the check process did not finish");
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        100 => bail!("cannot switch to user {user:?}"),
+        e => Err(std::io::Error::from_raw_os_error(e))
+            .with_context(|| format!("user {user:?} cannot create files there")),
+    }
+}

@@ -51,6 +51,8 @@ pub struct ServerSection {
     /// User and group to switch to after binding.
     pub user: Option<String>,
     pub group: Option<String>,
+    /// Confine the process to its seccomp allow-list after start-up (off: for debugging).
+    pub seccomp: bool,
 }
 
 impl Default for ServerSection {
@@ -68,6 +70,7 @@ impl Default for ServerSection {
             max_request_age: 0.05,
             user: None,
             group: None,
+            seccomp: true,
         }
     }
 }
@@ -191,7 +194,12 @@ pub struct KeySyncSection {
     pub server_name: Option<String>,
     /// `host:port` clients should send NTP to (default: the first listen address).
     pub advertise: Option<String>,
-    /// Identity in the registry (default: host name and advertised port).
+    /// More `host:port` addresses of this server, typically of the other address
+    /// family, so IPv6 clients are sent to an IPv6 address (and IPv4 to IPv4).
+    #[serde(default)]
+    pub advertise_also: Vec<String>,
+    /// Identity in the registry (default: host name and advertised port); must be a
+    /// name of the client certificate, or such a name followed by `:` and a suffix.
     pub server_id: Option<String>,
     /// Longest wait between reconnection attempts, in seconds.
     #[serde(default = "default_max_backoff")]
@@ -200,6 +208,17 @@ pub struct KeySyncSection {
 
 fn default_max_backoff() -> f64 {
     30.0
+}
+
+/// Split an advertised `host:port` (`[v6]:port` for IPv6) into host and port.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = h.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port))
 }
 
 /// Checked settings.
@@ -263,6 +282,7 @@ impl Config {
     }
 
     pub fn validate(self) -> Result<Settings> {
+        self.log.validate()?;
         let s = &self.server;
         if s.listen.is_empty() {
             bail!("server.listen: at least one address is needed");
@@ -367,6 +387,14 @@ impl Config {
                         bail!("key_sync.server_id = {id:?}: must be 1 to 256 characters");
                     }
                 }
+                if ks.advertise_also.len() > 4 {
+                    bail!("key_sync.advertise_also: at most 4 addresses");
+                }
+                for a in &ks.advertise_also {
+                    if split_host_port(a).is_none() {
+                        bail!("key_sync.advertise_also: {a:?} is not host:port (IPv6: [address]:port)");
+                    }
+                }
                 positive("key_sync.max_backoff", ks.max_backoff, 3600.0)?;
                 KeySchedule::default()
             }
@@ -462,6 +490,21 @@ mod tests {
             .override_key_sync(Some("[192.0.2.7]:123".into()), None)
             .is_err());
         parse(MINIMAL).override_key_sync(None, None).unwrap();
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        assert_eq!(
+            split_host_port("[2001:db8::1]:123"),
+            Some(("2001:db8::1".into(), 123))
+        );
+        assert_eq!(
+            split_host_port("a.example:4123"),
+            Some(("a.example".into(), 4123))
+        );
+        assert_eq!(split_host_port("a.example:0"), None);
+        assert_eq!(split_host_port("a.example"), None);
+        assert_eq!(split_host_port(":123"), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::keys::{unix_now, KeyStore};
 use crate::metrics::Metrics;
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
+use nts_ops::file_reader::FileReader;
 use nts_proto::key_ring::{find_conflict, CookieKey, KeyId, KeyRing};
 use nts_proto::key_sync::keys_from_set;
 use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
@@ -36,6 +37,10 @@ pub struct KeySyncClientSettings {
     pub server_name: Option<String>,
     pub info: TimeServerInfo,
     pub max_backoff: Duration,
+    /// Reads the CA, certificate and key (through the privileged helper after a
+    /// user switch); they are read again at every reconnection, so a renewed
+    /// client certificate is used without a restart.
+    pub reader: Arc<FileReader>,
 }
 
 /// Per-endpoint latest key sets, merged into the ring in service.
@@ -92,22 +97,23 @@ impl Merger {
 }
 
 pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>> {
+    let read = |what: &str, p: &std::path::Path| {
+        s.reader
+            .read(p)
+            .with_context(|| format!("{what} {}: cannot read", p.display()))
+    };
+    let ca_pem = read("key_sync.ca", &s.ca)?;
+    let chain_pem = read("key_sync.certificate_chain", &s.certificate_chain)?;
+    let key_pem = read("key_sync.private_key", &s.private_key)?;
     let mut roots = rustls::RootCertStore::empty();
-    let cas = CertificateDer::pem_file_iter(&s.ca)
-        .with_context(|| format!("key_sync.ca {}", s.ca.display()))?
+    let cas = CertificateDer::pem_slice_iter(&ca_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("key_sync.ca {}: not PEM", s.ca.display()))?;
     let (added, _) = roots.add_parsable_certificates(cas);
     if added == 0 {
         anyhow::bail!("key_sync.ca {}: no usable CA certificate", s.ca.display());
     }
-    let chain = CertificateDer::pem_file_iter(&s.certificate_chain)
-        .with_context(|| {
-            format!(
-                "key_sync.certificate_chain {}",
-                s.certificate_chain.display()
-            )
-        })?
+    let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| {
             format!(
@@ -115,7 +121,13 @@ pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>
                 s.certificate_chain.display()
             )
         })?;
-    let key = PrivateKeyDer::from_pem_file(&s.private_key)
+    if chain.is_empty() {
+        anyhow::bail!(
+            "key_sync.certificate_chain {}: no certificate",
+            s.certificate_chain.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .with_context(|| format!("key_sync.private_key {}", s.private_key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -261,7 +273,15 @@ async fn run_endpoint(
 ) {
     let mut backoff = Duration::from_millis(250);
     let mut last_error: Option<String> = None;
+    let mut tls = tls;
     loop {
+        // Files renewed on disk are used from the next connection on.
+        match client_tls(&settings) {
+            Ok(t) => tls = t,
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint, "key-sync certificate files not reloaded, keeping the loaded ones: {e:#}")
+            }
+        }
         let mut got_keys = false;
         let result = session(
             &endpoint,

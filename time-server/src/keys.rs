@@ -6,6 +6,7 @@
 //! keys are dropped.
 
 use arc_swap::ArcSwap;
+use nts_ops::file_reader::FileReader;
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,8 +59,11 @@ pub fn unix_now() -> u64 {
     crate::clock_state::now_nanos() / 1_000_000_000
 }
 
-fn read_root(path: &Path) -> Result<RootSecret, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Read and parse the root secret file (through the privileged reader after a user switch).
+pub fn read_root(reader: &FileReader, path: &Path) -> Result<RootSecret, String> {
+    let text = reader
+        .read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let bytes = hex::decode(text.trim())
         .map_err(|_| format!("{}: expected 64 hexadecimal digits", path.display()))?;
     RootSecret::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
@@ -67,11 +71,16 @@ fn read_root(path: &Path) -> Result<RootSecret, String> {
 
 /// Keep `store` filled from the root secret file. Waits (and says so) while the
 /// file does not exist yet, as when ke-server and time-server start together.
-pub fn run_file_source(path: PathBuf, schedule: KeySchedule, store: Arc<KeyStore>) {
+pub fn run_file_source(
+    path: PathBuf,
+    schedule: KeySchedule,
+    store: Arc<KeyStore>,
+    reader: Arc<FileReader>,
+) {
     let mut last_error: Option<String> = None;
     loop {
         let now = unix_now();
-        match read_root(&path) {
+        match read_root(&reader, &path) {
             Ok(root) => {
                 if last_error.take().is_some() || store.age(now).is_none() {
                     tracing::info!(file = %path.display(), "cookie keys loaded");
@@ -123,10 +132,11 @@ mod tests {
     fn root_file_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r");
-        assert!(read_root(&p).is_err());
+        let r = FileReader::direct();
+        assert!(read_root(&r, &p).is_err());
         std::fs::write(&p, "00").unwrap();
-        assert!(read_root(&p).unwrap_err().contains("32"));
+        assert!(read_root(&r, &p).unwrap_err().contains("32"));
         std::fs::write(&p, format!("{}\n", "ab".repeat(32))).unwrap();
-        assert!(read_root(&p).is_ok());
+        assert!(read_root(&r, &p).is_ok());
     }
 }

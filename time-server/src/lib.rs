@@ -2,6 +2,7 @@
 //! one worker thread and `SO_REUSEPORT` socket per core and listen address,
 //! kernel or NIC receive timestamps, per-address rate limiting.
 
+pub mod check;
 pub mod clock_state;
 pub mod config;
 pub mod key_sync_client;
@@ -48,7 +49,10 @@ endpoints = ["{DEV_KEY_SYNC}"]
 ca = {ca:?}
 certificate_chain = {cert:?}
 private_key = {key:?}
+# The development client certificate names "time-server": the registry binds the id to it.
+server_id = "time-server:{port}"
 "#,
+        port = DEV_LISTEN.rsplit_once(':').map_or("4123", |(_, p)| p),
         ca = state_dir.join("ca.pem"),
         cert = state_dir.join("time-server-cert.pem"),
         key = state_dir.join("time-server-key.pem"),
@@ -108,10 +112,41 @@ pub struct Running {
     pub threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// The files read after the privilege drop (through the helper): the key-sync
+/// CA, certificate and key (read again at every reconnection), and the root
+/// secret file of `[keys]` (read every epoch).
+pub fn reloadable_files(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Some(k) = &cfg.key_sync {
+        v.extend([
+            k.ca.clone(),
+            k.certificate_chain.clone(),
+            k.private_key.clone(),
+        ]);
+    }
+    if let Some(k) = &cfg.keys {
+        v.push(k.root_secret_file.clone());
+    }
+    v
+}
+
 /// Bind, drop privileges, and start the worker and housekeeping threads.
+/// Call before any other thread is started (it may fork the file-reading helper).
 pub fn start(settings: Settings) -> Result<Running> {
     let cfg = &settings.config;
     let workers = settings.workers;
+    let problems = check::problems(&settings);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    // With a user switch, files read later go through a helper that keeps the
+    // start-up identity (see nts_ops::file_reader).
+    let reader = Arc::new(if cfg.server.user.is_some() {
+        nts_ops::file_reader::FileReader::with_helper(reloadable_files(cfg), cfg.server.seccomp)
+            .context("starting the file-reading helper")?
+    } else {
+        nts_ops::file_reader::FileReader::direct()
+    });
 
     // Bind every socket first (port 123 may need root), resolving port 0 once so all
     // workers of an address share the port.
@@ -193,13 +228,16 @@ pub fn start(settings: Settings) -> Result<Running> {
 
     let metrics_listener = match cfg.metrics.listen {
         Some(a) => Some(
-            std::net::TcpListener::bind(a)
+            nts_ops::net::bind_tcp(a)
                 .with_context(|| format!("metrics.listen: cannot bind {a}"))?,
         ),
         None => None,
     };
     nts_ops::privileges::drop_to(cfg.server.user.as_deref(), cfg.server.group.as_deref())
         .context("server.user/server.group: cannot drop privileges")?;
+    // Sockets are bound and timestamping is set up: no capability is needed any
+    // more (reading the clock state needs none). Before any thread starts.
+    nts_ops::sandbox::narrow_capabilities(&[])?;
 
     let endpoints = cfg
         .key_sync
@@ -235,24 +273,21 @@ pub fn start(settings: Settings) -> Result<Running> {
     let mut threads = Vec::new();
     match (&cfg.keys, &cfg.key_sync) {
         (Some(k), _) => {
-            let (path, schedule, keys) =
-                (k.root_secret_file.clone(), settings.schedule, keys.clone());
+            let (path, schedule, keys, reader) = (
+                k.root_secret_file.clone(),
+                settings.schedule,
+                keys.clone(),
+                reader.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("keys".into())
-                    .spawn(move || keys::run_file_source(path, schedule, keys))?,
+                    .spawn(move || keys::run_file_source(path, schedule, keys, reader))?,
             );
         }
         (None, Some(ks)) => {
             let advertise = ks.advertise.clone().unwrap_or_else(|| addrs[0].to_string());
-            let (host, port) = advertise
-                .rsplit_once(':')
-                .and_then(|(h, p)| {
-                    Some((
-                        h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                        p.parse::<u16>().ok()?,
-                    ))
-                })
+            let (host, port) = config::split_host_port(&advertise)
                 .context("key_sync.advertise: must be host:port")?;
             let info = nts_proto::key_sync::pb::TimeServerInfo {
                 server_id: ks
@@ -263,6 +298,15 @@ pub fn start(settings: Settings) -> Result<Running> {
                 ntp_port: port as u32,
                 workers: workers as u32,
                 timestamping: source.label().to_string(),
+                alternates: ks
+                    .advertise_also
+                    .iter()
+                    .filter_map(|a| config::split_host_port(a))
+                    .map(|(host, port)| nts_proto::key_sync::pb::NtpEndpoint {
+                        host,
+                        port: port as u32,
+                    })
+                    .collect(),
             };
             let client = key_sync_client::KeySyncClientSettings {
                 endpoints: ks.endpoints.clone(),
@@ -272,6 +316,7 @@ pub fn start(settings: Settings) -> Result<Running> {
                 server_name: ks.server_name.clone(),
                 info,
                 max_backoff: Duration::from_secs_f64(ks.max_backoff),
+                reader: reader.clone(),
             };
             threads.push(key_sync_client::spawn(
                 client,

@@ -68,6 +68,7 @@ fn main() -> Result<()> {
         config.log.level = level.clone();
     }
     config.override_key_sync(cli.advertise.clone(), cli.server_id.clone())?;
+    config.log.validate()?;
     nts_ops::init_logging(&config.log.level);
     if cli.dev {
         // The ke-server started beside us creates the development PKI; give it a moment.
@@ -90,9 +91,18 @@ fn main() -> Result<()> {
     }
     let settings = config.validate()?;
     if cli.check_config {
-        println!("configuration OK");
-        return Ok(());
+        // Everything start-up would check: files, keys, certificates, users.
+        let problems = nts_time_server::check::problems(&settings);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!("{} problem(s) in the configuration", problems.len());
     }
+    let seccomp = settings.config.server.seccomp;
     let running = nts_time_server::start(settings)?;
     for a in &running.addrs {
         tracing::info!(addr = %a, workers = running.metrics.workers.len() / running.addrs.len(), "NTP listening");
@@ -100,6 +110,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    nts_ops::sandbox::enter(nts_ops::sandbox::Role::TimeServer, seccomp)?;
     runtime.block_on(async move {
         if let Some(l) = running.metrics_listener {
             l.set_nonblocking(true)?;

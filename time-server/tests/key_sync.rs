@@ -132,7 +132,7 @@ endpoints = [{eps}]
 ca = {ca:?}
 certificate_chain = {cert:?}
 private_key = {key:?}
-server_id = "ts-{port}"
+server_id = "time-server:{port}"
 max_backoff = 1.0
 [metrics]
 listen = "127.0.0.1:{mport}"

@@ -125,7 +125,7 @@ certificate_chain = {cert:?}
 private_key = {key:?}
 # The development key-sync certificate names localhost, 127.0.0.1 and ::1.
 server_name = "localhost"
-server_id = "ts-netns"
+server_id = "time-server:netns"
 max_backoff = 1.0
 [metrics]
 listen = "127.0.0.1:{METRICS_PORT}"

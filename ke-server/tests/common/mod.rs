@@ -38,6 +38,7 @@ server = "127.0.0.1"
 port = 4123
 [cookie_keys]
 root_secret_file = {root:?}
+create_if_missing = true
 [metrics]
 listen = "127.0.0.1:{mport}"
 [log]

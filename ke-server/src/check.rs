@@ -1,0 +1,107 @@
+//! Everything start-up needs from the file system and the user database,
+//! checked without starting anything: `--check-config` prints these problems,
+//! and start-up refuses to go on when there is any, so the two agree.
+//!
+//! Files are read with the identity the daemon reads them with: the start-up
+//! identity (before the privilege drop, and through the file-reading helper
+//! afterwards; see `nts_ops::file_reader`).
+
+use crate::certificate::check_pair;
+use crate::config::Settings;
+use nts_ops::file_reader::FileReader;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::path::Path;
+
+/// One line per problem, each naming the configuration key and the reason.
+pub fn problems(settings: &Settings) -> Vec<String> {
+    let cfg = &settings.config;
+    let mut out = Vec::new();
+    let reader = FileReader::direct();
+    let provider = rustls::crypto::ring::default_provider();
+    out.extend(nts_ops::privileges::check_user(
+        cfg.server.user.as_deref(),
+        cfg.server.group.as_deref(),
+    ));
+    if let Some(tls) = &cfg.tls {
+        if let Err(e) = check_pair(
+            &reader,
+            "tls.certificate_chain",
+            &tls.certificate_chain,
+            "tls.private_key",
+            &tls.private_key,
+            &provider,
+        ) {
+            out.push(format!("{e:#}"));
+        }
+    }
+    if let Some(k) = &cfg.key_sync {
+        if let Err(e) = check_pair(
+            &reader,
+            "key_sync.certificate_chain",
+            &k.certificate_chain,
+            "key_sync.private_key",
+            &k.private_key,
+            &provider,
+        ) {
+            out.push(format!("{e:#}"));
+        }
+        if let Err(why) = ca_file(&k.client_ca) {
+            out.push(format!(
+                "key_sync.client_ca {}: {why}",
+                k.client_ca.display()
+            ));
+        }
+    }
+    if let Some(a) = &settings.acme {
+        for f in &a.ca_roots {
+            if let Err(why) = ca_file(f) {
+                out.push(format!("acme.ca_roots {}: {why}", f.display()));
+            }
+        }
+        if a.cache_dir.exists() && !a.cache_dir.is_dir() {
+            out.push(format!(
+                "acme.cache_dir {}: exists and is not a directory",
+                a.cache_dir.display()
+            ));
+        } else if let Some(user) = cfg.server.user.as_deref() {
+            // After the drop the cache is written as server.user.
+            if !a.cache_dir.exists() {
+                out.push(format!(
+                    "acme.cache_dir {}: does not exist; it would be created owned by root and not writable by server.user {user:?}: create it owned by that user",
+                    a.cache_dir.display()
+                ));
+            } else if nts_ops::privileges::running_as_root() {
+                if let Err(e) = nts_ops::privileges::check_dir_writable_as(
+                    Some(user),
+                    cfg.server.group.as_deref(),
+                    &a.cache_dir,
+                ) {
+                    out.push(format!(
+                        "acme.cache_dir {}: not writable by server.user: {e:#}",
+                        a.cache_dir.display()
+                    ));
+                }
+            }
+        }
+    }
+    let ck = &cfg.cookie_keys;
+    if let Err(e) = crate::root_secret::check(&ck.root_secret_file, ck.create_if_missing) {
+        out.push(format!("{e:#}"));
+    }
+    out
+}
+
+/// A PEM file holding at least one parsable certificate.
+pub fn ca_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "not PEM".to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err("no usable CA certificate".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The key-sync link under abuse and misconfiguration, against a real
+//! `nts-ke-server` process: registrations bound to the peer certificate,
+//! validated addresses, readiness that needs a live time server (or an
+//! explicit fallback), the handshake limit, and an IPv6 client handed an IPv6
+//! time server address. Time servers are played by a gRPC client here, so
+//! each case controls exactly what is registered.
+
+use hyper_util::rt::TokioIo;
+use nts_ke_server::dev_pki::{self, DevPki};
+use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
+use nts_proto::key_sync::pb::{LoadReport, NtpEndpoint, RegisterRequest, TimeServerInfo};
+use rcgen::ExtendedKeyUsagePurpose;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::ports::free_port;
+use testkit::stack::{self, cargo_bin, Daemon};
+
+struct Ke {
+    d: Daemon,
+    ks_port: u16,
+    dir: std::path::PathBuf,
+    config: String,
+}
+
+fn ke_config(pki: &DevPki, dir: &Path, ports: (u16, u16, u16), listen: &str, ntp: &str) -> String {
+    let (port, mport, ks_port) = ports;
+    let root = dir.join("root.key");
+    if !root.exists() {
+        stack::write_root_secret(&root).unwrap();
+    }
+    format!(
+        r#"[server]
+listen = [{listen}]
+[tls]
+certificate_chain = {chain:?}
+private_key = {key:?}
+{ntp}
+[cookie_keys]
+root_secret_file = {root:?}
+[key_sync]
+listen = "127.0.0.1:{ks_port}"
+client_ca = {ca:?}
+certificate_chain = {ks_chain:?}
+private_key = {ks_key:?}
+report_interval = 0.5
+expiry = 2.0
+max_handshakes = 2
+[metrics]
+listen = "127.0.0.1:{mport}"
+[log]
+level = "debug"
+"#,
+        listen = listen.replace("PORT", &port.to_string()),
+        chain = pki.server_cert,
+        key = pki.server_key,
+        ca = pki.ca_cert,
+        ks_chain = pki.keysync_cert,
+        ks_key = pki.keysync_key,
+    )
+}
+
+fn start_ke(dir: &Path, pki: &DevPki, listen: &str, ntp: &str) -> Ke {
+    let ports = (free_port(), free_port(), free_port());
+    let config = ke_config(pki, dir, ports, listen, ntp);
+    let d = launch(dir, &config, ports.0, ports.1);
+    Ke {
+        d,
+        ks_port: ports.2,
+        dir: dir.to_path_buf(),
+        config,
+    }
+}
+
+fn launch(dir: &Path, config: &str, port: u16, mport: u16) -> Daemon {
+    stack::start_daemon(
+        "ke",
+        cargo_bin("nts-ke-server", "nts-ke-server"),
+        config,
+        dir,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 1], mport)),
+        "NTS-KE listening",
+    )
+    .unwrap()
+}
+
+/// A key-sync client presenting a certificate for `names`, issued by the development CA.
+fn client_tls(pki: &DevPki, names: &[&str]) -> Arc<rustls::ClientConfig> {
+    let (cert, key) = dev_pki::issue(pki, names, &[ExtendedKeyUsagePurpose::ClientAuth]).unwrap();
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+async fn connect(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> KeySyncClient<tonic::transport::Channel> {
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let s = tokio_rustls::TlsConnector::from(tls)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(s))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    KeySyncClient::new(channel)
+}
+
+fn info(id: &str, host: &str, port: u32) -> TimeServerInfo {
+    TimeServerInfo {
+        server_id: id.into(),
+        ntp_host: host.into(),
+        ntp_port: port,
+        workers: 1,
+        timestamping: "software".into(),
+        alternates: Vec::new(),
+    }
+}
+
+async fn report(client: &mut KeySyncClient<tonic::transport::Channel>, i: &TimeServerInfo) {
+    client
+        .report(LoadReport {
+            info: Some(i.clone()),
+            requests_per_second: 0.0,
+            has_keys: true,
+            healthy: true,
+        })
+        .await
+        .unwrap();
+}
+
+fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ke_client_tls(pki: &DevPki) -> Arc<rustls::ClientConfig> {
+    let roots = nts_client::ke::root_store(&[pki.ca_cert.as_path()], false).unwrap();
+    nts_client::ke::tls_config(roots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_bound_to_the_certificate_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let ke = start_ke(
+        tmp.path(),
+        &pki,
+        "\"127.0.0.1:PORT\"",
+        "[ntp]\nserver = \"127.0.0.1\"\nport = 9",
+    );
+    // A time server with a valid certificate for ts-a.
+    let mut a = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    let own = info("ts-a.test:123", "127.0.0.1", 123);
+    a.register(RegisterRequest {
+        info: Some(own.clone()),
+    })
+    .await
+    .expect("own identity registers");
+    // The same peer claiming ts-b's identity: refused, on Register and on Report.
+    let stolen = info("ts-b.test:123", "127.0.0.1", 124);
+    let e = a
+        .register(RegisterRequest {
+            info: Some(stolen.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = a
+        .report(LoadReport {
+            info: Some(stolen),
+            requests_per_second: 0.0,
+            has_keys: true,
+            healthy: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // Its own identity with an unusable address: refused as invalid.
+    for (host, port) in [("0.0.0.0", 123), ("127.0.0.1", 0), ("127.0.0.1", 70_000)] {
+        let e = a
+            .register(RegisterRequest {
+                info: Some(info("ts-a.test", host, port)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{host}:{port}: {e}");
+    }
+    assert_eq!(
+        ke.d.metric("nts_ke_key_sync_registrations_refused_total{reason=\"identity\"}"),
+        2.0
+    );
+    assert_eq!(
+        ke.d.metric("nts_ke_key_sync_registrations_refused_total{reason=\"address\"}"),
+        3.0
+    );
+    // Only the honest registration is in the registry.
+    let (_, body) = stack::http_get(ke.d.metrics, "/metrics").unwrap();
+    assert!(body.contains("server_id=\"ts-a.test:123\""), "{body}");
+    assert!(!body.contains("ts-b.test"), "{body}");
+    assert!(ke.d.guard.logs().contains("key-sync registration refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_with_a_live_time_server_and_no_implicit_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    // No [ntp] section: with key sync there is no fallback at all.
+    let mut ke = start_ke(tmp.path(), &pki, "\"127.0.0.1:PORT\"", "");
+    let (_, why) = stack::http_get(ke.d.metrics, "/readyz").unwrap();
+    assert!(!ke.d.ready(), "ready with no time server: {why}");
+    assert!(why.contains("no live time server"), "{why}");
+    // A key exchange now gets an error, never "this host".
+    let e = nts_client::ke::key_exchange(
+        "127.0.0.1",
+        ke.d.port(),
+        ke_client_tls(&pki),
+        &nts_proto::aead::AeadAlgorithm::ALL,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e}").to_lowercase().contains("internal"), "{e}");
+    assert_eq!(
+        ke.d.metric("nts_ke_server_negotiation_total{source=\"none\"}"),
+        1.0
+    );
+
+    let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    let i = info("ts-a.test", "127.0.0.1", 4123);
+    ts.register(RegisterRequest {
+        info: Some(i.clone()),
+    })
+    .await
+    .unwrap();
+    assert!(!ke.d.ready(), "registered without keys is not live");
+    report(&mut ts, &i).await;
+    assert!(ke.d.ready());
+    let ok = nts_client::ke::key_exchange(
+        "127.0.0.1",
+        ke.d.port(),
+        ke_client_tls(&pki),
+        &nts_proto::aead::AeadAlgorithm::ALL,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!((ok.ntp_server.as_str(), ok.ntp_port), ("127.0.0.1", 4123));
+    // Silent past the expiry: not ready any more.
+    wait_for(Duration::from_secs(5), "expiry", || !ke.d.ready());
+
+    // A restarted replica is not ready until a time server registered again.
+    report(&mut ts, &i).await;
+    assert!(ke.d.ready());
+    ke.d.guard.stop().unwrap();
+    ke.d = launch(&ke.dir, &ke.config, ke.d.port(), ke.d.metrics.port());
+    assert!(
+        !ke.d.ready(),
+        "restarted replica ready before any registration"
+    );
+    let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    report(&mut ts, &i).await;
+    assert!(ke.d.ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_sync_handshakes_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let ke = start_ke(
+        tmp.path(),
+        &pki,
+        "\"127.0.0.1:PORT\"",
+        "[ntp]\nserver = \"127.0.0.1\"",
+    );
+    // max_handshakes = 2: connections that never finish their handshake hold the slots.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", ke.ks_port))
+                .await
+                .unwrap(),
+        );
+    }
+    wait_for(Duration::from_secs(5), "busy refusals", || {
+        ke.d.metric("nts_ke_key_sync_busy_total") >= 4.0
+    });
+    drop(idle);
+    // Once they are gone (their handshakes fail and are counted) a real time server gets through.
+    wait_for(Duration::from_secs(5), "slots freed", || {
+        ke.d.metric("nts_ke_key_sync_refused_total") >= 2.0
+    });
+    let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    ts.register(RegisterRequest {
+        info: Some(info("ts-a.test", "127.0.0.1", 123)),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_client_gets_an_ipv6_time_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    // One dual-stack listener on [::]: IPv4 clients arrive as IPv4-mapped addresses.
+    let ke = start_ke(tmp.path(), &pki, "\"[::]:PORT\"", "");
+    let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    let mut i = info("ts-a.test", "127.0.0.1", 4123);
+    i.alternates = vec![NtpEndpoint {
+        host: "::1".into(),
+        port: 4124,
+    }];
+    ts.register(RegisterRequest {
+        info: Some(i.clone()),
+    })
+    .await
+    .unwrap();
+    report(&mut ts, &i).await;
+    for (connect, want) in [("::1", ("::1", 4124)), ("127.0.0.1", ("127.0.0.1", 4123))] {
+        let got = nts_client::ke::key_exchange(
+            connect,
+            ke.d.port(),
+            ke_client_tls(&pki),
+            &nts_proto::aead::AeadAlgorithm::ALL,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{connect}: {e}\n{}", ke.d.guard.logs()));
+        assert_eq!((got.ntp_server.as_str(), got.ntp_port), want, "{connect}");
+    }
+}
