@@ -555,7 +555,8 @@ fn on_path_attacker_cannot_knock_the_source_over() {
         s.naks + 1 >= counts.forged_naks,
         "every forged NAK was seen and noted"
     );
-    assert!(s.ignored_unauthenticated + 2 >= counts.forged_kisses);
+    // The relay may have served one more request after the status was read.
+    assert!(s.ignored_unauthenticated + 3 >= counts.forged_kisses);
     assert!(s.auth_failures + 1 >= counts.tampered);
     assert!(s.ignored_mismatch + 1 >= counts.replays);
     assert!(r.synchronized);

@@ -120,7 +120,7 @@ endpoints = [{eps}]
 ca = {ca:?}
 certificate_chain = {cert:?}
 private_key = {key:?}
-server_id = "{name}"
+server_id = "time-server:{name}"
 max_backoff = 1.0
 [metrics]
 listen = "127.0.0.1:{mport}"

@@ -210,7 +210,10 @@ fn new_source_port_per_request_is_limited_whatever_the_workers() {
 
         let growth = rss_kib(pid).saturating_sub(rss_before);
         eprintln!("{workers} workers: RSS +{growth} KiB");
-        assert!(growth < 128, "RSS grew by {growth} KiB");
+        // Flat: allocator and thread noise on a loaded machine stays well under this,
+        // while state per flooding address (tens of thousands of them, or a table
+        // touched lazily: 1.5 MiB per worker) would be far above it.
+        assert!(growth < 512, "RSS grew by {growth} KiB");
     }
 }
 
@@ -275,7 +278,10 @@ fn spoofed_address_flood_does_not_free_an_abuser() {
     assert!(s.ts.metric("nts_time_rate_limit_overflow_total") > 0.0);
     let growth = rss_kib(pid).saturating_sub(rss_before);
     eprintln!("RSS +{growth} KiB under the spoofed flood");
-    assert!(growth < 128, "RSS grew by {growth} KiB");
+    // Flat: allocator and thread noise on a loaded machine stays well under this,
+    // while state per flooding address (tens of thousands of them, or a table
+    // touched lazily: 1.5 MiB per worker) would be far above it.
+    assert!(growth < 512, "RSS grew by {growth} KiB");
     // The server answers a newcomer once the flood's one-shot entries have refilled
     // (1/rate seconds); during a flood this far beyond the table (a 64-entry table,
     // tens of thousands of addresses a second) newcomers share the sketch's limit.
