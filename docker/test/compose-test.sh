@@ -88,6 +88,13 @@ openssl rand -hex 32 > "$PKI/cookie-root.key"
 cat /etc/ssl/certs/ca-certificates.crt "$PKI/ke-ca.pem" > "$PKI/bundle.pem"
 rm -f "$PKI"/*-ca-key.pem
 chmod 0644 "$PKI"/*
+# The cookie root secret: 0600 (the daemons refuse a looser one), owned by the
+# KE servers' user; a root-owned copy for the time server started as root.
+chown 10001:10001 "$PKI/cookie-root.key"
+chmod 0600 "$PKI/cookie-root.key"
+cp "$PKI/cookie-root.key" "$PKI/cookie-root-priv.key"
+chown 0:0 "$PKI/cookie-root-priv.key"
+chmod 0600 "$PKI/cookie-root-priv.key"
 
 cat > "$NTS_WORK/ke.toml" <<EOF
 [server]
@@ -220,7 +227,7 @@ listen = ["0.0.0.0:123"]
 workers = 1
 user = "nts"
 [keys]
-root_secret_file = "/etc/nts/pki/cookie-root.key"
+root_secret_file = "/etc/nts/pki/cookie-root-priv.key"
 EOF
 chmod 0644 "$NTS_WORK/ts-priv.toml"
 priv_run() { # extra docker args...; prints the container's output, returns its exit status
@@ -240,12 +247,16 @@ log "  uid 10001 with NET_BIND_SERVICE added: refused too (no ambient capabiliti
 log "starting 2 KE replicas and a probe on internal network $NET ($NTS_NET.0/24)"
 dc up -d --no-color probe ke1 ke2 >/dev/null 2>&1 || { dc up -d probe ke1 ke2; fail "compose up"; }
 [ "$(docker network inspect -f '{{.Internal}}' "$NET")" = "true" ] || fail "$NET is not internal"
-for k in ke1 ke2; do wait_for 30 "$k /readyz" bash -c "[ \"\$(docker exec $NTS_PROJECT-probe curl -s -o /dev/null -w '%{http_code}' http://$k:9460/readyz)\" = 200 ]"; done
+for k in ke1 ke2; do wait_for 30 "$k /healthz" bash -c "[ \"\$(docker exec $NTS_PROJECT-probe curl -s -o /dev/null -w '%{http_code}' http://$k:9460/healthz)\" = 200 ]"; done
+# With key sync and no explicit fallback, a replica is not ready before a time server registered.
+for k in ke1 ke2; do [ "$(docker exec $NTS_PROJECT-probe curl -s -o /dev/null -w '%{http_code}' http://$k:9460/readyz)" = 503 ] || fail "$k ready with no time server"; done
+log "  KE replicas up, not ready until a time server registers"
 log "starting 2 time servers"
 dc up -d ts1 ts2 >/dev/null 2>&1 || fail "compose up ts"
 for t in ts1 ts2; do wait_for 30 "$t /readyz (keys held)" bash -c "[ \"\$(docker exec $NTS_PROJECT-probe curl -s -o /dev/null -w '%{http_code}' http://$t:9461/readyz)\" = 200 ]"; done
 wait_for 20 "both time servers alive on ke1" alive_on ke1 2
 wait_for 20 "both time servers alive on ke2" alive_on ke2 2
+for k in ke1 ke2; do wait_for 30 "$k /readyz" bash -c "[ \"\$(docker exec $NTS_PROJECT-probe curl -s -o /dev/null -w '%{http_code}' http://$k:9460/readyz)\" = 200 ]"; done
 log "starting 2 nts-client agents (observe) and chrony"
 dc up -d client1 client2 chrony >/dev/null 2>&1 || fail "compose up clients"
 
