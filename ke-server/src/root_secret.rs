@@ -2,7 +2,8 @@
 //! read. Losing it invalidates every cookie in circulation, and a replica with
 //! a different secret makes clients fail, so it is created only when asked
 //! (`cookie_keys.create_if_missing`, or `--dev`) and then only ever read; a
-//! file readable by group or others is refused.
+//! file readable or writable by others, or writable by its group, is refused
+//! (group read is allowed: a Kubernetes Secret mounted with `fsGroup`).
 
 use anyhow::{bail, Context, Result};
 use nts_proto::key_ring::RootSecret;
@@ -37,14 +38,8 @@ fn read_existing(path: &Path) -> Result<RootSecret> {
         .map_err(|e| problem(path, e))?
         .permissions()
         .mode();
-    if mode & 0o077 != 0 {
-        return Err(problem(
-            path,
-            format!(
-                "readable or writable by group or others (mode {:o}); chmod 600 it",
-                mode & 0o777
-            ),
-        ));
+    if let Some(why) = nts_ops::privileges::secret_mode_problem(mode) {
+        return Err(problem(path, why));
     }
     let bytes = hex::decode(text.trim()).map_err(|_| {
         problem(
@@ -135,8 +130,14 @@ mod tests {
         assert!(load(&p, false).is_err());
         std::fs::write(&p, "ab".repeat(32)).unwrap();
         assert!(load(&p, false).is_ok());
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Group read is what a Kubernetes Secret with fsGroup gives: allowed.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(load(&p, false).is_ok());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load(&p, false).unwrap_err();
-        assert!(format!("{e:#}").contains("group or others"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("readable or writable by others"),
+            "{e:#}"
+        );
     }
 }

@@ -107,7 +107,7 @@ fn each_broken_file_is_named_with_its_reason() {
             "root secret readable by others",
             config(&pki, &loose, &pki.ca_cert, "", "info"),
             "cookie_keys.root_secret_file",
-            "group or others",
+            "readable or writable by others",
         ),
         (
             "missing root secret, no create option",

@@ -136,3 +136,31 @@ pub fn check_dir_writable_as(
             .with_context(|| format!("user {user:?} cannot create files there")),
     }
 }
+
+/// Why a file holding a secret (a cookie root secret) has permissions too
+/// loose to use, if it has: any access for others, or write access for the
+/// group. Read access for the group is allowed, because that is how a
+/// non-root pod reads a Kubernetes Secret (`defaultMode: 0440` with `fsGroup`).
+pub fn secret_mode_problem(mode: u32) -> Option<String> {
+    (mode & 0o027 != 0).then(|| {
+        format!(
+            "readable or writable by others, or writable by its group (mode {:o}); chmod 600 (or 640) it",
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(test)]
+mod secret_mode_tests {
+    use super::secret_mode_problem;
+
+    #[test]
+    fn private_or_group_readable_only() {
+        for ok in [0o600, 0o400, 0o640, 0o440, 0o100600] {
+            assert!(secret_mode_problem(ok).is_none(), "{ok:o}");
+        }
+        for bad in [0o644, 0o604, 0o660, 0o666, 0o601, 0o100644] {
+            assert!(secret_mode_problem(bad).is_some(), "{bad:o}");
+        }
+    }
+}

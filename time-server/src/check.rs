@@ -97,11 +97,8 @@ fn root_secret_problem(path: &Path) -> Option<String> {
         Ok(m) => m,
     };
     let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Some(format!(
-            "readable or writable by group or others (mode {:o}); chmod 600 it",
-            mode & 0o777
-        ));
+    if let Some(why) = nts_ops::privileges::secret_mode_problem(mode) {
+        return Some(why);
     }
     crate::keys::read_root(&FileReader::direct(), path).err()
 }

@@ -62,7 +62,7 @@ fn broken_files_are_named() {
         (
             format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[keys]\nroot_secret_file = {root:?}\n"),
             "keys.root_secret_file",
-            "group or others",
+            "readable or writable by others",
         ),
     ];
     for (text, key, reason) in cases {
