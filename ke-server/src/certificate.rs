@@ -126,6 +126,11 @@ pub enum ReloadOutcome {
     StillRejected,
 }
 
+/// How long a pair of files that does not load is given to settle (a
+/// renewal writing the chain and the key one after the other) before it
+/// counts as broken.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 fn fingerprint(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update((a.len() as u64).to_be_bytes());
@@ -178,7 +183,28 @@ impl ReloadingCert {
     }
 
     /// Re-read the files and swap in a new certificate if they changed and load.
+    ///
+    /// A renewal that replaces the chain and the key one after the other
+    /// shows a mismatched pair for a moment, so new contents that do not load
+    /// are looked at again after [`SETTLE`] before they count as broken.
+    /// Blocking: call from a blocking thread.
     pub fn reload(&self) -> ReloadOutcome {
+        match self.try_load() {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                std::thread::sleep(SETTLE);
+                match self.try_load() {
+                    Ok(outcome) => outcome,
+                    Err((fp, why)) => self.rejected(fp, why),
+                }
+            }
+        }
+    }
+
+    /// Load the files if they changed. `Err` carries new contents that do
+    /// not load (their fingerprint and why); contents already rejected give
+    /// `StillRejected`.
+    fn try_load(&self) -> Result<ReloadOutcome, (Vec<u8>, String)> {
         let (chain, key) = match (
             read(&self.reader, &self.chain_path),
             read(&self.reader, &self.key_path),
@@ -186,14 +212,14 @@ impl ReloadingCert {
             (Ok(c), Ok(k)) => (c, k),
             (Err(e), _) | (_, Err(e)) => {
                 let fp = format!("{e:#}").into_bytes();
-                return self.rejected(fp, format!("{e:#}"));
+                return self.new_failure(fp, format!("{e:#}"));
             }
         };
         let fp = fingerprint(&chain, &key);
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.0 == fp {
-                return ReloadOutcome::Unchanged;
+                return Ok(ReloadOutcome::Unchanged);
             }
         }
         match certified_key_from_pem(&chain, &key, &self.provider) {
@@ -201,10 +227,18 @@ impl ReloadingCert {
                 self.current.store(Arc::new(ck));
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                 *seen = (fp, None);
-                ReloadOutcome::Replaced
+                Ok(ReloadOutcome::Replaced)
             }
-            Err(e) => self.rejected(fp, format!("{e:#}")),
+            Err(e) => self.new_failure(fp, format!("{e:#}")),
         }
+    }
+
+    fn new_failure(&self, fp: Vec<u8>, why: String) -> Result<ReloadOutcome, (Vec<u8>, String)> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.1.as_deref() == Some(&fp[..]) {
+            return Ok(ReloadOutcome::StillRejected);
+        }
+        Err((fp, why))
     }
 
     fn rejected(&self, fp: Vec<u8>, why: String) -> ReloadOutcome {
@@ -239,6 +273,28 @@ mod tests {
 
     fn provider() -> Arc<CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    #[test]
+    fn a_renewal_caught_between_its_two_files_is_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain.pem");
+        let key = dir.path().join("key.pem");
+        let (c1, k1) = make("one.test");
+        std::fs::write(&chain, &c1).unwrap();
+        std::fs::write(&key, &k1).unwrap();
+        let rc = ReloadingCert::load(&chain, &key, provider()).unwrap();
+        // The renewal has written the new chain; its key follows 100 ms later.
+        let (c2, k2) = make("two.test");
+        std::fs::write(&chain, &c2).unwrap();
+        let key2 = key.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::fs::write(&key2, k2).unwrap();
+        });
+        assert_eq!(rc.reload(), ReloadOutcome::Replaced);
+        writer.join().unwrap();
+        assert_eq!(rc.reload(), ReloadOutcome::Unchanged);
     }
 
     #[test]
