@@ -414,3 +414,80 @@ mod tests {
         assert_eq!(metric_value(text, "c"), 0.0);
     }
 }
+
+/// The configuration of an `nts-ke-server` that is also the key master
+/// (`[key_sync]`), as the key-sync tests need it in several variants.
+#[derive(Debug, Clone)]
+pub struct KeySyncKeConfig<'a> {
+    /// `server.listen` addresses, e.g. `"127.0.0.1:4460"` or `"[::]:4460"`.
+    pub listen: Vec<String>,
+    /// NTS-KE certificate chain.
+    pub tls_chain: &'a Path,
+    /// NTS-KE private key.
+    pub tls_key: &'a Path,
+    /// `ntp.server` (and `ntp.port`): the explicit fallback, if any.
+    pub fallback: Option<(&'a str, Option<u16>)>,
+    /// `cookie_keys.root_secret_file`.
+    pub root_secret: &'a Path,
+    /// `cookie_keys.rotation_period` and `past_epochs` (defaults when None).
+    pub rotation: Option<(u64, u32)>,
+    /// Key-sync listener port (on 127.0.0.1).
+    pub key_sync_port: u16,
+    /// `key_sync.client_ca`.
+    pub client_ca: &'a Path,
+    /// `key_sync.certificate_chain`.
+    pub key_sync_chain: &'a Path,
+    /// `key_sync.private_key`.
+    pub key_sync_key: &'a Path,
+    /// `key_sync.report_interval` (seconds).
+    pub report_interval: f64,
+    /// `key_sync.expiry` (seconds).
+    pub expiry: f64,
+    /// Metrics port (on 127.0.0.1).
+    pub metrics_port: u16,
+    /// Extra lines for `[server]`.
+    pub server_extra: String,
+    /// Extra lines for `[tls]`.
+    pub tls_extra: String,
+}
+
+impl KeySyncKeConfig<'_> {
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|l| format!("{l:?}")).collect();
+        let mut s = format!(
+            "[server]\nlisten = [{}]\n{}\n[tls]\ncertificate_chain = {:?}\nprivate_key = {:?}\n{}\n",
+            listen.join(", "),
+            self.server_extra,
+            self.tls_chain,
+            self.tls_key,
+            self.tls_extra
+        );
+        if let Some((host, port)) = self.fallback {
+            s.push_str(&format!("[ntp]\nserver = {host:?}\n"));
+            if let Some(p) = port {
+                s.push_str(&format!("port = {p}\n"));
+            }
+        }
+        s.push_str(&format!(
+            "[cookie_keys]\nroot_secret_file = {:?}\n",
+            self.root_secret
+        ));
+        if let Some((rotation, past)) = self.rotation {
+            s.push_str(&format!(
+                "rotation_period = {rotation}\npast_epochs = {past}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "[key_sync]\nlisten = \"127.0.0.1:{}\"\nclient_ca = {:?}\ncertificate_chain = {:?}\nprivate_key = {:?}\nreport_interval = {}\nexpiry = {}\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[log]\nlevel = \"debug\"\n",
+            self.key_sync_port,
+            self.client_ca,
+            self.key_sync_chain,
+            self.key_sync_key,
+            self.report_interval,
+            self.expiry,
+            self.metrics_port
+        ));
+        s
+    }
+}

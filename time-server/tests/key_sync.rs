@@ -38,37 +38,24 @@ fn ke_config(
     rotation: u64,
     past: u32,
 ) -> String {
-    format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-[tls]
-certificate_chain = {chain:?}
-private_key = {key:?}
-[ntp]
-server = "127.0.0.1"
-port = 9
-[cookie_keys]
-root_secret_file = {root:?}
-rotation_period = {rotation}
-past_epochs = {past}
-[key_sync]
-listen = "127.0.0.1:{ks_port}"
-client_ca = {ca:?}
-certificate_chain = {ks_chain:?}
-private_key = {ks_key:?}
-report_interval = 0.5
-expiry = 2.0
-[metrics]
-listen = "127.0.0.1:{mport}"
-[log]
-level = "debug"
-"#,
-        chain = pki.server_cert,
-        key = pki.server_key,
-        ca = pki.ca_cert,
-        ks_chain = pki.keysync_cert,
-        ks_key = pki.keysync_key,
-    )
+    stack::KeySyncKeConfig {
+        listen: vec![format!("127.0.0.1:{port}")],
+        tls_chain: &pki.server_cert,
+        tls_key: &pki.server_key,
+        fallback: Some(("127.0.0.1", Some(9))),
+        root_secret: root,
+        rotation: Some((rotation, past)),
+        key_sync_port: ks_port,
+        client_ca: &pki.ca_cert,
+        key_sync_chain: &pki.keysync_cert,
+        key_sync_key: &pki.keysync_key,
+        report_interval: 0.5,
+        expiry: 2.0,
+        metrics_port: mport,
+        server_extra: String::new(),
+        tls_extra: String::new(),
+    }
+    .render()
 }
 
 fn start_ke(base: &Path, name: &str, pki: &DevPki, root: &Path, rotation: u64, past: u32) -> Ke {

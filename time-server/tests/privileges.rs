@@ -78,36 +78,24 @@ async fn root_only_keys_load_before_and_after_the_privilege_drop() {
         private(p);
     }
     let (port, mport, ks_port) = (free_port(), free_port(), free_port());
-    let ke_config = format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-user = "{USER}"
-[tls]
-certificate_chain = {chain:?}
-private_key = {key:?}
-reload_interval = 0.2
-[ntp]
-server = "127.0.0.1"
-[cookie_keys]
-root_secret_file = {root:?}
-[key_sync]
-listen = "127.0.0.1:{ks_port}"
-client_ca = {ca:?}
-certificate_chain = {ks_chain:?}
-private_key = {ks_key:?}
-report_interval = 0.5
-expiry = 2.0
-[metrics]
-listen = "127.0.0.1:{mport}"
-[log]
-level = "debug"
-"#,
-        chain = pki.server_cert,
-        key = pki.server_key,
-        ca = pki.ca_cert,
-        ks_chain = pki.keysync_cert,
-        ks_key = pki.keysync_key,
-    );
+    let ke_config = stack::KeySyncKeConfig {
+        listen: vec![format!("127.0.0.1:{port}")],
+        tls_chain: &pki.server_cert,
+        tls_key: &pki.server_key,
+        fallback: Some(("127.0.0.1", None)),
+        root_secret: &root,
+        rotation: None,
+        key_sync_port: ks_port,
+        client_ca: &pki.ca_cert,
+        key_sync_chain: &pki.keysync_cert,
+        key_sync_key: &pki.keysync_key,
+        report_interval: 0.5,
+        expiry: 2.0,
+        metrics_port: mport,
+        server_extra: format!("user = \"{USER}\""),
+        tls_extra: "reload_interval = 0.2".into(),
+    }
+    .render();
     let ke_dir = tmp.path().join("ke");
     std::fs::create_dir_all(&ke_dir).unwrap();
     let ke = stack::start_daemon(
