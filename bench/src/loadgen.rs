@@ -939,6 +939,7 @@ impl State {
         let pending = || PendingRequest {
             unique_id: uid_for(origin),
             origin: NtpTimestamp(origin),
+            interleaved_origin: None,
         };
         match self.mode {
             Mode::Echo => {}

@@ -278,6 +278,7 @@ fn failing_sources_are_marked_and_never_used() {
                 ring: &ring,
                 policy: &ServerPolicy::default(),
                 rate_kiss: false,
+                previous_transmit: None,
             };
             let mut rnd = |b: &mut [u8]| b.fill(7);
             if let Ok(r) = respond(&buf[..n], &ctx, &mut out, &mut rnd, &mut now_ntp) {

@@ -7,6 +7,7 @@ pub mod aead;
 pub mod clock;
 pub mod cookie;
 pub mod extension_field;
+pub mod interleaved;
 pub mod ke_client;
 pub mod ke_record;
 pub mod ke_server;

@@ -6,6 +6,7 @@ use crate::aead::{AeadKey, TAG_LEN};
 use crate::extension_field::{
     field_type, field_wire_len, Authenticator, ExtensionFields, NONCE_LEN,
 };
+use crate::interleaved::InterleavedFields;
 use crate::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpTimestamp, HEADER_LEN};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -19,6 +20,9 @@ pub struct PendingRequest {
     pub unique_id: [u8; UNIQUE_ID_LEN],
     /// Our transmit timestamp: random bits, so an off-path attacker cannot guess it.
     pub origin: NtpTimestamp,
+    /// The receive field of an interleaved request: an interleaved answer
+    /// carries it as its origin (RFC 9769 section 2).
+    pub interleaved_origin: Option<NtpTimestamp>,
 }
 
 /// Build a client-mode request. With `nts` set it carries the Unique Identifier,
@@ -30,15 +34,33 @@ pub fn build_request(
     nts: Option<(&[u8], usize, &AeadKey)>,
     random: &mut dyn FnMut(&mut [u8]),
 ) -> PendingRequest {
+    build_request_interleaved(out, nts, None, random)
+}
+
+/// [`build_request`] asking for interleaved mode: origin and receive fields
+/// refer to the previous exchange, so the server may answer with the real
+/// transmit timestamp of its previous response.
+pub fn build_request_interleaved(
+    out: &mut Vec<u8>,
+    nts: Option<(&[u8], usize, &AeadKey)>,
+    interleave: Option<InterleavedFields>,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> PendingRequest {
     let mut unique_id = [0u8; UNIQUE_ID_LEN];
     random(&mut unique_id);
     let mut t = [0u8; 8];
     random(&mut t);
-    let origin = NtpTimestamp(u64::from_be_bytes(t));
+    let mut origin = NtpTimestamp(u64::from_be_bytes(t));
+    if interleave.is_some_and(|f| f.receive == origin) {
+        // The two must differ for the server, and for us to tell the answers apart.
+        origin.0 ^= 1;
+    }
     let header = NtpHeader {
         leap: LeapIndicator::Unsynchronized,
         version: 4,
         mode: Mode::Client,
+        origin_timestamp: interleave.map_or(NtpTimestamp::ZERO, |f| f.origin),
+        receive_timestamp: interleave.map_or(NtpTimestamp::ZERO, |f| f.receive),
         transmit_timestamp: origin,
         ..Default::default()
     };
@@ -62,7 +84,11 @@ pub fn build_request(
         body.extend_from_slice(&tag);
         crate::extension_field::write_field(out, field_type::NTS_AUTHENTICATOR, &body);
     }
-    PendingRequest { unique_id, origin }
+    PendingRequest {
+        unique_id,
+        origin,
+        interleaved_origin: interleave.map(|f| f.receive),
+    }
 }
 
 /// A response that passed every check.
@@ -72,6 +98,8 @@ pub struct CheckedResponse {
     /// New cookies from the encrypted part (NTS only).
     pub cookies: Vec<Vec<u8>>,
     pub authenticated: bool,
+    /// An interleaved answer: its transmit timestamp completes the previous exchange.
+    pub interleaved: bool,
 }
 
 /// Why a response is not accepted.
@@ -106,7 +134,8 @@ pub fn check_response(
     if header.mode != Mode::Server {
         return Err(E::Malformed("not server mode"));
     }
-    if header.origin_timestamp != pending.origin {
+    let interleaved = pending.interleaved_origin == Some(header.origin_timestamp);
+    if header.origin_timestamp != pending.origin && !interleaved {
         return Err(E::OriginMismatch);
     }
     let mut uid_ok = false;
@@ -139,6 +168,7 @@ pub fn check_response(
             header,
             cookies: Vec::new(),
             authenticated: false,
+            interleaved,
         });
     };
     if !uid_ok {
@@ -168,6 +198,7 @@ pub fn check_response(
         header,
         cookies,
         authenticated: true,
+        interleaved,
     })
 }
 
@@ -247,6 +278,7 @@ mod tests {
             ring: &s.ring,
             policy: &s.policy,
             rate_kiss,
+            previous_transmit: None,
         };
         let mut out = vec![0u8; req.len()];
         let r = respond(req, &ctx, &mut out, &mut rnd, &mut || NtpTimestamp(200));
@@ -277,8 +309,10 @@ mod tests {
                 let checked = check_response(&out, &p, Some(&s.s2c)).unwrap();
                 assert!(checked.authenticated);
                 assert_eq!(checked.cookies.len(), placeholders + 1);
-                assert_eq!(checked.header.receive_timestamp, NtpTimestamp(100));
+                // Receive timestamps go out with the lowest bit set (interleaved mode's flag).
+                assert_eq!(checked.header.receive_timestamp, NtpTimestamp(101));
                 assert_eq!(checked.header.transmit_timestamp, NtpTimestamp(200));
+                assert!(!checked.interleaved);
                 assert_eq!(checked.header.stratum, 1);
                 // The new cookies open to the same keys.
                 for c in &checked.cookies {
@@ -566,4 +600,72 @@ mod tests {
     }
 
     const MAX_REQUEST_LEN_FOR_TEST: usize = crate::ntp_server::MAX_REQUEST_LEN;
+
+    /// RFC 9769 over the real server function and client checks, NTS and
+    /// plain: the third request of a client is answered with the kernel's
+    /// transmit timestamp of the second response, and a client that never
+    /// sent the request its origin names gets a basic answer.
+    #[test]
+    fn interleaved_answer_carries_the_previous_transmit_timestamp() {
+        use crate::interleaved::{ClientAddress, InterleavedClient, TransmitTable};
+        let s = setup(AeadAlgorithm::AesSivCmac256);
+        for nts in [true, false] {
+            let mut table = TransmitTable::new(256);
+            let me = ClientAddress::from("192.0.2.7".parse::<std::net::IpAddr>().unwrap());
+            let stranger =
+                ClientAddress::from("198.51.100.9".parse::<std::net::IpAddr>().unwrap());
+            let mut client = InterleavedClient::new();
+            let mut kernel_tx = Vec::new();
+            let mut modes = Vec::new();
+            for i in 0..4u64 {
+                let mut req = Vec::new();
+                let creds = nts.then_some((&s.cookie[..], 0, &s.c2s));
+                let p = build_request_interleaved(&mut req, creds, client.request_fields(), &mut rnd);
+                let (h, _) = NtpHeader::parse(&req).unwrap();
+                let d = table.decide(&h, me);
+                let rx = NtpTimestamp(1_000_000 * (i + 1));
+                let ctx = RequestContext {
+                    receive_timestamp: rx,
+                    unix_now: s.now,
+                    clock: &s.clock,
+                    ring: &s.ring,
+                    policy: &s.policy,
+                    rate_kiss: false,
+                    previous_transmit: d.previous_transmit,
+                };
+                let mut out = vec![0u8; req.len()];
+                let r = respond(&req, &ctx, &mut out, &mut rnd, &mut || rx).unwrap();
+                out.truncate(r.len());
+                let checked = check_response(&out, &p, nts.then_some(&s.s2c)).unwrap();
+                assert_eq!(checked.authenticated, nts);
+                // What the kernel reports after the response left: 5 ticks later.
+                let sent = NtpTimestamp(rx.0 + 10);
+                if d.track {
+                    table.track(checked.header.receive_timestamp, me);
+                    assert!(table.record_transmit(checked.header.receive_timestamp, sent, false));
+                }
+                kernel_tx.push(sent);
+                if checked.interleaved {
+                    assert_eq!(checked.header.transmit_timestamp, kernel_tx[i as usize - 1]);
+                    assert_eq!(checked.header.receive_timestamp, NtpTimestamp(rx.0 | 1));
+                } else {
+                    assert_eq!(checked.header.transmit_timestamp, rx);
+                }
+                modes.push(checked.interleaved);
+                // A stranger replaying this client's origin gets a basic answer.
+                let (h, _) = NtpHeader::parse(&req).unwrap();
+                assert_eq!(table.decide(&h, stranger).previous_transmit, None);
+                client.complete(&checked.header, checked.interleaved, rx, rx);
+            }
+            assert_eq!(modes, [false, false, true, true], "nts {nts}");
+            // A basic client (no interleave fields) of the same address: basic answer.
+            let mut req = Vec::new();
+            let p = build_request(&mut req, None, &mut rnd);
+            let (h, _) = NtpHeader::parse(&req).unwrap();
+            assert_eq!(table.decide(&h, me).previous_transmit, None);
+            let (r, out) = serve(&s, &req, false);
+            r.unwrap();
+            assert!(!check_response(&out, &p, None).unwrap().interleaved);
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::extension_field::{
     field_type, Authenticator, ExtensionFields, FieldWriter, MAX_UNIQUE_ID_LEN, MIN_UNIQUE_ID_LEN,
     NONCE_LEN,
 };
+use crate::interleaved::{mark_receive, mark_transmit};
 use crate::key_ring::KeyRing;
 use crate::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp, HEADER_LEN};
 
@@ -267,6 +268,9 @@ pub struct RequestContext<'a> {
     /// RATE kiss instead of time; an NTS request is dropped
     /// ([`DropReason::RateLimitedNts`]), never answered with an unauthenticated kiss.
     pub rate_kiss: bool,
+    /// Answer in interleaved mode with this transmit timestamp of the previous
+    /// response to this client ([`crate::interleaved::TransmitTable::decide`]).
+    pub previous_transmit: Option<NtpTimestamp>,
 }
 
 /// Answer `req` into `out`. `out` must be at least as long as `req` (the response
@@ -291,7 +295,17 @@ pub fn respond(
     }
     let nts = scan(req, ctx.policy)?;
     let out = out.get_mut(..req.len()).ok_or(DropReason::Internal)?;
-    let mut resp = response_header(&header, ctx.clock, ctx.receive_timestamp);
+    let mut resp = response_header(&header, ctx.clock, mark_receive(ctx.receive_timestamp));
+    // Basic mode: the transmit timestamp is read as late as possible. Interleaved
+    // mode: the previous response's, taken after it left, and the origin is the
+    // request's receive field, which is how the client tells the two apart.
+    let mut finish = |resp: &mut NtpHeader| match ctx.previous_transmit {
+        Some(t) => {
+            resp.origin_timestamp = header.receive_timestamp;
+            resp.transmit_timestamp = t;
+        }
+        None => resp.transmit_timestamp = mark_transmit(transmit_time()),
+    };
 
     if !nts.any_nts {
         if !ctx.policy.serve_unauthenticated {
@@ -300,7 +314,7 @@ pub fn respond(
         if ctx.rate_kiss {
             return Ok(Response::Rate(write_kiss(&resp, kiss::RATE, None, out)?));
         }
-        resp.transmit_timestamp = transmit_time();
+        finish(&mut resp);
         let mut w = FieldWriter::new(out);
         w.put(&resp.to_bytes()).map_err(|_| DropReason::Internal)?;
         return Ok(Response::Plain(w.len()));
@@ -392,7 +406,7 @@ pub fn respond(
         }
     }
     // Transmit timestamp as late as possible, then seal over header + UID.
-    resp.transmit_timestamp = transmit_time();
+    finish(&mut resp);
     resp.write(
         (&mut buf[header_at..header_at + HEADER_LEN])
             .try_into()

@@ -747,6 +747,7 @@ mod tests {
                 ring: &self.ring,
                 policy: &self.policy,
                 rate_kiss,
+                previous_transmit: None,
             };
             let mut out = vec![0u8; req.len()];
             let r = respond(req, &ctx, &mut out, &mut rnd, &mut || NtpTimestamp(200)).unwrap();

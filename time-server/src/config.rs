@@ -48,6 +48,9 @@ pub struct ServerSection {
     /// Seconds a request may wait in the socket queue (by its kernel receive
     /// timestamp); older ones are dropped so the answers that leave are fresh.
     pub max_request_age: f64,
+    /// Entries per worker of the interleaved-mode table (32 bytes each,
+    /// rounded up to a power of two); 0 answers every client in basic mode.
+    pub interleaved_slots: usize,
     /// User and group to switch to after binding.
     pub user: Option<String>,
     pub group: Option<String>,
@@ -68,6 +71,7 @@ impl Default for ServerSection {
             max_extension_fields: 16,
             receive_buffer: 4 << 20,
             max_request_age: 0.05,
+            interleaved_slots: 4096,
             user: None,
             group: None,
             seccomp: true,
@@ -306,6 +310,12 @@ impl Config {
             bail!(
                 "server.max_request_age = {}: must be between 0.001 and 10 seconds",
                 s.max_request_age
+            );
+        }
+        if s.interleaved_slots > 1 << 24 {
+            bail!(
+                "server.interleaved_slots = {}: at most 16777216 (512 MiB per worker)",
+                s.interleaved_slots
             );
         }
         let r = &self.rate_limit;

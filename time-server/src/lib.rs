@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metrics;
 pub mod steering;
 pub mod timestamping;
+pub mod tx_timestamps;
 pub mod worker;
 
 use anyhow::{bail, Context, Result};
@@ -185,16 +186,23 @@ pub fn start(settings: Settings) -> Result<Running> {
 
     // Timestamping: detect at start, fall back with a clear word.
     let mut phc_file = None;
+    let mut hardware_tx = false;
     let source = match cfg.timestamping.mode {
         TimestampingMode::None => TimestampSource::User,
         TimestampingMode::Software => TimestampSource::Software,
         TimestampingMode::Hardware | TimestampingMode::Auto => match &cfg.timestamping.interface {
             None => TimestampSource::Software,
             Some(iface) => match timestamping::enable_hardware(&sockets[0].1, iface)
-                .and_then(|idx| timestamping::open_phc(idx).map(|f| (idx, f)))
+                .and_then(|hw| timestamping::open_phc(hw.phc_index).map(|f| (hw, f)))
             {
-                Ok((idx, f)) => {
-                    tracing::info!(interface = %iface, phc = idx, "hardware receive timestamps enabled");
+                Ok((hw, f)) => {
+                    tracing::info!(interface = %iface, phc = hw.phc_index, "hardware receive timestamps enabled");
+                    if hw.transmit {
+                        tracing::info!(interface = %iface, "hardware transmit timestamps enabled (interleaved mode)");
+                    } else {
+                        tracing::warn!(interface = %iface, "the NIC cannot timestamp transmitted packets: interleaved responses carry kernel software transmit timestamps");
+                    }
+                    hardware_tx = hw.transmit;
                     phc_file = Some(f);
                     TimestampSource::Hardware
                 }
@@ -225,6 +233,20 @@ pub fn start(settings: Settings) -> Result<Running> {
         }
     }
     tracing::info!(source = source.label(), "receive timestamps");
+    let interleaved_slots = if source == TimestampSource::User {
+        if cfg.server.interleaved_slots > 0 {
+            tracing::warn!("timestamping.mode = \"none\": no kernel transmit timestamps, so interleaved mode is off");
+        }
+        0
+    } else {
+        if cfg.server.interleaved_slots > 0
+            && std::fs::read_to_string("/proc/sys/net/core/tstamp_allow_data")
+                .is_ok_and(|v| v.trim() == "0")
+        {
+            tracing::warn!("net.core.tstamp_allow_data = 0: the kernel returns transmit timestamps without the packet, so interleaved responses cannot be matched and clients get basic mode");
+        }
+        cfg.server.interleaved_slots
+    };
 
     let metrics_listener = match cfg.metrics.listen {
         Some(a) => Some(
@@ -381,6 +403,8 @@ pub fn start(settings: Settings) -> Result<Running> {
             use_pktinfo: addr.ip().is_unspecified(),
             rate,
             max_request_age_ns,
+            interleaved_slots,
+            hardware_tx,
         };
         threads.push(
             std::thread::Builder::new()

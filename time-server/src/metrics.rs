@@ -28,6 +28,16 @@ pub struct WorkerMetrics {
     pub rate_limit_table_bytes: Gauge,
     pub send_errors: Counter,
     pub user_timestamps: Counter,
+    /// Responses sent in interleaved mode.
+    pub interleaved: Counter,
+    /// Responses whose transmit timestamp was asked for (clients trying interleaved mode).
+    pub interleaved_tracked: Counter,
+    pub tx_stamps_software: Counter,
+    pub tx_stamps_hardware: Counter,
+    /// Error-queue messages that named no tracked response (overwritten, or no packet copy).
+    pub tx_stamps_unmatched: Counter,
+    /// Bytes of this worker's interleaved-mode table.
+    pub interleaved_table_bytes: Gauge,
     nak: [Counter; 5],
     dropped: [Counter; DropReason::ALL.len()],
 }
@@ -191,6 +201,37 @@ impl Metrics {
             "nts_time_user_timestamps_total",
             "Requests that arrived without a kernel timestamp (stamped in user space).",
             self.sum(|w| w.user_timestamps.get()),
+        );
+        e.counter(
+            "nts_time_interleaved_responses_total",
+            "Responses sent in interleaved mode (RFC 9769), carrying the transmit timestamp of the previous response to that client.",
+            self.sum(|w| w.interleaved.get()),
+        );
+        e.counter(
+            "nts_time_interleaved_tracked_total",
+            "Responses whose transmit timestamp was captured for a client using interleaved mode.",
+            self.sum(|w| w.interleaved_tracked.get()),
+        );
+        e.counters(
+            "nts_time_transmit_timestamps_total",
+            "Transmit timestamps read back from the kernel for interleaved mode, by source (hardware: the NIC; software: the kernel, also the fallback when the NIC stamps nothing).",
+            &[
+                (&[("source", "hardware")], self.sum(|w| w.tx_stamps_hardware.get())),
+                (&[("source", "software")], self.sum(|w| w.tx_stamps_software.get())),
+            ],
+        );
+        e.counter(
+            "nts_time_transmit_timestamps_unmatched_total",
+            "Transmit timestamps that named no tracked response (its table entry was overwritten, or the kernel returned no packet copy: net.core.tstamp_allow_data = 0).",
+            self.sum(|w| w.tx_stamps_unmatched.get()),
+        );
+        e.gauge(
+            "nts_time_interleaved_table_bytes",
+            "Memory of the interleaved-mode tables of all workers.",
+            self.workers
+                .iter()
+                .map(|w| w.interleaved_table_bytes.get())
+                .sum::<i64>(),
         );
         let src = self.timestamp_source.load(Ordering::Relaxed);
         e.gauges(

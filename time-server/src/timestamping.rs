@@ -75,6 +75,8 @@ const SIOCSHWTSTAMP: libc::c_ulong = 0x89b0;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GET_TS_INFO: u32 = 0x41;
 const HWTSTAMP_TX_OFF: i32 = 0;
+const HWTSTAMP_TX_ON: i32 = 1;
+const SOF_TIMESTAMPING_TX_HARDWARE: u32 = 1 << 0;
 const HWTSTAMP_FILTER_ALL: i32 = 1;
 const HWTSTAMP_FILTER_NTP_ALL: i32 = 15;
 
@@ -120,9 +122,22 @@ fn ifreq(interface: &str, data: *mut libc::c_void) -> std::io::Result<Ifreq> {
     })
 }
 
-/// Turn on NIC receive timestamping for `interface` and find its PHC.
-/// Returns the PHC device index. Fails (EOPNOTSUPP and friends) where the NIC cannot.
-pub fn enable_hardware(sock: &socket2::Socket, interface: &str) -> std::io::Result<i32> {
+/// What NIC timestamping could be turned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardwareTimestamping {
+    /// The NIC's PTP hardware clock, `/dev/ptpN`.
+    pub phc_index: i32,
+    /// The NIC stamps transmitted packets too (for interleaved mode).
+    pub transmit: bool,
+}
+
+/// Turn on NIC timestamping for `interface` (receive, and transmit where the
+/// NIC can) and find its PHC. Fails (EOPNOTSUPP and friends) where the NIC
+/// cannot stamp received packets.
+pub fn enable_hardware(
+    sock: &socket2::Socket,
+    interface: &str,
+) -> std::io::Result<HardwareTimestamping> {
     let mut info = EthtoolTsInfo {
         cmd: ETHTOOL_GET_TS_INFO,
         so_timestamping: 0,
@@ -140,16 +155,28 @@ pub fn enable_hardware(sock: &socket2::Socket, interface: &str) -> std::io::Resu
     if info.so_timestamping & SOF_TIMESTAMPING_RAW_HARDWARE == 0 || info.phc_index < 0 {
         return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
-    for filter in [HWTSTAMP_FILTER_NTP_ALL, HWTSTAMP_FILTER_ALL] {
-        let mut cfg = HwtstampConfig {
-            flags: 0,
-            tx_type: HWTSTAMP_TX_OFF,
-            rx_filter: filter,
-        };
-        let mut req = ifreq(interface, &mut cfg as *mut _ as *mut libc::c_void)?;
-        // SAFETY: SIOCSHWTSTAMP reads and updates the hwtstamp_config it points to.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSHWTSTAMP, &mut req) } == 0 {
-            return Ok(info.phc_index);
+    let tx_capable = info.tx_types & (1 << HWTSTAMP_TX_ON) != 0
+        && info.so_timestamping & SOF_TIMESTAMPING_TX_HARDWARE != 0;
+    let tx_choices: &[i32] = if tx_capable {
+        &[HWTSTAMP_TX_ON, HWTSTAMP_TX_OFF]
+    } else {
+        &[HWTSTAMP_TX_OFF]
+    };
+    for &tx_type in tx_choices {
+        for filter in [HWTSTAMP_FILTER_NTP_ALL, HWTSTAMP_FILTER_ALL] {
+            let mut cfg = HwtstampConfig {
+                flags: 0,
+                tx_type,
+                rx_filter: filter,
+            };
+            let mut req = ifreq(interface, &mut cfg as *mut _ as *mut libc::c_void)?;
+            // SAFETY: SIOCSHWTSTAMP reads and updates the hwtstamp_config it points to.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSHWTSTAMP, &mut req) } == 0 {
+                return Ok(HardwareTimestamping {
+                    phc_index: info.phc_index,
+                    transmit: tx_type == HWTSTAMP_TX_ON,
+                });
+            }
         }
     }
     Err(std::io::Error::last_os_error())

@@ -8,7 +8,9 @@ use crate::keys::KeyStore;
 use crate::metrics::WorkerMetrics;
 use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
 use arc_swap::ArcSwap;
-use nts_proto::ntp_packet::NtpTimestamp;
+use crate::tx_timestamps::{write_request, ErrorQueue, SentStamp};
+use nts_proto::interleaved::{mark_receive, ClientAddress, Decision, TransmitTable};
+use nts_proto::ntp_packet::{NtpHeader, NtpTimestamp};
 use nts_proto::ntp_server::{
     over_rate_reason, respond, DropReason, RequestContext, Response, ServerClock, ServerPolicy,
     MAX_REQUEST_LEN,
@@ -54,7 +56,15 @@ pub struct WorkerSettings {
     pub rate: Option<RateSettings>,
     /// Requests whose kernel receive timestamp is older than this are dropped.
     pub max_request_age_ns: u64,
+    /// Entries of this worker's interleaved-mode table (0: basic mode only).
+    pub interleaved_slots: usize,
+    /// Ask the NIC for transmit timestamps too (hardware timestamping is on).
+    pub hardware_tx: bool,
 }
+
+/// How long after a response asked for a transmit timestamp the error queue
+/// is still read on every wake-up (hardware stamps can come late).
+const STAMP_WAIT_NS: u64 = 200_000_000;
 
 /// Peer address out of a sockaddr_storage.
 fn peer_ip(sa: &libc::sockaddr_storage) -> Option<IpAddr> {
@@ -92,7 +102,13 @@ pub fn run(
         use_pktinfo,
         rate,
         max_request_age_ns,
+        interleaved_slots,
+        hardware_tx,
     } = settings;
+    let mut table = TransmitTable::new(interleaved_slots);
+    metrics.interleaved_table_bytes.set(table.memory_bytes() as i64);
+    let mut errqueue = ErrorQueue::default();
+    let mut stamps_until = 0u64;
     let fd = sock.as_raw_fd();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut limiter = rate
@@ -140,6 +156,13 @@ pub fn run(
                 std::ptr::null_mut(),
             )
         };
+        if stamps_until != 0 {
+            let now = now_nanos();
+            drain_stamps(&mut errqueue, fd, &shared, &mut table, metrics);
+            if now > stamps_until {
+                stamps_until = 0;
+            }
+        }
         if n <= 0 {
             continue; // timeout (stop check) or EINTR
         }
@@ -186,6 +209,13 @@ pub fn run(
                 }
                 Verdict::Allow | Verdict::Kiss => {}
             }
+            let client = ClientAddress::from(ip);
+            let decision = if table.enabled() {
+                NtpHeader::parse(&rx[i][..len])
+                    .map_or(Decision::BASIC, |(h, _)| table.decide(&h, client))
+            } else {
+                Decision::BASIC
+            };
             let ctx = RequestContext {
                 receive_timestamp: nanos_to_ntp(ts),
                 unix_now,
@@ -193,6 +223,7 @@ pub fn run(
                 ring: &keys,
                 policy: &shared.policy,
                 rate_kiss: verdict == Verdict::Kiss,
+                previous_transmit: decision.previous_transmit,
             };
             let result = respond(
                 &rx[i][..len],
@@ -208,25 +239,49 @@ pub fn run(
                     continue;
                 }
             };
-            match resp {
-                Response::Plain(_) => metrics.plain.inc(),
+            let timed = match resp {
+                Response::Plain(_) => {
+                    metrics.plain.inc();
+                    true
+                }
                 Response::Nts { cookies, .. } => {
                     metrics.nts.inc();
                     metrics.cookies_issued.add(cookies as u64);
+                    true
                 }
-                Response::Nak { why, .. } => metrics.nak(why.reason()),
-                Response::Rate(_) => metrics.rate_kiss.inc(),
+                Response::Nak { why, .. } => {
+                    metrics.nak(why.reason());
+                    false
+                }
+                Response::Rate(_) => {
+                    metrics.rate_kiss.inc();
+                    false
+                }
+            };
+            let stamp = timed && decision.track;
+            if timed && decision.previous_transmit.is_some() {
+                metrics.interleaved.inc();
+            }
+            if stamp {
+                // The same value respond() put in the receive field: the key
+                // the looped-back copy will name.
+                table.track(mark_receive(nanos_to_ntp(ts)), client);
+                metrics.interleaved_tracked.inc();
             }
             tx_addr[out] = rx_addr[i];
             tx_iov[out] = libc::iovec {
                 iov_base: tx[out].as_mut_ptr() as *mut libc::c_void,
                 iov_len: resp.len(),
             };
-            let ctrl_len = if use_pktinfo {
+            let mut ctrl_len = if use_pktinfo {
                 write_pktinfo(&meta, &mut tx_ctrl[out])
             } else {
                 0
             };
+            if stamp {
+                ctrl_len += write_request(hardware_tx, &mut tx_ctrl[out][ctrl_len..]);
+                stamps_until = batch_time + STAMP_WAIT_NS;
+            }
             let th = &mut tx_hdr[out].msg_hdr;
             th.msg_name = &mut tx_addr[out] as *mut _ as *mut libc::c_void;
             th.msg_namelen = rx_hdr[i].msg_hdr.msg_namelen;
@@ -259,5 +314,38 @@ pub fn run(
                 sent += r as usize;
             }
         }
+        if stamps_until != 0 {
+            // Software stamps are made while sendmmsg runs: read them now.
+            drain_stamps(&mut errqueue, fd, &shared, &mut table, metrics);
+        }
     }
+}
+
+/// Move the transmit stamps waiting on the error queue into the table.
+fn drain_stamps(
+    q: &mut ErrorQueue,
+    fd: i32,
+    shared: &Shared,
+    table: &mut TransmitTable,
+    metrics: &WorkerMetrics,
+) {
+    let phc = **shared.phc.load();
+    q.drain(fd, shared.source, &phc, |s| match s {
+        Some(SentStamp {
+            key,
+            nanos,
+            hardware,
+        }) => {
+            if table.record_transmit(key, nanos_to_ntp(nanos), hardware) {
+                if hardware {
+                    metrics.tx_stamps_hardware.inc();
+                } else {
+                    metrics.tx_stamps_software.inc();
+                }
+            } else {
+                metrics.tx_stamps_unmatched.inc();
+            }
+        }
+        None => metrics.tx_stamps_unmatched.inc(),
+    });
 }

@@ -155,3 +155,79 @@ fn ntpdig_gets_plain_ntp() {
     assert!(offset.abs() < 0.01, "{offset}");
     assert_eq!(s.ts.metric("nts_time_responses_total{kind=\"plain\"}"), 1.0);
 }
+
+/// chrony with `xleave` over NTS: from its third response on, every answer
+/// is interleaved (RFC 9769), carrying the kernel's transmit timestamp of the
+/// previous response. A second chrony in basic mode runs alongside, and the
+/// interleaved one's measured offset is no worse.
+#[test]
+fn chrony_xleave_client_gets_interleaved_responses() {
+    let Some(bins) = testkit::peers::require_chrony() else {
+        return;
+    };
+    let s = stack_with(TimeServerOptions::default());
+    let source = NtsSource {
+        host: "127.0.0.1".into(),
+        ke_port: s.ke.port(),
+        ntp_port: None,
+    };
+    let start = |name: &str, xleave: bool| {
+        let mut b = ChronyClient::builder(&bins)
+            .name(name)
+            .source(source.clone())
+            .trusted_certs(s.pki.ca_path())
+            .poll(-2, -2);
+        if xleave {
+            b = b.server_option("xleave");
+        }
+        b.start().unwrap()
+    };
+    let xleave = start("chrony-xleave", true);
+    let basic = start("chrony-basic", false);
+    let ready = |c: &ChronyClient, want_interleaved: bool| {
+        c.wait_until(Duration::from_secs(60), "authenticated responses", |st| {
+            st.ntpdata.first().is_some_and(|n| {
+                n.authenticated && n.total_good_rx >= 6 && n.interleaved == want_interleaved
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.ts.guard.logs()))
+    };
+    ready(&xleave, true);
+    ready(&basic, false);
+    // Samples of both, side by side: chrony's last measurement each 0.25 s poll.
+    let (mut xo, mut bo, mut xd, mut bd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut interleaved_seen = 0;
+    for _ in 0..24 {
+        std::thread::sleep(Duration::from_millis(250));
+        let x = xleave.ntpdata().unwrap().remove(0);
+        let b = basic.ntpdata().unwrap().remove(0);
+        assert!(x.authenticated && b.authenticated);
+        assert!(!b.interleaved, "basic client answered interleaved");
+        if x.interleaved {
+            interleaved_seen += 1;
+        }
+        xo.push(x.offset.abs());
+        bo.push(b.offset.abs());
+        xd.push(x.peer_delay);
+        bd.push(b.peer_delay);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (xo, bo, xd, bd) = (median(&mut xo), median(&mut bo), median(&mut xd), median(&mut bd));
+    eprintln!(
+        "chrony xleave+NTS vs basic: median |offset| {:.2} vs {:.2} us, median delay {:.2} vs {:.2} us, {interleaved_seen}/24 interleaved",
+        xo * 1e6,
+        bo * 1e6,
+        xd * 1e6,
+        bd * 1e6
+    );
+    assert!(interleaved_seen >= 20, "{interleaved_seen}/24 interleaved");
+    // Same clock at both ends: both offsets are measurement error. Interleaved
+    // must not be worse (a margin for a loaded 2-core machine).
+    assert!(xo <= bo.max(5e-6) * 2.0, "interleaved {xo} vs basic {bo}");
+    assert!(s.ts.metric("nts_time_interleaved_responses_total") >= 20.0);
+    assert!(s.ts.metric("nts_time_transmit_timestamps_total{source=\"software\"}") >= 20.0);
+    assert_eq!(s.ts.metric("nts_time_transmit_timestamps_unmatched_total"), 0.0);
+}

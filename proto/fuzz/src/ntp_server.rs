@@ -80,6 +80,7 @@ pub fn serve(req: &[u8], rate_kiss: bool) -> (Result<Response, DropReason>, Vec<
         ring: ring(),
         policy: &policy,
         rate_kiss,
+        previous_transmit: None,
     };
     let mut out = vec![SENTINEL; req.len() + SLACK];
     let mut rng = Counter(0x90);
@@ -308,6 +309,7 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
     let mut pending = PendingRequest {
         unique_id: [0; UNIQUE_ID_LEN],
         origin: rh.transmit_timestamp,
+        interleaved_origin: None,
     };
     if let Some(uid) = nts.unique_id {
         if let Some(u) = uid.get(..UNIQUE_ID_LEN) {

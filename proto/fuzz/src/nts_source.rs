@@ -92,6 +92,7 @@ fn serve(req: &[u8], rng: &mut Counter) -> Option<Vec<u8>> {
         ring: ring(),
         policy: &policy,
         rate_kiss: false,
+        previous_transmit: None,
     };
     let mut out = vec![0u8; req.len()];
     let r = respond(req, &ctx, &mut out, &mut |b| rng.fill(b), &mut || {

@@ -143,9 +143,16 @@ pub struct ChronyClientBuilder {
     nts_dump: bool,
     extra: Vec<String>,
     hosts_file: Option<PathBuf>,
+    server_options: Vec<String>,
 }
 
 impl ChronyClientBuilder {
+    /// Appends options to every `server` line (e.g. `xleave`).
+    pub fn server_option(mut self, option: &str) -> Self {
+        self.server_options.push(option.to_string());
+        self
+    }
+
     /// Resolve host names with `file` (in `/etc/hosts` format, readable by
     /// `_chrony`) instead of the system's `/etc/hosts`: chronyd runs in a private
     /// mount namespace (`unshare --mount`) where `file` is bind-mounted over
@@ -216,9 +223,14 @@ impl ChronyClientBuilder {
                 c.push_str(&format!(" port {p}"));
             }
             c.push_str(&format!(
-                " ntsport {} minpoll {} maxpoll {}\n",
+                " ntsport {} minpoll {} maxpoll {}",
                 s.ke_port, self.minpoll, self.maxpoll
             ));
+            for o in &self.server_options {
+                c.push(' ');
+                c.push_str(o);
+            }
+            c.push('\n');
         }
         for ca in &self.trusted_certs {
             c.push_str(&format!("ntstrustedcerts {}\n", ca.display()));
@@ -287,6 +299,7 @@ impl ChronyClient {
             nts_dump: false,
             extra: Vec::new(),
             hosts_file: None,
+            server_options: Vec::new(),
         }
     }
 
