@@ -15,6 +15,7 @@ use nts_proto::clock::{
     apply_command, Agent, AgentConfig, Clock, ClockCommand, InitialFrequency, LeapStatus, Sample,
     ServerInfo, SourceId, SourceState,
 };
+use nts_proto::interleaved::InterleavedClient;
 use nts_proto::ntp_client::ResponseCheckError;
 use nts_proto::nts_source::{
     Association, NtsSource, NtsSourceConfig, SavedAssociation, Step, Transition, Verdict,
@@ -57,9 +58,23 @@ struct Source {
     last_delay: Option<f64>,
     /// Unix time of the last usable sample.
     last_sample_unix: Option<f64>,
+    /// Interleaved mode state (`xleave = true`), and the server it refers to.
+    xleave: Option<InterleavedClient>,
+    xleave_server: Option<SocketAddr>,
 }
 
 impl Source {
+    /// The interleaved-mode state for exchanges with `server`, forgotten when
+    /// the source moves to another server (the previous exchange was not with it).
+    fn interleave_state(&mut self, server: SocketAddr) -> Option<&mut InterleavedClient> {
+        let x = self.xleave.as_mut()?;
+        if self.xleave_server != Some(server) {
+            x.reset();
+            self.xleave_server = Some(server);
+        }
+        Some(x)
+    }
+
     fn authenticated(&self) -> bool {
         self.nts.is_some()
     }
@@ -291,6 +306,8 @@ async fn expand_sources(cfg: &Config, agent: &mut Agent, started: Instant) -> Ve
                 last_offset: None,
                 last_delay: None,
                 last_sample_unix: None,
+                xleave: s.xleave.then(InterleavedClient::new),
+                xleave_server: None,
             });
         }
     }
@@ -355,7 +372,8 @@ async fn poll_source(
                 .ok_or(PollError::NotYet)?,
         };
         src.ntp_addr = Some(target);
-        return match plain_exchange(target, timeout).await {
+        let xleave = src.interleave_state(target);
+        return match plain_exchange(target, timeout, xleave).await {
             Ok(m) => {
                 src.in_timeouts = false;
                 Ok(m)
@@ -385,7 +403,13 @@ async fn poll_source(
     let addr = nts.address().ok_or(PollError::NotYet)?;
     let mut req = Vec::with_capacity(1024);
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
-    let Some(mut flight) = nts.prepare_request(&mut req, &mut rng) else {
+    let fields = src.xleave.as_ref().and_then(|x| {
+        (src.xleave_server == Some(addr))
+            .then(|| x.request_fields())
+            .flatten()
+    });
+    let nts = src.nts.as_mut().ok_or(PollError::NotYet)?;
+    let Some(mut flight) = nts.prepare_request_interleaved(&mut req, fields, &mut rng) else {
         return Err(PollError::NotYet);
     };
     let result = exchange(addr, &req, timeout, |d| match nts.on_datagram(d, &mut flight) {
@@ -406,7 +430,16 @@ async fn poll_source(
             let t = nts.exchange_done(&verdict, now);
             log_transition(&src.name, addr, t);
             match verdict {
-                Verdict::Accepted(header) => Ok(Measured::new(header, timing, true)),
+                Verdict::Accepted(header) => {
+                    let xleave = src.interleave_state(addr);
+                    Ok(Measured::with_interleave(
+                        header,
+                        timing,
+                        true,
+                        flight.interleaved,
+                        xleave,
+                    ))
+                }
                 Verdict::Kiss(code) => {
                     let code_s = String::from_utf8_lossy(&code).to_string();
                     tracing::warn!(source = %src.name, server = %addr, kiss = %code_s, "authenticated kiss-o'-death");
@@ -632,6 +665,9 @@ fn source_report(agent: &Agent, s: &Source, now: f64) -> SourceReport {
         kiss: s.kiss.clone(),
         last_sample_age: s.last_sample_unix.map(|t| (unix_f64() - t).max(0.0)),
         last_error: s.last_error.clone(),
+        xleave: s.xleave.is_some(),
+        interleaved_answers: s.xleave.as_ref().map_or(0, |x| x.counts().0),
+        basic_answers: s.xleave.as_ref().map_or(0, |x| x.counts().1),
     }
 }
 
@@ -954,9 +990,7 @@ pub async fn run(
                         src.last_delay = Some(m.delay);
                         src.last_sample_unix = Some(unix_f64());
                         let info = ServerInfo::from_header(&m.header);
-                        let t2 = m.header.receive_timestamp;
-                        let t3 = m.header.transmit_timestamp;
-                        match Sample::from_timestamps(m.t1, t2, t3, m.t4, info, 1e-8) {
+                        match Sample::from_timestamps(m.t1, m.t2, m.t3, m.t4, info, 1e-8) {
                             Ok(sample) => cmds.extend(agent.on_sample(src.id, sample, mono(started))),
                             Err(e) => src.last_error = Some(format!("unusable sample: {e}")),
                         }

@@ -45,6 +45,10 @@ pub struct SourceConfig {
     /// For pools: how many of the name's addresses to use.
     #[serde(default = "default_pool_size")]
     pub max_sources: usize,
+    /// Ask for interleaved mode (RFC 9769, chrony's `xleave`): the server's
+    /// transmit timestamps are then taken after its responses leave.
+    #[serde(default)]
+    pub xleave: bool,
 }
 
 fn default_pool_size() -> usize {

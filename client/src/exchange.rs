@@ -4,7 +4,10 @@
 
 use nts_ops::socket_timestamps::{self, parse_control, RecvMeta};
 use nts_proto::aead::AeadKey;
-use nts_proto::ntp_client::{build_request, check_response, ResponseCheckError};
+use nts_proto::interleaved::{InterleavedClient, Timestamps};
+use nts_proto::ntp_client::{
+    build_request, build_request_interleaved, check_response, ResponseCheckError,
+};
 use nts_proto::ntp_packet::{LeapIndicator, NtpHeader, NtpTimestamp};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -22,10 +25,18 @@ pub struct Sample {
     pub delay: f64,
     pub header: NtpHeader,
     pub authenticated: bool,
-    /// Our send and receive times (the kernel's where available).
+    /// Our send and receive times (the kernel's where available), and the
+    /// server's receive and transmit times of the same exchange (in
+    /// interleaved mode, the previous one: not the header's fields).
     pub t1: NtpTimestamp,
+    pub t2: NtpTimestamp,
+    pub t3: NtpTimestamp,
     pub t4: NtpTimestamp,
     pub stamps: StampSources,
+    /// Measured in interleaved mode: the server's transmit timestamp was taken
+    /// after its previous response left, and the four timestamps are that
+    /// previous exchange's.
+    pub interleaved: bool,
 }
 
 impl Sample {
@@ -43,8 +54,39 @@ impl Sample {
             header,
             authenticated,
             t1: timing.t1,
+            t2: header.receive_timestamp,
+            t3: header.transmit_timestamp,
             t4: timing.t4,
             stamps: timing.stamps,
+            interleaved: false,
+        }
+    }
+
+    /// The measurement an answer makes for a source in interleaved mode:
+    /// `state` turns it into the four timestamps of the exchange it completes.
+    pub fn with_interleave(
+        header: NtpHeader,
+        timing: Timing,
+        authenticated: bool,
+        interleaved: bool,
+        state: Option<&mut InterleavedClient>,
+    ) -> Self {
+        let Some(state) = state else {
+            return Self::new(header, timing, authenticated);
+        };
+        let ts = state.complete(&header, interleaved, timing.t1, timing.t4);
+        let (offset, delay) = ts.offset_delay();
+        Self {
+            offset,
+            delay,
+            header,
+            authenticated,
+            t1: ts.t1,
+            t2: ts.t2,
+            t3: ts.t3,
+            t4: ts.t4,
+            stamps: timing.stamps,
+            interleaved,
         }
     }
 
@@ -91,9 +133,7 @@ pub fn offset_delay(
     t3: NtpTimestamp,
     t4: NtpTimestamp,
 ) -> (f64, f64) {
-    let offset = (t2.diff_seconds(t1) + t3.diff_seconds(t4)) / 2.0;
-    let delay = t4.diff_seconds(t1) - t3.diff_seconds(t2);
-    (offset, delay)
+    Timestamps { t1, t2, t3, t4 }.offset_delay()
 }
 
 /// `recvmsg` with a control buffer; returns the length and what the control messages said.
@@ -202,15 +242,18 @@ pub async fn exchange<T>(
     }
 }
 
-/// One plain (unauthenticated) NTP exchange. Kiss codes are returned as
+/// One plain (unauthenticated) NTP exchange, in interleaved mode when
+/// `interleave` holds the source's state. Kiss codes are returned as
 /// errors: without NTS there is nothing better to go on.
 pub async fn plain_exchange(
     server: SocketAddr,
     timeout: Duration,
+    interleave: Option<&mut InterleavedClient>,
 ) -> Result<Sample, ExchangeError> {
     let mut req = Vec::with_capacity(48);
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
-    let pending = build_request(&mut req, None, &mut rng);
+    let fields = interleave.as_ref().and_then(|x| x.request_fields());
+    let pending = build_request_interleaved(&mut req, None, fields, &mut rng);
     let (checked, timing) = exchange(server, &req, timeout, |d| {
         match check_response(d, &pending, None) {
             Err(
@@ -223,7 +266,13 @@ pub async fn plain_exchange(
     })
     .await?;
     let c = checked?;
-    Ok(Sample::new(c.header, timing, false))
+    Ok(Sample::with_interleave(
+        c.header,
+        timing,
+        false,
+        c.interleaved,
+        interleave,
+    ))
 }
 
 /// NTS credentials for a one-shot probe.

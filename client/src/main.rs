@@ -84,6 +84,11 @@ enum Command {
         /// Seconds between samples.
         #[arg(long, default_value_t = 0.5)]
         interval: f64,
+        /// Ask for interleaved mode (RFC 9769, chrony's xleave): from the
+        /// third sample on, a server that supports it returns the transmit
+        /// timestamp of its previous response, taken after it left.
+        #[arg(long)]
+        xleave: bool,
     },
     /// Run one NTS key exchange and print what the server negotiated.
     Ke {
@@ -291,6 +296,7 @@ fn main() -> Result<()> {
             timeout,
             samples,
             interval,
+            xleave,
         } => {
             nts_ops::init_logging("warn");
             anyhow::ensure!(
@@ -309,6 +315,7 @@ fn main() -> Result<()> {
                 timeout: Duration::from_secs_f64(timeout),
                 samples,
                 interval: Duration::from_secs_f64(interval),
+                xleave,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

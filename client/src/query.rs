@@ -5,6 +5,7 @@ use crate::exchange::{exchange, plain_exchange, ExchangeError, Sample};
 use crate::ke::{self, KeError, DEFAULT_KE_PORT, DEFAULT_NTP_PORT};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
+use nts_proto::interleaved::InterleavedClient;
 use nts_proto::nts_source::{Association, NtsSource, NtsSourceConfig, Verdict};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ pub struct QueryOptions {
     pub samples: u32,
     /// Seconds between samples.
     pub interval: Duration,
+    /// Ask for interleaved mode.
+    pub xleave: bool,
 }
 
 /// The result, printed as text or JSON.
@@ -40,6 +43,10 @@ pub struct QueryReport {
     /// Answers received and requests that got none (retried).
     pub samples: u32,
     pub lost: u32,
+    /// Answers that came in interleaved mode (with `--xleave`).
+    pub interleaved: u32,
+    /// The reported sample was measured in interleaved mode.
+    pub reported_interleaved: bool,
     /// Datagrams ignored (forged, stray, NAK) while waiting (NTS only).
     pub ignored: u64,
     /// Set when the server says it is not synchronized: the offset is only informative.
@@ -90,6 +97,8 @@ fn report(
         cookies_held: None,
         samples: 1,
         lost: 0,
+        interleaved: s.interleaved as u32,
+        reported_interleaved: s.interleaved,
         ignored: 0,
         warning: unsync_warning(s),
         offset: s.offset,
@@ -127,10 +136,11 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             crate::split_host_port(&opts.server, DEFAULT_NTP_PORT).map_err(anyhow::Error::msg)?;
         let addrs = resolve(&host, port).await?;
         let (mut got, mut lost, mut last_err) = (Vec::new(), 0u32, None);
+        let mut xleave = opts.xleave.then(InterleavedClient::new);
         let mut i = 0usize;
         while got.len() < wanted as usize && lost <= max_lost {
             let addr = addrs[i % addrs.len()];
-            match plain_exchange(addr, opts.timeout).await {
+            match plain_exchange(addr, opts.timeout, xleave.as_mut()).await {
                 Ok(s) => got.push((s, addr)),
                 Err(e @ ExchangeError::Check(_)) => {
                     return Err(anyhow::anyhow!(e)).with_context(|| format!("NTP query to {addr}"))
@@ -146,10 +156,11 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             }
         }
         let n = got.len() as u32;
+        let interleaved = got.iter().filter(|g| g.0.interleaved).count() as u32;
         let (s, addr) = best(got)
             .with_context(|| format!("no answer from {host}: {}", last_err.unwrap_or_default()))?;
         let mut r = report(&opts.server, addr, &s, None, None);
-        (r.samples, r.lost) = (n, lost);
+        (r.samples, r.lost, r.interleaved) = (n, lost, interleaved);
         return Ok(r);
     }
     let (host, port) =
@@ -191,11 +202,13 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
     );
     src.set_addresses(addrs);
     let (mut got, mut lost, mut last_err) = (Vec::new(), 0u32, None);
+    let mut xleave = opts.xleave.then(InterleavedClient::new);
     let mut req = Vec::with_capacity(1024);
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
     while got.len() < wanted as usize && lost <= max_lost {
         let addr = src.address().context("no time server address")?;
-        let Some(mut flight) = src.prepare_request(&mut req, &mut rng) else {
+        let fields = xleave.as_ref().and_then(|x| x.request_fields());
+        let Some(mut flight) = src.prepare_request_interleaved(&mut req, fields, &mut rng) else {
             anyhow::bail!("out of cookies after {lost} lost packets");
         };
         let r = exchange(addr, &req, opts.timeout, |d| {
@@ -208,7 +221,9 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
         match r {
             Ok((Verdict::Accepted(h), timing)) => {
                 src.exchange_done(&Verdict::Accepted(h), 0.0);
-                got.push((Sample::new(h, timing, true), addr));
+                let s =
+                    Sample::with_interleave(h, timing, true, flight.interleaved, xleave.as_mut());
+                got.push((s, addr));
             }
             Ok((Verdict::Kiss(code), _)) => {
                 anyhow::bail!(
@@ -228,11 +243,12 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
         }
     }
     let n = got.len() as u32;
+    let interleaved = got.iter().filter(|g| g.0.interleaved).count() as u32;
     let (s, addr) = best(got)
         .with_context(|| format!("no authentic answer: {}", last_err.unwrap_or_default()))?;
     let mut r = report(&opts.server, addr, &s, Some(aead), Some(ke_cookies));
     r.cookies_held = Some(src.cookies());
-    (r.samples, r.lost) = (n, lost);
+    (r.samples, r.lost, r.interleaved) = (n, lost, interleaved);
     r.ignored = src.counters().ignored() + src.counters().naks;
     Ok(r)
 }
@@ -302,6 +318,19 @@ impl std::fmt::Display for QueryReport {
                 String::new()
             }
         )?;
+        if self.interleaved > 0 {
+            writeln!(
+                f,
+                "interleaved     {} of {} answers{}",
+                self.interleaved,
+                self.samples,
+                if self.reported_interleaved {
+                    " (the one shown too)"
+                } else {
+                    ""
+                }
+            )?;
+        }
         writeln!(f, "offset          {:+.6} s", self.offset)?;
         writeln!(f, "delay           {:.6} s", self.delay)?;
         writeln!(f, "stratum         {}", self.stratum)?;

@@ -48,6 +48,14 @@ pub struct SourceReport {
     /// Seconds since the last usable sample.
     pub last_sample_age: Option<f64>,
     pub last_error: Option<String>,
+    /// Interleaved mode asked for (`xleave`).
+    #[serde(default)]
+    pub xleave: bool,
+    /// Answers that were interleaved, and answers that were basic (since start).
+    #[serde(default)]
+    pub interleaved_answers: u64,
+    #[serde(default)]
+    pub basic_answers: u64,
 }
 
 /// What `chronyc tracking` shows: the reference and how well the clock follows it.
@@ -296,6 +304,14 @@ impl StatusReport {
                     (_, Some(a)) => a.clone(),
                     (Some(n), None) => n.clone(),
                     (None, None) => "-".into(),
+                } + &if s.xleave {
+                    format!(
+                        "  xleave: {} of {} answers interleaved",
+                        s.interleaved_answers,
+                        s.interleaved_answers + s.basic_answers
+                    )
+                } else {
+                    String::new()
                 },
             ));
         }

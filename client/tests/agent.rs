@@ -185,6 +185,51 @@ fn observe_only_offset_against_chrony() {
     assert_eq!(r.clock_commands, 0);
 }
 
+/// A source with `xleave = true`: from its third answer on, the server sends
+/// the kernel's transmit timestamp of its previous response (RFC 9769) and the
+/// agent measures with it. Against nts-time-server and against chronyd.
+fn interleaved_source_against(ke_port: u16, ca: &Path, server: &str) -> StatusReport {
+    let source =
+        format!("[[source]]\ntype = \"nts\"\naddress = \"127.0.0.1:{ke_port}\"\nxleave = true\n");
+    let agent = start_agent(&source, ca, "");
+    let r = agent.wait(Duration::from_secs(60), "6 interleaved answers", |r| {
+        r.sources[0].interleaved_answers >= 6
+    });
+    let src = &r.sources[0];
+    eprintln!(
+        "agent xleave vs {server}: {} of {} answers interleaved, offset {:+.2} us, delay {:.2} us",
+        src.interleaved_answers,
+        src.interleaved_answers + src.basic_answers,
+        src.offset.unwrap_or(f64::NAN) * 1e6,
+        src.delay.unwrap_or(f64::NAN) * 1e6
+    );
+    assert!(src.xleave && src.authenticated && src.auth_failures == 0);
+    // The first two answers can only be basic; every later one is interleaved.
+    assert!(src.basic_answers <= 3, "{src:?}");
+    assert!(src.offset.unwrap().abs() < 50e-6, "{src:?}");
+    assert!(agent.status().render().contains("xleave: "));
+    r
+}
+
+#[test]
+fn interleaved_mode_against_our_server() {
+    let s = our_stack();
+    interleaved_source_against(s.ke.port(), s.pki.ca_path(), "nts-time-server");
+    assert!(s.ts.metric("nts_time_interleaved_responses_total") >= 6.0);
+}
+
+#[test]
+fn interleaved_mode_against_chrony() {
+    let Some(bins) = testkit::peers::require_chrony() else {
+        return;
+    };
+    let pki = TestPki::generate().unwrap();
+    let chrony = testkit::chrony::ChronyServer::builder(&bins, &pki)
+        .start()
+        .unwrap();
+    interleaved_source_against(chrony.ke_port(), pki.ca_path(), "chronyd");
+}
+
 #[test]
 fn failing_sources_are_marked_and_never_used() {
     // A: a good server. B: stops answering. C: NAKs every cookie (its keys differ from the

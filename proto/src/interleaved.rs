@@ -135,10 +135,9 @@ impl TransmitTable {
             return Decision::BASIC;
         }
         let slot = &self.slots[self.index(origin)];
-        let previous_transmit = (slot.receive == origin
-            && slot.client == client
-            && slot.transmit != 0)
-            .then_some(NtpTimestamp(slot.transmit));
+        let previous_transmit =
+            (slot.receive == origin && slot.client == client && slot.transmit != 0)
+                .then_some(NtpTimestamp(slot.transmit));
         Decision {
             previous_transmit,
             track: true,
@@ -202,8 +201,7 @@ pub struct Timestamps {
 impl Timestamps {
     /// Server clock minus client clock, and round-trip delay, in seconds.
     pub fn offset_delay(&self) -> (f64, f64) {
-        let offset =
-            (self.t2.diff_seconds(self.t1) + self.t3.diff_seconds(self.t4)) / 2.0;
+        let offset = (self.t2.diff_seconds(self.t1) + self.t3.diff_seconds(self.t4)) / 2.0;
         let delay = self.t4.diff_seconds(self.t1) - self.t3.diff_seconds(self.t2);
         (offset, delay)
     }
@@ -360,10 +358,16 @@ mod tests {
         // A later software stamp does not replace it; a hardware one does.
         t.record_transmit(rx, NtpTimestamp(0xdead_beef_0000_3000), false);
         let d = t.decide(&client_req(rx.0, 9, 10), a);
-        assert_eq!(d.previous_transmit, Some(NtpTimestamp(0xdead_beef_0000_2000)));
+        assert_eq!(
+            d.previous_transmit,
+            Some(NtpTimestamp(0xdead_beef_0000_2000))
+        );
         t.record_transmit(rx, NtpTimestamp(0xdead_beef_0000_1800), true);
         let d = t.decide(&client_req(rx.0, 9, 10), a);
-        assert_eq!(d.previous_transmit, Some(NtpTimestamp(0xdead_beef_0000_1800)));
+        assert_eq!(
+            d.previous_transmit,
+            Some(NtpTimestamp(0xdead_beef_0000_1800))
+        );
         t.record_transmit(rx, NtpTimestamp(0xdead_beef_0000_2000), true);
         let d = t.decide(&client_req(rx.0, 9, 10), a);
         assert_eq!(

@@ -612,15 +612,15 @@ mod tests {
         for nts in [true, false] {
             let mut table = TransmitTable::new(256);
             let me = ClientAddress::from("192.0.2.7".parse::<std::net::IpAddr>().unwrap());
-            let stranger =
-                ClientAddress::from("198.51.100.9".parse::<std::net::IpAddr>().unwrap());
+            let stranger = ClientAddress::from("198.51.100.9".parse::<std::net::IpAddr>().unwrap());
             let mut client = InterleavedClient::new();
             let mut kernel_tx = Vec::new();
             let mut modes = Vec::new();
             for i in 0..4u64 {
                 let mut req = Vec::new();
                 let creds = nts.then_some((&s.cookie[..], 0, &s.c2s));
-                let p = build_request_interleaved(&mut req, creds, client.request_fields(), &mut rnd);
+                let p =
+                    build_request_interleaved(&mut req, creds, client.request_fields(), &mut rnd);
                 let (h, _) = NtpHeader::parse(&req).unwrap();
                 let d = table.decide(&h, me);
                 let rx = NtpTimestamp(1_000_000 * (i + 1));

@@ -30,7 +30,10 @@
 //! ([`SavedAssociation`]).
 
 use crate::aead::{AeadAlgorithm, AeadKey};
-use crate::ntp_client::{build_request, check_response, PendingRequest, ResponseCheckError};
+use crate::interleaved::InterleavedFields;
+use crate::ntp_client::{
+    build_request_interleaved, check_response, PendingRequest, ResponseCheckError,
+};
 use crate::ntp_packet::NtpHeader;
 use std::net::SocketAddr;
 use thiserror::Error;
@@ -168,6 +171,8 @@ pub struct InFlight {
     pub pending: PendingRequest,
     /// A NAK matching this request arrived.
     pub nak_seen: bool,
+    /// The accepted answer was interleaved (RFC 9769): it completes the previous exchange.
+    pub interleaved: bool,
 }
 
 /// Counters of everything that happened, for status and metrics.
@@ -420,14 +425,31 @@ impl NtsSource {
         out: &mut Vec<u8>,
         random: &mut dyn FnMut(&mut [u8]),
     ) -> Option<InFlight> {
+        self.prepare_request_interleaved(out, None, random)
+    }
+
+    /// [`Self::prepare_request`] asking for interleaved mode with `fields`
+    /// ([`crate::interleaved::InterleavedClient::request_fields`]).
+    pub fn prepare_request_interleaved(
+        &mut self,
+        out: &mut Vec<u8>,
+        fields: Option<InterleavedFields>,
+        random: &mut dyn FnMut(&mut [u8]),
+    ) -> Option<InFlight> {
         let assoc = self.assoc.as_ref()?;
         let cookie = self.cookies.pop()?;
         let placeholders = self.cfg.jar_size.saturating_sub(self.cookies.len() + 1);
-        let pending = build_request(out, Some((&cookie, placeholders, &assoc.c2s)), random);
+        let pending = build_request_interleaved(
+            out,
+            Some((&cookie, placeholders, &assoc.c2s)),
+            fields,
+            random,
+        );
         self.counters.requests += 1;
         Some(InFlight {
             pending,
             nak_seen: false,
+            interleaved: false,
         })
     }
 
@@ -441,6 +463,7 @@ impl NtsSource {
                 let room = self.cfg.jar_size.saturating_sub(self.cookies.len());
                 self.cookies.extend(c.cookies.into_iter().take(room));
                 self.counters.accepted += 1;
+                flight.interleaved = c.interleaved;
                 return Verdict::Accepted(c.header);
             }
             Err(ResponseCheckError::Kiss(code)) => {

@@ -277,7 +277,10 @@ mod tests {
             assert_eq!(response_key(p), Some(NtpTimestamp(key)));
             // Truncated copies still name the key while the NTP header is there.
             let cut = &f[..f.len() - resp.len() + 48];
-            assert_eq!(response_key(looped_payload(cut).unwrap()), Some(NtpTimestamp(key)));
+            assert_eq!(
+                response_key(looped_payload(cut).unwrap()),
+                Some(NtpTimestamp(key))
+            );
         }
         // Not UDP, not server mode, garbage and every truncation: no key, no panic.
         let mut tcp = ipv4(&resp);
@@ -337,7 +340,11 @@ mod tests {
         let phc = PhcConversion {
             offset_ns: 1_000_000_000,
         };
-        let mut sw = cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMPING, &stamps((1_764_000_000, 500), (0, 0)));
+        let mut sw = cmsg(
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            &stamps((1_764_000_000, 500), (0, 0)),
+        );
         sw.extend(cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee));
         assert_eq!(
             sent_stamp(&frame, &sw, &phc),
@@ -347,7 +354,11 @@ mod tests {
                 hardware: false
             })
         );
-        let hw = cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMPING, &stamps((0, 0), (1_763_999_999, 700)));
+        let hw = cmsg(
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            &stamps((0, 0), (1_763_999_999, 700)),
+        );
         assert_eq!(
             sent_stamp(&frame, &hw, &phc),
             Some(SentStamp {
@@ -357,7 +368,10 @@ mod tests {
             })
         );
         // No stamp in the control messages, or no packet: nothing.
-        assert_eq!(sent_stamp(&frame, &cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee), &phc), None);
+        assert_eq!(
+            sent_stamp(&frame, &cmsg(libc::SOL_IP, libc::IP_RECVERR, &ee), &phc),
+            None
+        );
         assert_eq!(sent_stamp(&[], &sw, &phc), None);
     }
 
@@ -379,16 +393,26 @@ mod tests {
     #[test]
     fn loopback_stamps_only_the_datagram_that_asked() {
         use std::os::fd::AsRawFd;
-        let server = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        let server =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         server
-            .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
             .unwrap();
         crate::timestamping::enable(&server, false, None).unwrap();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to: socket2::SockAddr = peer.local_addr().unwrap().into();
         let send = |payload: &[u8], stamp: bool| {
             let mut ctrl = [0u8; 64];
-            let clen = if stamp { write_request(false, &mut ctrl) } else { 0 };
+            let clen = if stamp {
+                write_request(false, &mut ctrl)
+            } else {
+                0
+            };
             let mut iov = libc::iovec {
                 iov_base: payload.as_ptr() as *mut libc::c_void,
                 iov_len: payload.len(),
@@ -413,7 +437,12 @@ mod tests {
         let mut q = ErrorQueue::default();
         let mut got = Vec::new();
         for _ in 0..50 {
-            q.drain(server.as_raw_fd(), TimestampSource::Software, &PhcConversion::default(), |s| got.push(s));
+            q.drain(
+                server.as_raw_fd(),
+                TimestampSource::Software,
+                &PhcConversion::default(),
+                |s| got.push(s),
+            );
             if !got.is_empty() {
                 break;
             }
@@ -424,6 +453,10 @@ mod tests {
         let s = got[0].expect("a stamp with the packet");
         assert_eq!(s.key, NtpTimestamp(0xbbbb_0000_0000_0003));
         assert!(!s.hardware);
-        assert!(s.nanos >= before && s.nanos <= after, "{before} {} {after}", s.nanos);
+        assert!(
+            s.nanos >= before && s.nanos <= after,
+            "{before} {} {after}",
+            s.nanos
+        );
     }
 }

@@ -7,8 +7,8 @@ use crate::clock_state::{now_nanos, now_ntp};
 use crate::keys::KeyStore;
 use crate::metrics::WorkerMetrics;
 use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
-use arc_swap::ArcSwap;
 use crate::tx_timestamps::{write_request, ErrorQueue, SentStamp};
+use arc_swap::ArcSwap;
 use nts_proto::interleaved::{mark_receive, ClientAddress, Decision, TransmitTable};
 use nts_proto::ntp_packet::{NtpHeader, NtpTimestamp};
 use nts_proto::ntp_server::{
@@ -106,7 +106,9 @@ pub fn run(
         hardware_tx,
     } = settings;
     let mut table = TransmitTable::new(interleaved_slots);
-    metrics.interleaved_table_bytes.set(table.memory_bytes() as i64);
+    metrics
+        .interleaved_table_bytes
+        .set(table.memory_bytes() as i64);
     let mut errqueue = ErrorQueue::default();
     let mut stamps_until = 0u64;
     let fd = sock.as_raw_fd();

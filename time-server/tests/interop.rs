@@ -215,7 +215,12 @@ fn chrony_xleave_client_gets_interleaved_responses() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let (xo, bo, xd, bd) = (median(&mut xo), median(&mut bo), median(&mut xd), median(&mut bd));
+    let (xo, bo, xd, bd) = (
+        median(&mut xo),
+        median(&mut bo),
+        median(&mut xd),
+        median(&mut bd),
+    );
     eprintln!(
         "chrony xleave+NTS vs basic: median |offset| {:.2} vs {:.2} us, median delay {:.2} vs {:.2} us, {interleaved_seen}/24 interleaved",
         xo * 1e6,
@@ -229,5 +234,8 @@ fn chrony_xleave_client_gets_interleaved_responses() {
     assert!(xo <= bo.max(5e-6) * 2.0, "interleaved {xo} vs basic {bo}");
     assert!(s.ts.metric("nts_time_interleaved_responses_total") >= 20.0);
     assert!(s.ts.metric("nts_time_transmit_timestamps_total{source=\"software\"}") >= 20.0);
-    assert_eq!(s.ts.metric("nts_time_transmit_timestamps_unmatched_total"), 0.0);
+    assert_eq!(
+        s.ts.metric("nts_time_transmit_timestamps_unmatched_total"),
+        0.0
+    );
 }
