@@ -48,6 +48,9 @@ pub struct ServerSection {
     /// Seconds a request may wait in the socket queue (by its kernel receive
     /// timestamp); older ones are dropped so the answers that leave are fresh.
     pub max_request_age: f64,
+    /// Seconds a worker may wait for more requests after a short batch, when
+    /// the arrival rate makes the wait gather several (0: never wait).
+    pub batch_wait: f64,
     /// Entries per worker of the interleaved-mode table (32 bytes each,
     /// rounded up to a power of two); 0 answers every client in basic mode.
     pub interleaved_slots: usize,
@@ -72,6 +75,7 @@ impl Default for ServerSection {
             receive_buffer: 4 << 20,
             max_request_age: 0.05,
             interleaved_slots: 4096,
+            batch_wait: 0.0001,
             user: None,
             group: None,
             seccomp: true,
@@ -310,6 +314,12 @@ impl Config {
             bail!(
                 "server.max_request_age = {}: must be between 0.001 and 10 seconds",
                 s.max_request_age
+            );
+        }
+        if !s.batch_wait.is_finite() || s.batch_wait < 0.0 || s.batch_wait > 0.01 {
+            bail!(
+                "server.batch_wait = {}: must be between 0 and 0.01 seconds",
+                s.batch_wait
             );
         }
         if s.interleaved_slots > 1 << 24 {

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod clock_state;
+pub mod coalesce;
 pub mod config;
 pub mod key_sync_client;
 pub mod keys;
@@ -405,6 +406,7 @@ pub fn start(settings: Settings) -> Result<Running> {
             max_request_age_ns,
             interleaved_slots,
             hardware_tx,
+            batch_wait_ns: (cfg.server.batch_wait * 1e9) as u64,
         };
         threads.push(
             std::thread::Builder::new()

@@ -38,6 +38,8 @@ pub struct WorkerMetrics {
     pub tx_stamps_unmatched: Counter,
     /// Bytes of this worker's interleaved-mode table.
     pub interleaved_table_bytes: Gauge,
+    /// Short batches after which the worker waited for more requests.
+    pub batch_waits: Counter,
     nak: [Counter; 5],
     dropped: [Counter; DropReason::ALL.len()],
 }
@@ -224,6 +226,11 @@ impl Metrics {
             "nts_time_transmit_timestamps_unmatched_total",
             "Transmit timestamps that named no tracked response (its table entry was overwritten, or the kernel returned no packet copy: net.core.tstamp_allow_data = 0).",
             self.sum(|w| w.tx_stamps_unmatched.get()),
+        );
+        e.counter(
+            "nts_time_batch_waits_total",
+            "Times a worker waited up to server.batch_wait for more requests after a short batch (adaptive batching at moderate load).",
+            self.sum(|w| w.batch_waits.get()),
         );
         e.gauge(
             "nts_time_interleaved_table_bytes",

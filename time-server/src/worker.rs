@@ -4,6 +4,7 @@
 //! through `ArcSwap`, counters are this worker's own atomics.
 
 use crate::clock_state::{now_nanos, now_ntp};
+use crate::coalesce::Coalescer;
 use crate::keys::KeyStore;
 use crate::metrics::WorkerMetrics;
 use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
@@ -60,6 +61,8 @@ pub struct WorkerSettings {
     pub interleaved_slots: usize,
     /// Ask the NIC for transmit timestamps too (hardware timestamping is on).
     pub hardware_tx: bool,
+    /// Longest wait for more requests after a short batch (0: never wait).
+    pub batch_wait_ns: u64,
 }
 
 /// How long after a response asked for a transmit timestamp the error queue
@@ -104,7 +107,15 @@ pub fn run(
         max_request_age_ns,
         interleaved_slots,
         hardware_tx,
+        batch_wait_ns,
     } = settings;
+    let mut coalescer = Coalescer::new(batch_wait_ns, batch);
+    if batch_wait_ns > 0 {
+        // Waits of tens of microseconds need a timer that fires on time (the
+        // default slack is 50 µs). Per thread; failure only makes waits longer.
+        // SAFETY: plain prctl on this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+    }
     let mut table = TransmitTable::new(interleaved_slots);
     metrics
         .interleaved_table_bytes
@@ -319,6 +330,11 @@ pub fn run(
         if stamps_until != 0 {
             // Software stamps are made while sendmmsg runs: read them now.
             drain_stamps(&mut errqueue, fd, &shared, &mut table, metrics);
+        }
+        let wait = coalescer.after_batch(n as usize, started.elapsed().as_nanos() as u64);
+        if wait > 0 {
+            metrics.batch_waits.inc();
+            std::thread::sleep(std::time::Duration::from_nanos(wait));
         }
     }
 }
