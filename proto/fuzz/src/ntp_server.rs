@@ -55,14 +55,20 @@ pub fn clock() -> ServerClock {
     }
 }
 
-/// When every request "arrives".
+/// When every request "arrives" (lowest bit set, as the server flags
+/// receive timestamps for interleaved mode).
 pub fn receive_timestamp() -> NtpTimestamp {
-    NtpTimestamp::from_unix(NOW, 400_000_000)
+    NtpTimestamp(NtpTimestamp::from_unix(NOW, 400_000_000).0 | 1)
 }
 
-/// What the server's clock reads just before sealing.
+/// What the server's clock reads just before sealing (lowest bit clear).
 pub fn transmit_timestamp() -> NtpTimestamp {
-    NtpTimestamp::from_unix(NOW, 400_050_000)
+    NtpTimestamp(NtpTimestamp::from_unix(NOW, 400_050_000).0 & !1)
+}
+
+/// The transmit timestamp of "the previous response" for the interleaved pass.
+pub fn previous_transmit() -> NtpTimestamp {
+    NtpTimestamp(NtpTimestamp::from_unix(NOW - 2, 7_000_000).0 & !1)
 }
 
 /// Bytes of output buffer past the request's length, which must stay untouched.
@@ -71,6 +77,15 @@ const SENTINEL: u8 = 0xee;
 
 /// Answer `req` as the fuzzed server: the result, and the response bytes (empty on a drop).
 pub fn serve(req: &[u8], rate_kiss: bool) -> (Result<Response, DropReason>, Vec<u8>) {
+    serve_with(req, rate_kiss, None)
+}
+
+/// [`serve`], in interleaved mode when `previous` is set.
+pub fn serve_with(
+    req: &[u8],
+    rate_kiss: bool,
+    previous: Option<NtpTimestamp>,
+) -> (Result<Response, DropReason>, Vec<u8>) {
     let clock = clock();
     let policy = ServerPolicy::default();
     let ctx = RequestContext {
@@ -80,7 +95,7 @@ pub fn serve(req: &[u8], rate_kiss: bool) -> (Result<Response, DropReason>, Vec<
         ring: ring(),
         policy: &policy,
         rate_kiss,
-        previous_transmit: None,
+        previous_transmit: previous,
     };
     let mut out = vec![SENTINEL; req.len() + SLACK];
     let mut rng = Counter(0x90);
@@ -102,7 +117,7 @@ pub fn serve(req: &[u8], rate_kiss: bool) -> (Result<Response, DropReason>, Vec<
     let timed = matches!(r, Ok(Response::Plain(_) | Response::Nts { .. }));
     assert_eq!(
         clock_reads,
-        usize::from(timed),
+        usize::from(timed && previous.is_none()),
         "transmit clock read {clock_reads} times for {r:?}"
     );
     match &r {
@@ -264,15 +279,39 @@ fn check_datagram(req: &[u8]) -> (Result<Response, DropReason>, Result<Response,
     }
 
     if let Ok(r) = normal {
-        check_answer(req, r, &out, false);
+        check_answer(req, r, &out, false, None);
     }
     if let Ok(r) = kissed {
-        check_answer(req, r, &kiss_out, true);
+        check_answer(req, r, &kiss_out, true, None);
+    }
+    // Interleaved mode changes the timestamps, never whether or how much is answered.
+    let (inter, inter_out) = serve_with(req, false, Some(previous_transmit()));
+    match (&inter, &normal) {
+        (Ok(Response::Nts { len, cookies }), Ok(Response::Nts { len: l, cookies: c })) => {
+            assert_eq!(
+                (len, cookies),
+                (l, c),
+                "interleaved NTS answer differs in size"
+            );
+        }
+        (Ok(Response::Nak { len, why }), Ok(Response::Nak { len: l, why: w })) => {
+            assert_eq!((len, why), (l, w));
+        }
+        (i, n) => assert_eq!(i, n, "interleaved mode changed the answer"),
+    }
+    if let Ok(r) = inter {
+        check_answer(req, r, &inter_out, false, Some(previous_transmit()));
     }
     (normal, kissed)
 }
 
-fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
+fn check_answer(
+    req: &[u8],
+    r: Response,
+    out: &[u8],
+    rate_kiss: bool,
+    previous: Option<NtpTimestamp>,
+) {
     assert_eq!(out.len(), r.len());
     let (rh, rrest) = NtpHeader::parse(req).expect("answered a request without a header");
     assert_eq!(rh.mode, Mode::Client);
@@ -282,9 +321,16 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
     assert_eq!(h.mode, Mode::Server, "response not in server mode");
     assert_eq!(h.version, rh.version, "response version");
     assert_eq!(h.poll, rh.poll, "response poll");
+    // Interleaved answers (time-bearing ones) echo the request's receive field.
+    let interleaved = previous.is_some() && matches!(r, Response::Plain(_) | Response::Nts { .. });
     assert_eq!(
-        h.origin_timestamp, rh.transmit_timestamp,
-        "origin is not the request's transmit timestamp"
+        h.origin_timestamp,
+        if interleaved {
+            rh.receive_timestamp
+        } else {
+            rh.transmit_timestamp
+        },
+        "origin is not the request's transmit (basic) or receive (interleaved) timestamp"
     );
     let clock = clock();
     let timed = |h: &NtpHeader| {
@@ -296,7 +342,10 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
         assert_eq!(h.reference_id, clock.reference_id);
         assert_eq!(h.reference_timestamp, clock.reference_timestamp);
         assert_eq!(h.receive_timestamp, receive_timestamp());
-        assert_eq!(h.transmit_timestamp, transmit_timestamp());
+        assert_eq!(
+            h.transmit_timestamp,
+            previous.unwrap_or_else(transmit_timestamp)
+        );
         assert_eq!(h.kiss_code(), None);
     };
     let kissed = |h: &NtpHeader, code: [u8; 4]| {
@@ -309,7 +358,7 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
     let mut pending = PendingRequest {
         unique_id: [0; UNIQUE_ID_LEN],
         origin: rh.transmit_timestamp,
-        interleaved_origin: None,
+        interleaved_origin: previous.map(|_| rh.receive_timestamp),
     };
     if let Some(uid) = nts.unique_id {
         if let Some(u) = uid.get(..UNIQUE_ID_LEN) {
@@ -325,6 +374,7 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
             timed(&h);
             let c = check_response(out, &pending, None).expect("client rejects a plain answer");
             assert!(!c.authenticated && c.cookies.is_empty());
+            assert_eq!(c.interleaved, interleaved);
             assert_eq!(c.header, h);
         }
         Response::Rate(_) => {
@@ -405,6 +455,7 @@ fn check_answer(req: &[u8], r: Response, out: &[u8], rate_kiss: bool) {
             let checked = check_response(out, &pending, Some(&keys.s2c))
                 .expect("the client rejects the NTS response");
             assert!(checked.authenticated);
+            assert_eq!(checked.interleaved, interleaved);
             assert_eq!(checked.header, h);
             assert_eq!(checked.cookies.len(), cookies, "cookie count");
             assert!(
