@@ -112,6 +112,7 @@ fn dev_config(state_dir: &std::path::Path) -> Result<nts_client::config::Config>
 [[source]]
 type = "nts"
 address = "127.0.0.1:4460"
+xleave = true
 [nts]
 ca_files = [{ca:?}]
 system_roots = false
