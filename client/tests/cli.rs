@@ -92,3 +92,42 @@ fn closed_pipe_ends_quietly() {
         assert!(out.status.success(), "{sub}: {:?} {err}", out.status);
     }
 }
+
+/// `query --xleave` over NTS and plain NTP against nts-time-server: the
+/// first two answers are basic, every later one interleaved.
+#[test]
+fn query_xleave_gets_interleaved_answers() {
+    let s = stack::Stack::start(&TimeServerOptions::default()).unwrap();
+    for nts in [true, false] {
+        let mut cmd = Command::new(stack::cargo_bin("nts-client", "nts-client"));
+        cmd.args([
+            "query",
+            "--xleave",
+            "--json",
+            "--samples",
+            "5",
+            "--interval",
+            "0.05",
+        ]);
+        if nts {
+            cmd.arg("--ca")
+                .arg(s.pki.ca_path())
+                .arg("--no-system-roots");
+            cmd.arg(format!("127.0.0.1:{}", s.ke.port()));
+        } else {
+            cmd.arg("--no-nts")
+                .arg(format!("127.0.0.1:{}", s.ts.port()));
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["authenticated"], nts, "{v}");
+        assert_eq!(v["samples"], 5, "{v}");
+        assert_eq!(v["interleaved"], 3, "{v}");
+    }
+}
