@@ -57,8 +57,7 @@ impl SivKey {
     /// Prepare an AEAD_AES_SIV_CMAC_256 key. RFC 5297 section 2.6: the left
     /// half keys S2V, the right half CTR.
     ///
-    /// Infallible and inlined, so the caller's optimizer can build the state
-    /// where it is kept instead of copying it there.
+    /// Infallible (no `Option` layer to copy the large state through).
     #[inline]
     pub(crate) fn aes128(key: &[u8; 32]) -> Self {
         Self::Aes128(SivCore::new(
@@ -142,8 +141,8 @@ impl<C> Drop for SivCore<C> {
 impl<C: ZeroizeOnDrop> ZeroizeOnDrop for SivCore<C> {}
 
 impl<C: Aes> SivCore<C> {
-    /// Built in place (no `Option`, no temporaries): the schedules are large
-    /// and every move is a copy.
+    /// The schedules are large and every move is a copy, so the state is
+    /// built in one value and completed in place.
     #[inline]
     fn new(mac_key: &Key<C>, ctr_key: &Key<C>) -> Self {
         let mut core = Self {
