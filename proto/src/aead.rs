@@ -283,6 +283,14 @@ mod tests {
     #[test]
     fn key_length_checked_and_redacted() {
         assert!(AeadKey::new(AeadAlgorithm::AesSivCmac512, &[0; 32]).is_err());
+        assert_eq!(
+            AeadKey::new(AeadAlgorithm::AesSivCmac256, &[0; 64]),
+            Err(AeadError::KeyLength {
+                alg: AeadAlgorithm::AesSivCmac256,
+                got: 64,
+                want: 32
+            })
+        );
         let k = AeadKey::new(AeadAlgorithm::AesSivCmac512, &[0x41; 64]).unwrap();
         assert!(!format!("{k:?}").contains("41"));
         assert_eq!(
