@@ -19,3 +19,4 @@ pub mod ntp_packet;
 pub mod ntp_server;
 pub mod nts_source;
 pub mod rate_limit;
+mod siv;

@@ -336,11 +336,13 @@ pub fn respond(
         return Err(DropReason::Unsynchronized);
     }
 
-    let keys = match cookie::open(ctx.ring, cookie_bytes, ctx.unix_now) {
+    // Borrowed, not moved out: the keys carry about 4 KiB of prepared cipher state.
+    let opened = cookie::open(ctx.ring, cookie_bytes, ctx.unix_now);
+    let keys = match &opened {
         Ok(k) => k,
         Err(why) => {
             let len = write_kiss(&resp, kiss::NTSN, Some(uid), out)?;
-            return Ok(Response::Nak { len, why });
+            return Ok(Response::Nak { len, why: *why });
         }
     };
 
@@ -402,7 +404,7 @@ pub fn respond(
             let mut cnonce = [0u8; COOKIE_NONCE_LEN];
             fill_random(&mut cnonce);
             let dst = &mut buf[at + 4..at + 4 + cookie_len];
-            cookie::seal_into(key, &keys, &cnonce, dst).ok_or(DropReason::Internal)?;
+            cookie::seal_into(key, keys, &cnonce, dst).ok_or(DropReason::Internal)?;
         }
     }
     // Transmit timestamp as late as possible, then seal over header + UID.

@@ -11,6 +11,7 @@ use nts_proto::aead::{AeadAlgorithm, AeadKey};
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 use std::sync::OnceLock;
 
+pub mod aead_siv;
 pub mod cookie_open;
 pub mod ke_record;
 pub mod ke_request;
@@ -89,6 +90,9 @@ pub fn run(target: &str, data: &[u8]) {
             let _ = ke_response::check(data);
         }
         "cookie_open" => cookie_open::check(data),
+        "aead_siv" => {
+            aead_siv::check(data);
+        }
         "ntp_server" => {
             ntp_server::check(data);
         }

@@ -419,6 +419,42 @@ pub fn nts_source() -> Vec<Seed> {
     ]
 }
 
+/// NTS-shaped AES-SIV inputs: an authenticator (48-byte header as AD, empty
+/// plaintext), a cookie (4-byte key id as AD, key material as plaintext), a
+/// response carrying cookies (several CTR batches), and block-edge lengths.
+pub fn aead_siv() -> Vec<Seed> {
+    use crate::aead_siv::encode;
+    const A256: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
+    const A512: AeadAlgorithm = AeadAlgorithm::AesSivCmac512;
+    let k256: Vec<u8> = (0..32).collect();
+    let k512: Vec<u8> = (0..64).rev().collect();
+    let header = [0x23u8; 48];
+    let nonce = [0x4e; 16];
+    vec![
+        (
+            "authenticator_256",
+            encode(A256, 3, &k256, &header, &nonce, &[]),
+        ),
+        (
+            "authenticator_512",
+            encode(A512, 70, &k512, &header, &nonce, &[]),
+        ),
+        (
+            "cookie_256",
+            encode(A256, 100, &k256, &[0, 0, 0, 7], &nonce, &[0xc2; 68]),
+        ),
+        (
+            "response_512",
+            encode(A512, 2000, &k512, &header[..40], &[0x77; 16], &[0x5c; 344]),
+        ),
+        ("one_block", encode(A256, 17, &k256, &[], &[], &[1; 16])),
+        (
+            "block_minus_one",
+            encode(A512, 31, &k512, &[9; 15], &[8; 17], &[2; 15]),
+        ),
+    ]
+}
+
 /// Every target's seeds, by target name.
 pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
     vec![
@@ -430,6 +466,7 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("ntp_server", ntp_server()),
         ("ntp_client", ntp_client()),
         ("nts_source", nts_source()),
+        ("aead_siv", aead_siv()),
     ]
 }
 
@@ -480,6 +517,13 @@ mod tests {
         for (name, data) in nts_source() {
             let accepted = crate::nts_source::check(&data);
             assert!(accepted >= 1, "{name}: reaches an accepted answer");
+        }
+        for (name, data) in aead_siv() {
+            let o = crate::aead_siv::check(&data);
+            assert!(
+                o.plaintext_len > 0 || name.starts_with("authenticator"),
+                "{name}: {o:?}"
+            );
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
         for (target, seeds) in all() {
