@@ -61,6 +61,15 @@ impl Row<'_> {
 }
 
 /// Server CPU per answered request, microseconds: server cores / responses per second.
+/// Other processes' load (cores) above which a step counts as disturbed.
+pub const DISTURBED_CORES: f64 = 0.25;
+
+/// Whether other processes used the machine during the step (find-max steps
+/// are repeated twice before they are kept disturbed; fixed steps are not).
+fn disturbed(s: &StepResult) -> bool {
+    s.disturbed || s.other_load.is_some_and(|o| o > DISTURBED_CORES)
+}
+
 pub fn cpu_us_per_request(s: &StepResult) -> Option<f64> {
     let cores = s.server_cpu?;
     (s.recv_rate > 0.0).then(|| cores / s.recv_rate * 1e6)
@@ -119,7 +128,7 @@ fn fixed_note(who: &str, s: Option<&StepResult>) -> Option<String> {
     let s = s?;
     if s.loss_pct >= 1.0 {
         Some(format!("{who} lost {:.1}% at that rate", s.loss_pct))
-    } else if s.disturbed {
+    } else if disturbed(s) {
         Some(format!("{who}'s step was disturbed by other load"))
     } else {
         None
@@ -145,8 +154,8 @@ pub fn targets(rows: &[Row<'_>]) -> Vec<Target> {
     vec![
         Target {
             name: format!(
-                "(a) server CPU per NTS request at max: ours / nts-echo ({} B datagrams)",
-                echo.map_or(0, |e| e.request_len())
+                "(a) server CPU per NTS request at max: ours / nts-echo ({} datagrams)",
+                echo.map_or("NTS-sized".into(), |e| format!("{} B", e.request_len()))
             ),
             value: div(at_max(ours), at_max(echo)),
             at_most: true,
@@ -229,7 +238,7 @@ pub fn table(rows: &[Row<'_>], rates: &[f64]) -> String {
             best.map_or("none".into(), |b| format!(
                 "{}/s{}",
                 fmt_rate(b.recv_rate),
-                if b.disturbed { " (!)" } else { "" }
+                if disturbed(b) { " (!)" } else { "" }
             )),
             limit_name(row.find_max.limit),
             best.and_then(|b| b.server_cpu)
@@ -240,7 +249,7 @@ pub fn table(rows: &[Row<'_>], rates: &[f64]) -> String {
         for r in rates {
             match row.fixed_at(*r) {
                 Some(f) => {
-                    let mark = match (f.loss_pct >= 1.0, f.disturbed) {
+                    let mark = match (f.loss_pct >= 1.0, disturbed(f)) {
                         (true, _) => format!(" ({:.1}% loss)", f.loss_pct),
                         (false, true) => " (!)".into(),
                         _ => String::new(),
@@ -448,5 +457,14 @@ mod tests {
         );
         assert!(lines[4].contains("| generator's core |"));
         assert!(lines[4].ends_with("| - | - | - | - |"));
+
+        // A fixed step with other load on the machine is marked, one with loss says so.
+        let mut d = data();
+        d.chrony_fixed[0].other_load = Some(0.5);
+        d.chrony_fixed[1].loss_pct = 3.0;
+        let t = table(&rows(&d), &[10_000.0, 40_000.0]);
+        let chrony = t.lines().nth(3).unwrap();
+        assert!(chrony.contains("| 20.0 (!) | 15 / 60 |"), "{chrony}");
+        assert!(chrony.contains("| 15.0 (3.0% loss) |"), "{chrony}");
     }
 }

@@ -1241,7 +1241,8 @@ fn summarize_per_core(r: &Results, p: &PerCore) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "(!) = other processes used more than 0.25 core during that step, after two retries."
+        "(!) = other processes used more than {} core during that step (a find-max step is repeated twice before it is kept).",
+        percore::DISTURBED_CORES
     );
     let _ = writeln!(s);
     let _ = writeln!(s, "Targets (computed, not asserted):");
