@@ -238,7 +238,8 @@ fn main() -> Result<()> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let old: Results = serde_json::from_str(&text)?;
-        println!("{}", summarize(&old));
+        // Exactly the text of summary.md.
+        print!("{}", summarize(&old));
         return Ok(());
     }
     let budget = Duration::from_secs_f64(cli.budget_secs.clamp(30.0, 3600.0));
