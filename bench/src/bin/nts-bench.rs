@@ -872,9 +872,16 @@ impl Ctx<'_> {
         if c.per_core {
             for &rate in &c.per_core_rates {
                 // A short wait: the search just ended, the machine was checked before it.
-                self.wait_quiet_for(c.quiet_wait.min(5.0));
+                let before = self.wait_quiet_for(c.quiet_wait.min(5.0));
                 let r = self.fixed_run(&base, rate, c.per_core_fixed_secs)?;
-                fixed_steps.extend(r.steps);
+                // A fixed step is not repeated: if other processes kept the
+                // machine busy up to its start, mark it, even when their load
+                // does not show in the step's own accounting.
+                let busy_before = before.is_some_and(|b| b > c.quiet_cores);
+                fixed_steps.extend(r.steps.into_iter().map(|mut st| {
+                    st.disturbed |= busy_before;
+                    st
+                }));
             }
         } else if c.fixed_secs > 0.0 {
             self.wait_quiet();
