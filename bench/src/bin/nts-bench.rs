@@ -1249,7 +1249,7 @@ fn summarize_per_core(r: &Results, p: &PerCore) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "(!) = other processes used more than {} core during that step (a find-max step is repeated twice before it is kept).",
+        "(!) = other processes used more than {} core during that step (a find-max step is repeated twice before it is kept) or, for a fixed step, just before it.",
         percore::DISTURBED_CORES
     );
     let _ = writeln!(s);
