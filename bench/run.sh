@@ -5,7 +5,13 @@
 # (it runs with -x: it never touches the clock). Extra arguments go to
 # nts-bench (see `target/release/nts-bench --help`), e.g. --skip-chrony.
 #
-# Results (NTS_BENCH_OUT to change): target/bench/summary.md, target/bench/results.json, target/bench/logs/.
+#   bench/run.sh --per-core      each server pinned to CPU 1 (1 worker), the
+#                                generator to CPU 0: max rates and CPU per
+#                                request per core, and the targets; ~4-6 minutes
+#   bench/run.sh --per-core --servers ours,echo --ours-server-option 'receive_buffer = 0'
+#
+# Results (NTS_BENCH_OUT to change): target/bench/summary.md, target/bench/results.json, target/bench/logs/
+# (--per-core: target/bench/per-core/...).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

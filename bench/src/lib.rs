@@ -4,5 +4,7 @@
 //! other on loopback. See `docs/benchmarks.md`.
 
 pub mod loadgen;
+pub mod percore;
 pub mod report;
+pub mod server_config;
 pub mod sys;

@@ -86,7 +86,8 @@ pub struct StepResult {
     pub other_load: Option<f64>,
     /// Times this step was run again because other load disturbed it.
     pub retries: u32,
-    /// Other load was still above the limit after the retries.
+    /// Other load was still above the limit after the retries (nts-bench
+    /// per-core fixed steps: or the machine was busy just before the step).
     pub disturbed: bool,
     /// Datagrams the kernel dropped on full socket receive buffers (any socket
     /// in this network namespace: server or generator).

@@ -170,3 +170,163 @@ pub fn wait_quiet(cores: f64, limit: std::time::Duration) -> Option<f64> {
         }
     }
 }
+
+/// A CPU set holding only `cpu`.
+fn single_cpu_set(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: all-zero is an empty cpu_set_t; CPU_SET writes a bit inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t (CPU_SET ignores CPUs past its size).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set
+}
+
+/// Restrict task `tid` (a thread or process ID; 0 = the calling thread) to `cpu`.
+pub fn pin_task(tid: u32, cpu: usize) -> std::io::Result<()> {
+    let set = single_cpu_set(cpu);
+    // SAFETY: sched_setaffinity reads a cpu_set_t of the size given.
+    let r = unsafe {
+        libc::sched_setaffinity(
+            tid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Make `cmd`'s process start restricted to `cpu` (set between fork and exec,
+/// so every thread and child it creates inherits it from the start).
+pub fn pin_command(cmd: &mut std::process::Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    let set = single_cpu_set(cpu);
+    // SAFETY: the closure only makes one system call (async-signal-safe) on a
+    // cpu_set_t copied in before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Thread IDs of process `pid` (from `/proc/PID/task`).
+pub fn tasks_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// `pid` and all its descendants (chronyd's NTS-KE helpers are children).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let mut kids = children_of(all[i]);
+        kids.sort_unstable();
+        all.extend(kids);
+        i += 1;
+    }
+    all
+}
+
+/// Pin every thread of `pid` and of its descendants to `cpu`; returns how
+/// many threads were pinned.
+pub fn pin_process_tree(pid: u32, cpu: usize) -> std::io::Result<usize> {
+    let mut n = 0;
+    for p in process_tree(pid) {
+        for t in tasks_of(p) {
+            pin_task(t, cpu)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `Cpus_allowed_list` of thread `tid` of process `pid`, e.g. "1" or "0-1".
+pub fn cpus_allowed_list(pid: u32, tid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// Where the threads of `pid` and its descendants may run, e.g.
+/// `pid 12: 3 threads on CPU 1; pid 13: 1 thread on CPU 1`, and whether all
+/// of them are restricted to exactly `cpu`.
+pub fn affinity_summary(pid: u32, cpu: usize) -> (String, bool) {
+    let want = cpu.to_string();
+    let mut all_ok = true;
+    let mut parts = Vec::new();
+    for p in process_tree(pid) {
+        let mut lists: Vec<String> = tasks_of(p)
+            .into_iter()
+            .filter_map(|t| cpus_allowed_list(p, t))
+            .collect();
+        let n = lists.len();
+        all_ok &= n > 0 && lists.iter().all(|l| *l == want);
+        lists.sort();
+        lists.dedup();
+        parts.push(format!(
+            "pid {p}: {n} thread{} on CPU {}",
+            if n == 1 { "" } else { "s" },
+            lists.join(" / ")
+        ));
+    }
+    (parts.join("; "), all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_child_and_its_threads_stay_on_one_cpu() {
+        // CPU 0 always exists; a child started pinned reports exactly "0".
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("5");
+        pin_command(&mut cmd, 0);
+        let mut child = cmd.spawn().expect("spawn sleep");
+        let (text, ok) = affinity_summary(child.id(), 0);
+        let (_, ok_other) = affinity_summary(child.id(), 1);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(ok, "{text}");
+        assert!(text.contains("1 thread on CPU 0"), "{text}");
+        assert!(!ok_other);
+    }
+
+    #[test]
+    fn pinning_a_running_process_tree_moves_every_thread() {
+        if ncpus() < 2 {
+            return;
+        }
+        // A shell with a child: both end up on CPU 1.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .expect("spawn sh");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while children_of(child.id()).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let n = pin_process_tree(child.id(), 1).expect("pin");
+        let (text, ok) = affinity_summary(child.id(), 1);
+        for p in process_tree(child.id()).into_iter().rev() {
+            // SAFETY: kill(2) on processes this test started.
+            unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        assert_eq!(n, 2, "{text}");
+        assert!(ok, "{text}");
+    }
+}

@@ -11,10 +11,17 @@
 //! latency at a fixed moderate rate, server CPU per request, and peak RSS
 //! (`VmHWM`). Prints a table and writes `results.json` and `summary.md` to
 //! the output directory.
+//!
+//! `--per-core` measures servers rather than how they share the machine with
+//! the generator: each server pinned to one core (one worker), the generator
+//! to another, fixed steps at 10k/s and 40k/s, and the targets of the
+//! comparison (`nts_bench::percore`).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use nts_bench::percore;
 use nts_bench::report::{RunReport, StepResult};
+use nts_bench::server_config::{time_server_toml, ServerOption, TimeServerSetup};
 use nts_bench::sys;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -104,6 +111,52 @@ struct Cli {
     /// Hard limit for the whole benchmark, in seconds.
     #[arg(long, default_value_t = 420.0)]
     budget_secs: f64,
+    /// Which servers to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ours,chrony,echo"
+    )]
+    servers: Vec<ServerKind>,
+    /// Extra `key = value` for the [server] table of nts-time-server's
+    /// configuration (repeatable; replaces a generated key of the same name),
+    /// e.g. --ours-server-option 'receive_buffer = 0'.
+    #[arg(long, value_name = "KEY = VALUE")]
+    ours_server_option: Vec<ServerOption>,
+    /// Per-core comparison: every server on --server-cpu (nts-time-server and
+    /// nts-echo with 1 worker, chronyd with all its processes and threads),
+    /// the generator on --gen-cpu; find-max for NTS and plain (echo: NTS-sized
+    /// and 48-byte datagrams), then fixed steps at --per-core-rates.
+    /// Results go to OUT/per-core.
+    #[arg(long)]
+    per_core: bool,
+    /// Per-core mode: the CPU every server is pinned to.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Per-core mode: the CPU of the load generator (and of nts-ke-server and
+    /// this runner).
+    #[arg(long, default_value_t = 0)]
+    gen_cpu: usize,
+    /// Per-core mode: fixed rates (comma-separated) at which server CPU per
+    /// request and latency are measured.
+    #[arg(long, value_delimiter = ',', default_value = "10000,40000")]
+    per_core_rates: Vec<f64>,
+    /// Per-core mode: seconds of each fixed-rate step.
+    #[arg(long, default_value_t = 2.5)]
+    per_core_fixed_secs: f64,
+    /// Per-core mode: datagram length of the NTS-sized echo when
+    /// nts-time-server is not measured in the same run (otherwise the length
+    /// of its NTS requests).
+    #[arg(long, default_value_t = 232)]
+    echo_nts_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServerKind {
+    Ours,
+    Chrony,
+    Echo,
 }
 
 struct Bins {
@@ -120,6 +173,9 @@ struct Measurement {
     load: String,
     find_max: RunReport,
     fixed: Option<RunReport>,
+    /// Per-core mode: one fixed-rate step per rate of --per-core-rates.
+    #[serde(default)]
+    fixed_steps: Vec<StepResult>,
     /// Machine CPU busy (cores) just before the search started.
     background_cores: Option<f64>,
 }
@@ -144,15 +200,46 @@ struct Results {
     measurements: Vec<Measurement>,
     rss: Vec<Rss>,
     notes: Vec<String>,
+    /// Per-core mode and its pinning (absent: the shared-cores run).
+    #[serde(default)]
+    per_core: Option<PerCore>,
+    /// Servers measured (--servers).
+    #[serde(default)]
+    servers: Vec<String>,
+    /// Extra [server] keys given to nts-time-server (--ours-server-option).
+    #[serde(default)]
+    ours_server_options: Vec<String>,
+    /// /proc/loadavg before and after the run.
+    #[serde(default)]
+    loadavg_start: Option<String>,
+    #[serde(default)]
+    loadavg_end: Option<String>,
+    /// Per-core mode: where each server's threads (and child processes) could
+    /// run, checked after start and again before stop.
+    #[serde(default)]
+    pinning: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PerCore {
+    server_cpu: usize,
+    gen_cpu: usize,
+    fixed_rates: Vec<f64>,
+    fixed_secs: f64,
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.skip_chrony {
+        cli.servers.retain(|s| *s != ServerKind::Chrony);
+    }
+    cli.servers.dedup();
     if let Some(path) = &cli.summarize {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let old: Results = serde_json::from_str(&text)?;
-        println!("{}", summarize(&old));
+        // Exactly the text of summary.md.
+        print!("{}", summarize(&old));
         return Ok(());
     }
     let budget = Duration::from_secs_f64(cli.budget_secs.clamp(30.0, 3600.0));
@@ -190,8 +277,13 @@ fn main() -> Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(&cli.out)?;
-    let out = std::fs::canonicalize(&cli.out)?;
+    let out_dir = if cli.per_core {
+        cli.out.join("per-core")
+    } else {
+        cli.out.clone()
+    };
+    std::fs::create_dir_all(&out_dir)?;
+    let out = std::fs::canonicalize(&out_dir)?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs)?;
 
@@ -211,12 +303,20 @@ fn main() -> Result<()> {
         build: build_info(&bins),
         settings: format!(
             "workers {}, step {} s, start {} /s x{}, fixed {} /s for {} s, {} KE sessions, {} sources x {} ports",
-            cli.workers,
+            if cli.per_core { 1 } else { cli.workers },
             cli.step_secs,
             cli.start_rate,
             cli.factor,
-            cli.fixed_rate,
-            cli.fixed_secs,
+            if cli.per_core {
+                cli.per_core_rates
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                cli.fixed_rate.to_string()
+            },
+            if cli.per_core { cli.per_core_fixed_secs } else { cli.fixed_secs },
             cli.ke_sessions,
             cli.sources,
             cli.ports_per_source
@@ -224,7 +324,29 @@ fn main() -> Result<()> {
         measurements: Vec::new(),
         rss: Vec::new(),
         notes: Vec::new(),
+        per_core: cli.per_core.then(|| PerCore {
+            server_cpu: cli.server_cpu,
+            gen_cpu: cli.gen_cpu,
+            fixed_rates: cli.per_core_rates.clone(),
+            fixed_secs: cli.per_core_fixed_secs,
+        }),
+        servers: cli
+            .servers
+            .iter()
+            .map(|s| format!("{s:?}").to_lowercase())
+            .collect(),
+        ours_server_options: cli
+            .ours_server_option
+            .iter()
+            .map(|o| o.to_string())
+            .collect(),
+        loadavg_start: loadavg(),
+        loadavg_end: None,
+        pinning: Vec::new(),
     };
+    if cli.skip_chrony {
+        results.notes.push("chrony skipped (--skip-chrony)".into());
+    }
     let ctx = Ctx {
         cli: &cli,
         bins: &bins,
@@ -233,149 +355,24 @@ fn main() -> Result<()> {
         ca: pki.ca_path().to_path_buf(),
     };
 
-    // 1. Ours.
-    eprintln!(
-        "\n=== nts-ke-server + nts-time-server (workers {}, rate limit off) ===",
-        cli.workers
-    );
-    {
-        let dir = tempfile::Builder::new()
-            .prefix("nts-bench-ours-")
-            .tempdir()?;
-        let ours = start_ours(&bins, &pki, dir.path(), cli.workers, &logs, false)?;
-        let pids = vec![ours.ts.pid()];
-        let nts = ctx.measure("nts-time-server", "NTS", "nts", &ours.ke_addr, None, &pids)?;
-        results.measurements.push(nts);
-        let plain = ctx.measure(
-            "nts-time-server",
-            "plain",
-            "plain",
-            "",
-            Some(&ours.ntp_addr),
-            &pids,
-        )?;
-        results.measurements.push(plain);
-        results.rss.push(rss("nts-time-server", ours.ts.pid()));
-        results.rss.push(rss("nts-ke-server", ours.ke.pid()));
-        if let Some(m) = scrape(&ours.metrics_addr) {
-            std::fs::write(logs.join("nts-time-server.metrics.txt"), &m)?;
-            for l in m.lines().filter(|l| {
-                (l.starts_with("nts_time_requests_dropped_total")
-                    || l.starts_with("nts_time_send_errors_total")
-                    || l.starts_with("nts_time_nts_nak_total"))
-                    && !l.ends_with(" 0")
-            }) {
-                results
-                    .notes
-                    .push(format!("nts-time-server metric after the run: {l}"));
-            }
-        }
-        stop(ours.ts);
-        stop(ours.ke);
-    }
-
-    // 1b. Ours with chrony's receive buffer (the kernel default), NTS only.
-    if !cli.no_small_rcvbuf {
-        eprintln!("\n=== nts-time-server with the kernel-default socket receive buffer ===");
-        let dir = tempfile::Builder::new()
-            .prefix("nts-bench-ours-")
-            .tempdir()?;
-        let ours = start_ours(&bins, &pki, dir.path(), cli.workers, &logs, true)?;
-        let pids = vec![ours.ts.pid()];
-        let m = ctx.measure(SMALL_RCVBUF, "NTS", "nts", &ours.ke_addr, None, &pids)?;
-        results.measurements.push(m);
-        stop(ours.ts);
-        stop(ours.ke);
-    }
-
-    // 2. chrony.
-    if cli.skip_chrony {
-        results.notes.push("chrony skipped (--skip-chrony)".into());
-    } else if let Some(cbins) = testkit::peers::require_chrony() {
-        eprintln!("\n=== chronyd -x as NTS server (no ratelimit) ===");
-        results.chrony_version = Command::new(&cbins.chronyd)
-            .arg("-v")
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        let server = ChronyServer::builder(&cbins, &pki)
-            .name("chrony-bench")
-            // Sources are 127.0.0.2 and up.
-            .config_line("allow 127.0.0.0/8")
-            .start()
-            .context("starting chronyd")?;
-        let pid = server.process().pid();
-        track(pid);
-        let ke_addr = format!("127.0.0.1:{}", server.ke_port());
-        let ntp_addr = format!("127.0.0.1:{}", server.ntp_port());
-        let pids = vec![pid];
-        let r = (|| -> Result<()> {
-            let nts = ctx.measure("chronyd", "NTS", "nts", &ke_addr, None, &pids)?;
-            results.measurements.push(nts);
-            let plain = ctx.measure("chronyd", "plain", "plain", "", Some(&ntp_addr), &pids)?;
-            results.measurements.push(plain);
-            Ok(())
-        })();
-        results.rss.push(rss("chronyd (main: NTP)", pid));
-        for c in sys::children_of(pid) {
-            results.rss.push(rss("chronyd (NTS-KE helper)", c));
-        }
-        let _ = std::fs::write(logs.join("chronyd.log"), server.logs());
-        let _ = std::fs::write(logs.join("chronyd.conf"), server.config());
-        drop(server);
-        untrack(pid);
-        r?;
+    let run = if cli.per_core {
+        run_per_core(&ctx, &mut results, &pki, &logs)
     } else {
-        results.notes.push("chrony not found: skipped".into());
+        run_shared(&ctx, &mut results, &pki, &logs)
+    };
+    results.loadavg_end = loadavg();
+    if let Err(e) = &run {
+        // Keep what was measured: the summary of a partial run is still useful.
+        results.notes.push(format!("run stopped early: {e:#}"));
     }
 
-    // 3. Echo baseline.
-    eprintln!("\n=== nts-echo (UDP echo, {} workers) ===", cli.workers);
-    {
-        let port = testkit::ports::free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(&bins.echo);
-        cmd.args(["--listen", &addr, "--workers", &cli.workers.to_string()]);
-        cmd.args(["--max-secs", &(cli.budget_secs as u64 + 60).to_string()]);
-        let echo = ChildGuard::spawn("nts-echo", cmd, &logs)?;
-        track(echo.pid());
-        wait_for(Duration::from_secs(10), || {
-            testkit::ports::is_udp_bound(port)
-        })
-        .context("nts-echo did not bind")?;
-        let pids = vec![echo.pid()];
-        let m = ctx.measure("nts-echo", "echo 48 B", "echo", "", Some(&addr), &pids)?;
-        results.measurements.push(m);
-        if cli.echo_nts_size {
-            let len = results
-                .measurements
-                .iter()
-                .find(|m| m.load == "NTS")
-                .and_then(|m| m.find_max.steps.first())
-                .map_or(228, |s| s.request_len);
-            let mut m = ctx.measure_with(
-                "nts-echo",
-                &format!("echo {len} B"),
-                "echo",
-                "",
-                Some(&addr),
-                &pids,
-                &["--echo-len".into(), len.to_string()],
-            )?;
-            m.load = format!("echo {len} B");
-            results.measurements.push(m);
-        }
-        results.rss.push(rss("nts-echo", echo.pid()));
-        stop(echo);
-    }
-
-    let summary = summarize(&results);
+    // The summary is made from the JSON as written, so that
+    // `--summarize results.json` prints exactly summary.md.
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(out.join("results.json"), &json)?;
+    let summary = summarize(&serde_json::from_str(&json)?);
     println!("\n{summary}");
     std::fs::write(out.join("summary.md"), &summary)?;
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
     eprintln!(
         "results: {} and {} (logs in {}); {:.0} s in all",
         out.join("summary.md").display(),
@@ -383,7 +380,397 @@ fn main() -> Result<()> {
         logs.display(),
         t0.elapsed().as_secs_f64()
     );
+    run
+}
+
+/// The shared-cores run: servers and generator scheduled freely on the machine.
+fn run_shared(ctx: &Ctx<'_>, results: &mut Results, pki: &TestPki, logs: &Path) -> Result<()> {
+    let cli = ctx.cli;
+    let bins = ctx.bins;
+    let opts = &cli.ours_server_option;
+    if cli.servers.contains(&ServerKind::Ours) {
+        eprintln!(
+            "\n=== nts-ke-server + nts-time-server (workers {}, rate limit off) ===",
+            cli.workers
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("nts-bench-ours-")
+            .tempdir()?;
+        let ours = start_ours(bins, pki, dir.path(), cli.workers, logs, opts, "", None)?;
+        let pids = vec![ours.ts.pid()];
+        let r = (|| -> Result<()> {
+            let nts = ctx.measure(percore::OURS, "NTS", "nts", &ours.ke_addr, None, &pids)?;
+            results.measurements.push(nts);
+            let plain = ctx.measure(
+                percore::OURS,
+                "plain",
+                "plain",
+                "",
+                Some(&ours.ntp_addr),
+                &pids,
+            )?;
+            results.measurements.push(plain);
+            Ok(())
+        })();
+        finish_ours(ours, results, logs, "");
+        r?;
+
+        // Ours with chrony's receive buffer (the kernel default), NTS only.
+        if !cli.no_small_rcvbuf {
+            eprintln!("\n=== nts-time-server with the kernel-default socket receive buffer ===");
+            let dir = tempfile::Builder::new()
+                .prefix("nts-bench-ours-")
+                .tempdir()?;
+            let mut small = opts.clone();
+            small.push("receive_buffer = 0".parse()?);
+            let ours = start_ours(
+                bins,
+                pki,
+                dir.path(),
+                cli.workers,
+                logs,
+                &small,
+                "-small-rcvbuf",
+                None,
+            )?;
+            let pids = vec![ours.ts.pid()];
+            let m = ctx.measure(SMALL_RCVBUF, "NTS", "nts", &ours.ke_addr, None, &pids);
+            stop(ours.ts);
+            stop(ours.ke);
+            results.measurements.push(m?);
+        }
+    }
+
+    if cli.servers.contains(&ServerKind::Chrony) {
+        if let Some(server) = start_chrony(pki, results, None)? {
+            let pid = server.process().pid();
+            let ke_addr = format!("127.0.0.1:{}", server.ke_port());
+            let ntp_addr = format!("127.0.0.1:{}", server.ntp_port());
+            let pids = vec![pid];
+            let r = (|| -> Result<()> {
+                let nts = ctx.measure(percore::CHRONY, "NTS", "nts", &ke_addr, None, &pids)?;
+                results.measurements.push(nts);
+                let plain = ctx.measure(
+                    percore::CHRONY,
+                    "plain",
+                    "plain",
+                    "",
+                    Some(&ntp_addr),
+                    &pids,
+                )?;
+                results.measurements.push(plain);
+                Ok(())
+            })();
+            finish_chrony(server, results, logs);
+            r?;
+        }
+    }
+
+    if cli.servers.contains(&ServerKind::Echo) {
+        eprintln!("\n=== nts-echo (UDP echo, {} workers) ===", cli.workers);
+        let (echo, addr) = start_echo(ctx, cli.workers, logs, None)?;
+        let pids = vec![echo.pid()];
+        let r = (|| -> Result<()> {
+            let m = ctx.measure(percore::ECHO, "echo 48 B", "echo", "", Some(&addr), &pids)?;
+            results.measurements.push(m);
+            if cli.echo_nts_size {
+                let len = nts_request_len(results).unwrap_or(cli.echo_nts_len);
+                let load = format!("echo {len} B");
+                let m = ctx.measure_with(
+                    percore::ECHO,
+                    &load,
+                    "echo",
+                    "",
+                    Some(&addr),
+                    &pids,
+                    &["--echo-len".into(), len.to_string()],
+                )?;
+                results.measurements.push(m);
+            }
+            Ok(())
+        })();
+        results.rss.push(rss("nts-echo", echo.pid()));
+        stop(echo);
+        r?;
+    }
     Ok(())
+}
+
+/// The per-core run: each server pinned to `--server-cpu`, the generator
+/// (and this runner, and nts-ke-server, which inherit it) to `--gen-cpu`.
+fn run_per_core(ctx: &Ctx<'_>, results: &mut Results, pki: &TestPki, logs: &Path) -> Result<()> {
+    let cli = ctx.cli;
+    let bins = ctx.bins;
+    let (scpu, gcpu) = (cli.server_cpu, cli.gen_cpu);
+    let ncpu = sys::ncpus();
+    if scpu == gcpu || scpu >= ncpu || gcpu >= ncpu {
+        bail!("--server-cpu {scpu} and --gen-cpu {gcpu} must be two different CPUs below {ncpu}");
+    }
+    sys::pin_task(0, gcpu).context("pinning the runner to the generator's CPU")?;
+
+    if cli.servers.contains(&ServerKind::Ours) {
+        eprintln!(
+            "\n=== per core: nts-time-server (1 worker) on CPU {scpu}, generator on CPU {gcpu} ==="
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("nts-bench-ours-")
+            .tempdir()?;
+        let ours = start_ours(
+            bins,
+            pki,
+            dir.path(),
+            1,
+            logs,
+            &cli.ours_server_option,
+            "-per-core",
+            Some(scpu),
+        )?;
+        let pid = ours.ts.pid();
+        let r = (|| -> Result<()> {
+            check_pinned(
+                percore::OURS,
+                "after start",
+                pid,
+                scpu,
+                &mut results.pinning,
+            )?;
+            let nts = ctx.measure(percore::OURS, "NTS", "nts", &ours.ke_addr, None, &[pid])?;
+            results.measurements.push(nts);
+            let plain = ctx.measure(
+                percore::OURS,
+                "plain",
+                "plain",
+                "",
+                Some(&ours.ntp_addr),
+                &[pid],
+            )?;
+            results.measurements.push(plain);
+            check_pinned(
+                percore::OURS,
+                "before stop",
+                pid,
+                scpu,
+                &mut results.pinning,
+            )
+        })();
+        finish_ours(ours, results, logs, "-per-core");
+        r?;
+    }
+
+    if cli.servers.contains(&ServerKind::Chrony) {
+        if let Some(server) = start_chrony(pki, results, Some((scpu, gcpu)))? {
+            let pid = server.process().pid();
+            let ke_addr = format!("127.0.0.1:{}", server.ke_port());
+            let ntp_addr = format!("127.0.0.1:{}", server.ntp_port());
+            let r = (|| -> Result<()> {
+                // chronyd started on the server CPU (so did the NTS-KE helpers
+                // it forked); pin every thread of the tree again to be sure.
+                sys::pin_process_tree(pid, scpu).context("pinning chronyd")?;
+                check_pinned(
+                    percore::CHRONY,
+                    "after start",
+                    pid,
+                    scpu,
+                    &mut results.pinning,
+                )?;
+                let nts = ctx.measure(percore::CHRONY, "NTS", "nts", &ke_addr, None, &[pid])?;
+                results.measurements.push(nts);
+                let plain = ctx.measure(
+                    percore::CHRONY,
+                    "plain",
+                    "plain",
+                    "",
+                    Some(&ntp_addr),
+                    &[pid],
+                )?;
+                results.measurements.push(plain);
+                check_pinned(
+                    percore::CHRONY,
+                    "before stop",
+                    pid,
+                    scpu,
+                    &mut results.pinning,
+                )
+            })();
+            finish_chrony(server, results, logs);
+            r?;
+        }
+    }
+
+    if cli.servers.contains(&ServerKind::Echo) {
+        eprintln!("\n=== per core: nts-echo (1 worker) on CPU {scpu} ===");
+        let (echo, addr) = start_echo(ctx, 1, logs, Some(scpu))?;
+        let pid = echo.pid();
+        let len = nts_request_len(results).unwrap_or(cli.echo_nts_len);
+        let r = (|| -> Result<()> {
+            check_pinned(
+                percore::ECHO,
+                "after start",
+                pid,
+                scpu,
+                &mut results.pinning,
+            )?;
+            let m = ctx.measure_with(
+                percore::ECHO,
+                &format!("echo {len} B"),
+                "echo",
+                "",
+                Some(&addr),
+                &[pid],
+                &["--echo-len".into(), len.to_string()],
+            )?;
+            results.measurements.push(m);
+            let m = ctx.measure(percore::ECHO, "echo 48 B", "echo", "", Some(&addr), &[pid])?;
+            results.measurements.push(m);
+            check_pinned(
+                percore::ECHO,
+                "before stop",
+                pid,
+                scpu,
+                &mut results.pinning,
+            )
+        })();
+        results.rss.push(rss("nts-echo", pid));
+        stop(echo);
+        r?;
+    }
+    Ok(())
+}
+
+/// Record where `pid`'s threads (and child processes) may run; fails unless
+/// all of them are restricted to `cpu`.
+fn check_pinned(name: &str, when: &str, pid: u32, cpu: usize, log: &mut Vec<String>) -> Result<()> {
+    let (text, ok) = sys::affinity_summary(pid, cpu);
+    let line = format!("{name} {when}: {text}");
+    eprintln!("  {line}");
+    log.push(line);
+    if !ok {
+        bail!("{name} is not pinned to CPU {cpu}: {text}");
+    }
+    Ok(())
+}
+
+/// Length of our NTS requests in this run (for the NTS-sized echo).
+fn nts_request_len(results: &Results) -> Option<usize> {
+    results
+        .measurements
+        .iter()
+        .find(|m| m.server == percore::OURS && m.load == "NTS")
+        .and_then(|m| {
+            // The shortest: requests that also ask for cookies are longer.
+            m.find_max
+                .steps
+                .iter()
+                .map(|s| s.request_len)
+                .filter(|&l| l > 0)
+                .min()
+        })
+        .filter(|&l| l > 48)
+}
+
+/// Peak memory, the metrics that show dropped requests, then stop.
+fn finish_ours(ours: Ours, results: &mut Results, logs: &Path, tag: &str) {
+    results
+        .rss
+        .push(rss(&format!("nts-time-server{tag}"), ours.ts.pid()));
+    results
+        .rss
+        .push(rss(&format!("nts-ke-server{tag}"), ours.ke.pid()));
+    if let Some(m) = scrape(&ours.metrics_addr) {
+        let _ = std::fs::write(logs.join(format!("nts-time-server{tag}.metrics.txt")), &m);
+        for l in m.lines().filter(|l| {
+            (l.starts_with("nts_time_requests_dropped_total")
+                || l.starts_with("nts_time_send_errors_total")
+                || l.starts_with("nts_time_nts_nak_total"))
+                && !l.ends_with(" 0")
+        }) {
+            results
+                .notes
+                .push(format!("nts-time-server{tag} metric after the run: {l}"));
+        }
+    }
+    stop(ours.ts);
+    stop(ours.ke);
+}
+
+/// Start chronyd as an NTS server (None, with a note, when chrony is missing
+/// or skipped). `pin`: (server CPU, CPU to return this thread to): chronyd is
+/// forked from this thread while it runs on the server CPU, so chronyd and
+/// the helpers it forks start there.
+fn start_chrony(
+    pki: &TestPki,
+    results: &mut Results,
+    pin: Option<(usize, usize)>,
+) -> Result<Option<ChronyServer>> {
+    let Some(cbins) = testkit::peers::require_chrony() else {
+        results.notes.push("chrony not found: skipped".into());
+        return Ok(None);
+    };
+    eprintln!(
+        "\n=== chronyd -x as NTS server (no ratelimit){} ===",
+        pin.map_or(String::new(), |(s, _)| format!(" on CPU {s}"))
+    );
+    results.chrony_version = Command::new(&cbins.chronyd)
+        .arg("-v")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some((server_cpu, _)) = pin {
+        sys::pin_task(0, server_cpu)?;
+    }
+    let server = ChronyServer::builder(&cbins, pki)
+        .name("chrony-bench")
+        // Sources are 127.0.0.2 and up.
+        .config_line("allow 127.0.0.0/8")
+        .start();
+    if let Some((_, back)) = pin {
+        sys::pin_task(0, back)?;
+    }
+    let server = server.context("starting chronyd")?;
+    track(server.process().pid());
+    Ok(Some(server))
+}
+
+fn finish_chrony(server: ChronyServer, results: &mut Results, logs: &Path) {
+    let pid = server.process().pid();
+    results.rss.push(rss("chronyd (main: NTP)", pid));
+    for c in sys::children_of(pid) {
+        results.rss.push(rss("chronyd (NTS-KE helper)", c));
+    }
+    let _ = std::fs::write(logs.join("chronyd.log"), server.logs());
+    let _ = std::fs::write(logs.join("chronyd.conf"), server.config());
+    drop(server);
+    untrack(pid);
+}
+
+/// Start nts-echo with `workers` threads, optionally pinned to a CPU.
+fn start_echo(
+    ctx: &Ctx<'_>,
+    workers: usize,
+    logs: &Path,
+    pin: Option<usize>,
+) -> Result<(ChildGuard, String)> {
+    let port = testkit::ports::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(&ctx.bins.echo);
+    cmd.args(["--listen", &addr, "--workers", &workers.to_string()]);
+    cmd.args(["--max-secs", &(ctx.cli.budget_secs as u64 + 60).to_string()]);
+    if let Some(cpu) = pin {
+        sys::pin_command(&mut cmd, cpu);
+    }
+    let echo = ChildGuard::spawn("nts-echo", cmd, logs)?;
+    track(echo.pid());
+    wait_for(Duration::from_secs(10), || {
+        testkit::ports::is_udp_bound(port)
+    })
+    .context("nts-echo did not bind")?;
+    Ok((echo, addr))
+}
+
+fn loadavg() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 struct Ctx<'a> {
@@ -480,31 +867,51 @@ impl Ctx<'_> {
             None => eprintln!("  => no rate with < {}% loss", find_max.loss_threshold_pct),
         }
 
-        let fixed = if c.fixed_secs > 0.0 {
+        let mut fixed = None;
+        let mut fixed_steps = Vec::new();
+        if c.per_core {
+            for &rate in &c.per_core_rates {
+                // A short wait: the search just ended, the machine was checked before it.
+                let before = self.wait_quiet_for(c.quiet_wait.min(5.0));
+                let r = self.fixed_run(&base, rate, c.per_core_fixed_secs)?;
+                // A fixed step is not repeated: if other processes kept the
+                // machine busy up to its start, mark it, even when their load
+                // does not show in the step's own accounting.
+                let busy_before = before.is_some_and(|b| b > c.quiet_cores);
+                fixed_steps.extend(r.steps.into_iter().map(|mut st| {
+                    st.disturbed |= busy_before;
+                    st
+                }));
+            }
+        } else if c.fixed_secs > 0.0 {
             self.wait_quiet();
-            let left = self.budget.saturating_sub(self.t0.elapsed()).as_secs_f64();
-            let mut args = base;
-            args.extend([
-                "--rate".into(),
-                c.fixed_rate.to_string(),
-                "--duration".into(),
-                c.fixed_secs.to_string(),
-                "--max-total-secs".into(),
-                (left - 5.0).min(c.fixed_secs + 30.0).max(5.0).to_string(),
-            ]);
-            let r = self.loadgen(&args)?;
-            eprintln!("  fixed: {}", nts_bench::loadgen::step_line(&r.steps[0]));
-            Some(r)
-        } else {
-            None
-        };
+            fixed = Some(self.fixed_run(&base, c.fixed_rate, c.fixed_secs)?);
+        }
         Ok(Measurement {
             server: server.into(),
             load: load.into(),
             find_max,
             fixed,
+            fixed_steps,
             background_cores: background,
         })
+    }
+
+    /// One nts-loadgen run at a fixed rate.
+    fn fixed_run(&self, base: &[String], rate: f64, secs: f64) -> Result<RunReport> {
+        let left = self.budget.saturating_sub(self.t0.elapsed()).as_secs_f64();
+        let mut args = base.to_vec();
+        args.extend([
+            "--rate".into(),
+            rate.to_string(),
+            "--duration".into(),
+            secs.to_string(),
+            "--max-total-secs".into(),
+            (left - 5.0).min(secs + 30.0).max(5.0).to_string(),
+        ]);
+        let r = self.loadgen(&args)?;
+        eprintln!("  fixed: {}", nts_bench::loadgen::step_line(&r.steps[0]));
+        Ok(r)
     }
 
     fn loadgen(&self, args: &[String]) -> Result<RunReport> {
@@ -515,6 +922,9 @@ impl Ctx<'_> {
         let mut cmd = Command::new(&self.bins.loadgen);
         cmd.args(args).arg("--json-out").arg(json.path());
         cmd.stdout(std::process::Stdio::null());
+        if self.cli.per_core {
+            sys::pin_command(&mut cmd, self.cli.gen_cpu);
+        }
         let limit: f64 = args
             .iter()
             .position(|a| a == "--max-total-secs")
@@ -542,10 +952,12 @@ impl Ctx<'_> {
 
     /// Wait (bounded) until the machine is quiet; returns the last busy reading.
     fn wait_quiet(&self) -> Option<f64> {
-        let busy = sys::wait_quiet(
-            self.cli.quiet_cores,
-            Duration::from_secs_f64(self.cli.quiet_wait.max(0.0)),
-        )?;
+        self.wait_quiet_for(self.cli.quiet_wait)
+    }
+
+    /// [`Self::wait_quiet`] for at most `secs`.
+    fn wait_quiet_for(&self, secs: f64) -> Option<f64> {
+        let busy = sys::wait_quiet(self.cli.quiet_cores, Duration::from_secs_f64(secs.max(0.0)))?;
         if busy > self.cli.quiet_cores {
             eprintln!("  (machine still busy with {busy:.2} cores of other load; going on)");
         }
@@ -561,22 +973,20 @@ struct Ours {
     metrics_addr: String,
 }
 
-/// Start nts-ke-server and nts-time-server; `small_rcvbuf` leaves the time
-/// server's socket receive buffer at the kernel default (as chrony has it).
+/// Start nts-ke-server and nts-time-server with `server_options` added to its
+/// [server] table; `tag` names the logs; `pin` restricts the time server (all
+/// its threads, from exec on) to one CPU.
+#[allow(clippy::too_many_arguments)]
 fn start_ours(
     bins: &Bins,
     pki: &TestPki,
     dir: &Path,
     workers: usize,
     logs: &Path,
-    small_rcvbuf: bool,
+    server_options: &[ServerOption],
+    tag: &str,
+    pin: Option<usize>,
 ) -> Result<Ours> {
-    let tag = if small_rcvbuf { "-small-rcvbuf" } else { "" };
-    let rcvbuf_line = if small_rcvbuf {
-        "receive_buffer = 0\n"
-    } else {
-        ""
-    };
     let ports = testkit::ports::free_ports(3);
     let (ke_port, ntp_port, metrics_port) = (ports[0], ports[1], ports[2]);
     let root = dir.join("cookie-root.key");
@@ -604,31 +1014,14 @@ level = "warn"
             key = pki.key_path(),
         ),
     )?;
-    // As nts_time_server::dev_config, plus: rate limiting off (the load comes
-    // from a few addresses), our port and workers, a metrics endpoint.
     let ts_conf = dir.join("time-server.toml");
-    std::fs::write(
-        &ts_conf,
-        format!(
-            r#"# nts-bench: dev configuration with rate limiting off.
-[server]
-listen = ["127.0.0.1:{ntp_port}"]
-workers = {workers}
-{rcvbuf_line}[rate_limit]
-enabled = false
-[clock]
-local_reference = true
-stratum = 1
-reference_id = "LOCL"
-[keys]
-root_secret_file = {root:?}
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[log]
-level = "warn"
-"#
-        ),
-    )?;
+    let setup = TimeServerSetup {
+        ntp_port,
+        metrics_port,
+        workers,
+        root_secret: &root,
+    };
+    std::fs::write(&ts_conf, time_server_toml(&setup, server_options))?;
     let _ = std::fs::copy(&ke_conf, logs.join(format!("ke-server{tag}.toml")));
     let _ = std::fs::copy(&ts_conf, logs.join(format!("time-server{tag}.toml")));
     let mut cmd = Command::new(&bins.ke);
@@ -641,6 +1034,9 @@ level = "warn"
     .with_context(|| format!("nts-ke-server did not start:\n{}", ke.logs()))?;
     let mut cmd = Command::new(&bins.ts);
     cmd.arg("--config").arg(&ts_conf);
+    if let Some(cpu) = pin {
+        sys::pin_command(&mut cmd, cpu);
+    }
     let ts = ChildGuard::spawn(&format!("nts-time-server{tag}"), cmd, logs)?;
     track(ts.pid());
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
@@ -769,7 +1165,8 @@ fn ratio(a: Option<&Measurement>, b: Option<&Measurement>) -> String {
     }
 }
 
-fn summarize(r: &Results) -> String {
+/// Machine, build, settings, options and load of a run.
+fn header(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -780,6 +1177,103 @@ fn summarize(r: &Results) -> String {
     if let Some(v) = &r.chrony_version {
         let _ = writeln!(s, "chrony: {v}");
     }
+    if !r.servers.is_empty() {
+        let _ = writeln!(s, "Servers: {}", r.servers.join(", "));
+    }
+    if !r.ours_server_options.is_empty() {
+        let _ = writeln!(
+            s,
+            "nts-time-server extra [server] options: {}",
+            r.ours_server_options
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if r.loadavg_start.is_some() || r.loadavg_end.is_some() {
+        let _ = writeln!(
+            s,
+            "Load average (1, 5, 15 min) before: {}, after: {}",
+            r.loadavg_start.as_deref().unwrap_or("?"),
+            r.loadavg_end.as_deref().unwrap_or("?")
+        );
+    }
+    s
+}
+
+/// RSS table and notes, common to both summaries.
+fn footer(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| process | peak RSS (VmHWM) | RSS at end |");
+    let _ = writeln!(s, "|---|---:|---:|");
+    for x in &r.rss {
+        let f = |v: Option<u64>| v.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            x.process,
+            f(x.vm_hwm_kib),
+            f(x.vm_rss_kib)
+        );
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s);
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
+
+/// The per-core summary: the per-core table, the targets, pinning, memory.
+fn summarize_per_core(r: &Results, p: &PerCore) -> String {
+    let mut s = header(r);
+    let _ = writeln!(
+        s,
+        "Per core: every server pinned to CPU {} (nts-time-server and nts-echo with 1 worker; chronyd with all its threads and NTS-KE helpers), the load generator to CPU {}; fixed steps of {} s.",
+        p.server_cpu, p.gen_cpu, p.fixed_secs
+    );
+    let _ = writeln!(s);
+    let rows: Vec<percore::Row<'_>> = r
+        .measurements
+        .iter()
+        .map(|m| percore::Row {
+            server: &m.server,
+            load: &m.load,
+            find_max: &m.find_max,
+            fixed: &m.fixed_steps,
+        })
+        .collect();
+    s.push_str(&percore::table(&rows, &p.fixed_rates));
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "(!) = other processes used more than {} core during that step (a find-max step is repeated twice before it is kept) or, for a fixed step, just before it.",
+        percore::DISTURBED_CORES
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Targets (computed, not asserted):");
+    let _ = writeln!(s);
+    s.push_str(&percore::targets_table(&percore::targets(&rows)));
+    let _ = writeln!(s);
+    if !r.pinning.is_empty() {
+        let _ = writeln!(s, "Pinning (Cpus_allowed_list of every thread):");
+        let _ = writeln!(s);
+        for l in &r.pinning {
+            let _ = writeln!(s, "- {l}");
+        }
+        let _ = writeln!(s);
+    }
+    s.push_str(&footer(r));
+    s
+}
+
+fn summarize(r: &Results) -> String {
+    if let Some(p) = &r.per_core {
+        return summarize_per_core(r, p);
+    }
+    let mut s = header(r);
     let _ = writeln!(s);
     let fixed_rate = r
         .measurements
@@ -935,23 +1429,132 @@ fn summarize(r: &Results) -> String {
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "| process | peak RSS (VmHWM) | RSS at end |");
-    let _ = writeln!(s, "|---|---:|---:|");
-    for x in &r.rss {
-        let f = |v: Option<u64>| v.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} |",
-            x.process,
-            f(x.vm_hwm_kib),
-            f(x.vm_rss_kib)
-        );
-    }
-    if !r.notes.is_empty() {
-        let _ = writeln!(s);
-        for n in &r.notes {
-            let _ = writeln!(s, "- {n}");
+    s.push_str(&footer(r));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nts_bench::report::{Latency, Limit};
+
+    fn step(rate: f64, cores: f64, len: usize) -> StepResult {
+        StepResult {
+            offered_rate: rate,
+            send_rate: rate,
+            recv_rate: rate * 0.999_7,
+            server_cpu: Some(cores),
+            request_len: len,
+            latency_us: Latency {
+                p50: 31.3,
+                p90: 70.1,
+                p99: 123.456_7,
+                max: 999.0,
+            },
+            ..StepResult::default()
         }
     }
-    s
+
+    fn measurement(server: &str, load: &str, max: f64, len: usize) -> Measurement {
+        let best = step(max, 0.987_654_321, len);
+        Measurement {
+            server: server.into(),
+            load: load.into(),
+            find_max: RunReport {
+                mode: "nts".into(),
+                target: "127.0.0.1:1".into(),
+                sources: 16,
+                sockets: 64,
+                ke_sessions: 256,
+                aead: None,
+                cookie_len: None,
+                verify_every: 1,
+                loss_threshold_pct: 1.0,
+                steps: vec![step(20_000.0, 0.1, len), best.clone()],
+                best: Some(best),
+                limit: Some(Limit::Loss),
+                wall_s: 20.0,
+            },
+            fixed: None,
+            fixed_steps: vec![step(10_000.0, 0.123_456, len), step(40_000.0, 0.333_3, len)],
+            background_cores: Some(0.01),
+        }
+    }
+
+    fn per_core_results() -> Results {
+        Results {
+            started_unix: 1,
+            cpus: 2,
+            kernel: "6.1".into(),
+            cpu_model: "test".into(),
+            chrony_version: Some("chronyd 4.3".into()),
+            build: "git abc".into(),
+            settings: "workers 1".into(),
+            measurements: vec![
+                measurement(percore::OURS, "NTS", 151_234.5, 232),
+                measurement(percore::OURS, "plain", 201_234.5, 48),
+                measurement(percore::CHRONY, "NTS", 70_321.9, 228),
+                measurement(percore::ECHO, "echo 232 B", 180_111.1, 232),
+                measurement(percore::ECHO, "echo 48 B", 190_111.1, 48),
+            ],
+            rss: Vec::new(),
+            notes: vec!["a note".into()],
+            per_core: Some(PerCore {
+                server_cpu: 1,
+                gen_cpu: 0,
+                fixed_rates: vec![10_000.0, 40_000.0],
+                fixed_secs: 2.5,
+            }),
+            servers: vec!["ours".into(), "chrony".into(), "echo".into()],
+            ours_server_options: vec!["receive_buffer = 0".into()],
+            loadavg_start: Some("0.10 0.20 0.30".into()),
+            loadavg_end: Some("1.00 0.50 0.40".into()),
+            pinning: vec!["nts-time-server after start: pid 1: 3 threads on CPU 1".into()],
+        }
+    }
+
+    #[test]
+    fn summarize_of_the_written_json_is_the_summary() {
+        let r = per_core_results();
+        let json = serde_json::to_string_pretty(&r).unwrap();
+        let back: Results = serde_json::from_str(&json).unwrap();
+        let s = summarize(&back);
+        assert_eq!(s, summarize(&r));
+        assert!(
+            s.contains("| nts-time-server | NTS | 232 B | 151.2k/s |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("(b) NTS max rate per core: ours / chrony | 2.15 | ≥ 2 | met |"),
+            "{s}"
+        );
+        assert!(s.contains("`receive_buffer = 0`"));
+        assert!(s.contains("before: 0.10 0.20 0.30, after: 1.00 0.50 0.40"));
+        assert!(s.contains("- nts-time-server after start: pid 1: 3 threads on CPU 1"));
+    }
+
+    #[test]
+    fn results_written_before_the_per_core_mode_still_summarize() {
+        let mut r = per_core_results();
+        r.per_core = None;
+        let mut v = serde_json::to_value(&r).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "per_core",
+            "servers",
+            "ours_server_options",
+            "loadavg_start",
+            "loadavg_end",
+            "pinning",
+        ] {
+            o.remove(k);
+        }
+        for m in o["measurements"].as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("fixed_steps");
+        }
+        let old: Results = serde_json::from_value(v).unwrap();
+        let s = summarize(&old);
+        assert!(s.contains("Ratios of max rates:"), "{s}");
+        assert!(!s.contains("Targets"));
+    }
 }
