@@ -4,6 +4,10 @@
 //! little before reading again, so the next read returns several requests at
 //! once, the way a NIC coalesces interrupts.
 //!
+//! Off by default (`server.batch_wait = 0`): measured per core at 40k/s NTS
+//! it saves 15% of CPU per request at 100 µs and 23% at 200 µs, for 100 and
+//! 240 µs more median response time (docs/time-server.md).
+//!
 //! The wait is bounded (`server.batch_wait`), and taken only when it pays: the
 //! arrival rate must bring at least [`MIN_GAIN`] more requests within it (at
 //! low rates a wait would only add latency), and none after a full batch (a

@@ -75,7 +75,7 @@ impl Default for ServerSection {
             receive_buffer: 4 << 20,
             max_request_age: 0.05,
             interleaved_slots: 4096,
-            batch_wait: 0.0001,
+            batch_wait: 0.0,
             user: None,
             group: None,
             seccomp: true,
