@@ -81,26 +81,34 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
     Ok(v)
 }
 
-fn report(
+/// What a series of samples comes to: the one with the least delay, and how
+/// the series went (`none` says what was missing when nothing answered).
+fn summarize(
     server: &str,
-    addr: SocketAddr,
-    s: &Sample,
+    got: Vec<(Sample, SocketAddr)>,
+    lost: u32,
+    last_err: Option<String>,
+    none: &str,
     aead: Option<AeadAlgorithm>,
     ke_cookies: Option<usize>,
-) -> QueryReport {
-    QueryReport {
+) -> Result<QueryReport> {
+    let samples = got.len() as u32;
+    let interleaved = got.iter().filter(|g| g.0.interleaved).count() as u32;
+    let (s, addr) =
+        best(got).with_context(|| format!("{none}: {}", last_err.unwrap_or_default()))?;
+    Ok(QueryReport {
         server: server.to_string(),
         ntp_address: addr.to_string(),
         authenticated: s.authenticated,
         aead: aead.map(|a| a.name().to_string()),
         cookies_from_ke: ke_cookies,
         cookies_held: None,
-        samples: 1,
-        lost: 0,
-        interleaved: s.interleaved as u32,
+        samples,
+        lost,
+        interleaved,
         reported_interleaved: s.interleaved,
         ignored: 0,
-        warning: unsync_warning(s),
+        warning: unsync_warning(&s),
         offset: s.offset,
         delay: s.delay,
         stratum: s.header.stratum,
@@ -108,7 +116,7 @@ fn report(
         reference_id: refid(s.header.reference_id, s.header.stratum),
         root_delay: s.header.root_delay.to_seconds(),
         root_dispersion: s.header.root_dispersion.to_seconds(),
-    }
+    })
 }
 
 fn unsync_warning(s: &Sample) -> Option<String> {
@@ -155,13 +163,8 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
                 tokio::time::sleep(opts.interval).await;
             }
         }
-        let n = got.len() as u32;
-        let interleaved = got.iter().filter(|g| g.0.interleaved).count() as u32;
-        let (s, addr) = best(got)
-            .with_context(|| format!("no answer from {host}: {}", last_err.unwrap_or_default()))?;
-        let mut r = report(&opts.server, addr, &s, None, None);
-        (r.samples, r.lost, r.interleaved) = (n, lost, interleaved);
-        return Ok(r);
+        let none = format!("no answer from {host}");
+        return summarize(&opts.server, got, lost, last_err, &none, None, None);
     }
     let (host, port) =
         crate::split_host_port(&opts.server, DEFAULT_KE_PORT).map_err(anyhow::Error::msg)?;
@@ -242,13 +245,16 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             tokio::time::sleep(opts.interval).await;
         }
     }
-    let n = got.len() as u32;
-    let interleaved = got.iter().filter(|g| g.0.interleaved).count() as u32;
-    let (s, addr) = best(got)
-        .with_context(|| format!("no authentic answer: {}", last_err.unwrap_or_default()))?;
-    let mut r = report(&opts.server, addr, &s, Some(aead), Some(ke_cookies));
+    let mut r = summarize(
+        &opts.server,
+        got,
+        lost,
+        last_err,
+        "no authentic answer",
+        Some(aead),
+        Some(ke_cookies),
+    )?;
     r.cookies_held = Some(src.cookies());
-    (r.samples, r.lost, r.interleaved) = (n, lost, interleaved);
     r.ignored = src.counters().ignored() + src.counters().naks;
     Ok(r)
 }
