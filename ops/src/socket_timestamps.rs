@@ -99,10 +99,33 @@ pub fn parse_control(buf: &[u8]) -> RecvMeta {
     meta
 }
 
+/// Write one control message (header, `data`, padding) at the start of
+/// `out`; returns the bytes used, 0 when it does not fit. Also what tests use
+/// to build recorded messages.
+pub fn write_cmsg(level: i32, kind: i32, data: &[u8], out: &mut [u8]) -> usize {
+    let hdr = size_of::<libc::cmsghdr>();
+    let total = align(hdr + data.len());
+    if out.len() < total {
+        return 0;
+    }
+    out[..total].fill(0);
+    out[..size_of::<usize>()].copy_from_slice(&(hdr + data.len()).to_ne_bytes());
+    out[size_of::<usize>()..size_of::<usize>() + 4].copy_from_slice(&level.to_ne_bytes());
+    out[size_of::<usize>() + 4..size_of::<usize>() + 8].copy_from_slice(&kind.to_ne_bytes());
+    out[hdr..hdr + data.len()].copy_from_slice(data);
+    total
+}
+
+/// One control message as a new buffer (for building recorded messages in tests).
+pub fn cmsg_bytes(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; align(size_of::<libc::cmsghdr>() + data.len())];
+    write_cmsg(level, kind, data, &mut v);
+    v
+}
+
 /// Write a control message that makes the reply leave from `meta.local_addr`.
 /// Returns the bytes used (0 when there is nothing to set or no room).
 pub fn write_pktinfo(meta: &RecvMeta, out: &mut [u8]) -> usize {
-    let hdr = size_of::<libc::cmsghdr>();
     let (level, kind, data): (i32, i32, [u8; 20]) = match meta.local_addr {
         Some(IpAddr::V4(a)) => {
             let mut d = [0u8; 20];
@@ -119,16 +142,7 @@ pub fn write_pktinfo(meta: &RecvMeta, out: &mut [u8]) -> usize {
         None => return 0,
     };
     let dlen = if level == libc::IPPROTO_IP { 12 } else { 20 };
-    let total = align(hdr + dlen);
-    if out.len() < total {
-        return 0;
-    }
-    out[..total].fill(0);
-    out[..size_of::<usize>()].copy_from_slice(&(hdr + dlen).to_ne_bytes());
-    out[size_of::<usize>()..size_of::<usize>() + 4].copy_from_slice(&level.to_ne_bytes());
-    out[size_of::<usize>() + 4..size_of::<usize>() + 8].copy_from_slice(&kind.to_ne_bytes());
-    out[hdr..hdr + dlen].copy_from_slice(&data[..dlen]);
-    total
+    write_cmsg(level, kind, &data[..dlen], out)
 }
 
 /// Ask the kernel for receive timestamps on `sock`, and with `pktinfo =

@@ -217,20 +217,10 @@ pub fn sample_phc(phc: &std::fs::File) -> std::io::Result<PhcConversion> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nts_ops::socket_timestamps::align;
     use std::mem::size_of;
     use std::net::{IpAddr, Ipv6Addr};
 
-    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
-        let hdr = size_of::<libc::cmsghdr>();
-        let mut v = Vec::new();
-        v.extend_from_slice(&(hdr + data.len()).to_ne_bytes());
-        v.extend_from_slice(&level.to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(data);
-        v.resize(align(v.len()), 0);
-        v
-    }
+    use nts_ops::socket_timestamps::cmsg_bytes as cmsg;
 
     fn ts(sec: i64, nsec: i64) -> Vec<u8> {
         let mut v = sec.to_ne_bytes().to_vec();

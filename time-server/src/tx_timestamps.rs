@@ -10,9 +10,9 @@
 //! NTP header in it is a pure function, tested on recorded packets.
 
 use crate::timestamping::{PhcConversion, TimestampSource};
-use nts_ops::socket_timestamps::{align, parse_control, Nanos};
+use nts_ops::socket_timestamps::{parse_control, write_cmsg, Nanos};
 use nts_proto::ntp_packet::{NtpTimestamp, HEADER_LEN};
-use std::mem::{size_of, zeroed};
+use std::mem::zeroed;
 
 const SOF_TIMESTAMPING_TX_HARDWARE: u32 = 1 << 0;
 const SOF_TIMESTAMPING_TX_SOFTWARE: u32 = 1 << 1;
@@ -24,22 +24,16 @@ pub const REQUEST_CMSG_LEN: usize = 24;
 /// datagram (software, and hardware where the NIC stamps). Returns its length,
 /// 0 when `out` has no room.
 pub fn write_request(hardware: bool, out: &mut [u8]) -> usize {
-    let hdr = size_of::<libc::cmsghdr>();
-    let total = align(hdr + 4);
-    if out.len() < total {
-        return 0;
-    }
     let mut flags = SOF_TIMESTAMPING_TX_SOFTWARE;
     if hardware {
         flags |= SOF_TIMESTAMPING_TX_HARDWARE;
     }
-    out[..total].fill(0);
-    let w = size_of::<usize>();
-    out[..w].copy_from_slice(&(hdr + 4).to_ne_bytes());
-    out[w..w + 4].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-    out[w + 4..w + 8].copy_from_slice(&libc::SO_TIMESTAMPING.to_ne_bytes());
-    out[hdr..hdr + 4].copy_from_slice(&flags.to_ne_bytes());
-    total
+    write_cmsg(
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPING,
+        &flags.to_ne_bytes(),
+        out,
+    )
 }
 
 fn be16(b: &[u8]) -> usize {
@@ -211,6 +205,8 @@ impl ErrorQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nts_ops::socket_timestamps::cmsg_bytes as cmsg;
+    use std::mem::size_of;
 
     fn ntp_response(receive: u64) -> Vec<u8> {
         let mut p = vec![0u8; 48];
@@ -305,17 +301,6 @@ mod tests {
             }
             let _ = looped_payload(&buf).and_then(response_key);
         }
-    }
-
-    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
-        let hdr = size_of::<libc::cmsghdr>();
-        let mut v = Vec::new();
-        v.extend_from_slice(&(hdr + data.len()).to_ne_bytes());
-        v.extend_from_slice(&level.to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(data);
-        v.resize(align(v.len()), 0);
-        v
     }
 
     fn stamps(sw: (i64, i64), hw: (i64, i64)) -> Vec<u8> {
