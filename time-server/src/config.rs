@@ -467,6 +467,12 @@ mod tests {
             ("[rate_limit]\nslots = 2\n", "rate_limit.slots"),
             ("[server]\nmax_request_age = 0\n", "server.max_request_age"),
             ("[server]\nmax_request_age = 60\n", "server.max_request_age"),
+            ("[server]\nbatch_wait = -0.001\n", "server.batch_wait"),
+            ("[server]\nbatch_wait = 1\n", "server.batch_wait"),
+            (
+                "[server]\ninterleaved_slots = 100000000\n",
+                "server.interleaved_slots",
+            ),
             (
                 "[timestamping]\nmode = \"hardware\"\n",
                 "timestamping.interface",
