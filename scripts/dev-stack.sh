@@ -25,6 +25,16 @@ trap 'exit 130' INT TERM
 pids+=($!)
 "$BIN/nts-time-server" --dev --state-dir "$STATE" --metrics-listen 127.0.0.1:9461 &
 pids+=($!)
+# The client starts once the time server holds cookie keys (its /readyz),
+# so its first request is not answered with a NAK for a cookie whose key
+# the time server has not received yet.
+readyz() {
+    (exec 3<>/dev/tcp/127.0.0.1/9461 && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3) 2>/dev/null
+}
+for _ in $(seq 50); do
+    [[ "$(readyz || true)" == *" 200"* ]] && break
+    sleep 0.1
+done
 "$BIN/nts-client" run --dev --state-dir "$STATE" --metrics-listen 127.0.0.1:9462 &
 pids+=($!)
 
