@@ -13,6 +13,20 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::path::Path;
 
+/// Descriptors the configured limits can hold open at once, and the keys
+/// that set them: every NTS-KE connection, every key-sync handshake, and
+/// headroom for listeners, metrics, certificate reloads and key-sync links.
+pub fn open_files_needed(settings: &Settings) -> (&'static str, u64) {
+    let ke = settings.ke_slots.capacity as u64;
+    match &settings.config.key_sync {
+        Some(_) => (
+            "server.max_connections + key_sync.max_handshakes",
+            ke + settings.key_sync_slots.capacity as u64 + nts_ops::open_files::HEADROOM,
+        ),
+        None => ("server.max_connections", ke + nts_ops::open_files::HEADROOM),
+    }
+}
+
 /// One line per problem, each naming the configuration key and the reason.
 pub fn problems(settings: &Settings) -> Vec<String> {
     let cfg = &settings.config;
@@ -23,6 +37,10 @@ pub fn problems(settings: &Settings) -> Vec<String> {
         cfg.server.user.as_deref(),
         cfg.server.group.as_deref(),
     ));
+    let (what, needed) = open_files_needed(settings);
+    if let Err(e) = nts_ops::open_files::check(what, needed) {
+        out.push(e.to_string());
+    }
     if let Some(tls) = &cfg.tls {
         if let Err(e) = check_pair(
             &reader,

@@ -4,7 +4,9 @@
 
 use anyhow::{bail, Context, Result};
 use nts_ops::config::{LogSection, MetricsSection};
+use nts_proto::admission::AdmissionLimits;
 use nts_proto::aead::AeadAlgorithm;
+use nts_proto::client_prefix::{PrefixLengthError, PrefixLengths};
 use nts_proto::key_ring::KeySchedule;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -53,10 +55,34 @@ pub struct KeySyncSection {
     /// TLS handshakes on the key-sync listener running at once; more connections are closed.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
+    /// Handshakes one client address (per `server.ipv4_prefix_length` /
+    /// `ipv6_prefix_length`) may run at once; its oldest is closed for a newer one.
+    /// Absent: 8, or `max_handshakes` when that is smaller.
+    #[serde(default)]
+    pub max_handshakes_per_address: Option<usize>,
+    /// Seconds a peer has to complete the TLS handshake.
+    #[serde(default = "default_key_sync_handshake_timeout")]
+    pub handshake_timeout: f64,
+    /// Source networks allowed to connect (empty: any); others are closed before TLS.
+    #[serde(default)]
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// HTTP/2 streams (RPCs) one authenticated connection may have open at once.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
 }
 
 fn default_max_handshakes() -> usize {
     64
+}
+/// Key-sync handshakes per client address when `max_handshakes_per_address` is absent.
+const DEFAULT_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// NTS-KE connections per client address when `max_connections_per_address` is absent.
+const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 16;
+fn default_key_sync_handshake_timeout() -> f64 {
+    5.0
+}
+fn default_max_streams_per_connection() -> u32 {
+    16
 }
 
 fn default_report_interval() -> f64 {
@@ -74,8 +100,16 @@ fn default_selection() -> crate::registry::Selection {
 pub struct ServerSection {
     /// Addresses to accept NTS-KE connections on.
     pub listen: Vec<SocketAddr>,
-    /// Connections handled at once; more are refused until one finishes.
+    /// Connections handled at once. When all are taken, a new connection
+    /// closes the oldest of the client address holding the most.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; its oldest is closed
+    /// for a newer one. Absent: 16, or `max_connections` when that is smaller.
+    pub max_connections_per_address: Option<usize>,
+    /// Client addresses that count as one for the per-address limits: IPv4 per this prefix length.
+    pub ipv4_prefix_length: u8,
+    /// IPv6 per this prefix length (one host can use any address of its /64).
+    pub ipv6_prefix_length: u8,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
     /// Most records in one request.
@@ -101,6 +135,9 @@ impl Default for ServerSection {
         Self {
             listen: vec!["[::]:4460".parse().expect("valid literal")],
             max_connections: 1024,
+            max_connections_per_address: None,
+            ipv4_prefix_length: 32,
+            ipv6_prefix_length: 64,
             max_request_bytes: 1024,
             max_request_records: 64,
             handshake_timeout: 5.0,
@@ -439,6 +476,11 @@ pub struct Settings {
     pub algorithms: Vec<AeadAlgorithm>,
     pub report_interval: Duration,
     pub expiry: Duration,
+    /// Connection slots of the NTS-KE listeners.
+    pub ke_slots: AdmissionLimits,
+    /// Handshake slots of the key-sync listener.
+    pub key_sync_slots: AdmissionLimits,
+    pub key_sync_handshake_timeout: Duration,
     /// Checked `[acme]` section, when certificates come from ACME.
     pub acme: Option<AcmeSettings>,
 }
@@ -460,9 +502,32 @@ impl Config {
         if s.listen.is_empty() {
             bail!("server.listen: at least one address is needed");
         }
-        if s.max_connections == 0 {
-            bail!("server.max_connections: must be at least 1");
+        if s.max_connections == 0 || s.max_connections > 1 << 20 {
+            bail!(
+                "server.max_connections = {}: must be between 1 and 1048576",
+                s.max_connections
+            );
         }
+        let per_address = s
+            .max_connections_per_address
+            .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS.min(s.max_connections));
+        if per_address == 0 || per_address > s.max_connections {
+            bail!(
+                "server.max_connections_per_address = {per_address}: must be between 1 and server.max_connections ({})",
+                s.max_connections
+            );
+        }
+        let prefixes = PrefixLengths::new(s.ipv4_prefix_length, s.ipv6_prefix_length).map_err(
+            |e| match e {
+                PrefixLengthError::V4(_) => anyhow::anyhow!("server.ipv4_prefix_length: {e}"),
+                PrefixLengthError::V6(_) => anyhow::anyhow!("server.ipv6_prefix_length: {e}"),
+            },
+        )?;
+        let ke_slots = AdmissionLimits {
+            capacity: s.max_connections,
+            per_prefix: per_address,
+            prefixes,
+        };
         if s.max_request_bytes < 16 || s.max_request_bytes > 65_536 {
             bail!(
                 "server.max_request_bytes = {}: must be between 16 and 65536",
@@ -534,6 +599,13 @@ impl Config {
                 "cookie_keys.aead_algorithms: AES-SIV-CMAC-256 is mandatory (RFC 8915 section 5.1)"
             );
         }
+        let mut key_sync_slots = AdmissionLimits {
+            capacity: default_max_handshakes(),
+            per_prefix: DEFAULT_HANDSHAKES_PER_ADDRESS,
+            prefixes,
+        };
+        let mut key_sync_handshake_timeout =
+            Duration::from_secs_f64(default_key_sync_handshake_timeout());
         let (report_interval, expiry) = match &self.key_sync {
             Some(k) => {
                 let r = seconds("key_sync.report_interval", k.report_interval)?;
@@ -544,6 +616,31 @@ impl Config {
                         k.max_handshakes
                     );
                 }
+                let per_address = k
+                    .max_handshakes_per_address
+                    .unwrap_or(DEFAULT_HANDSHAKES_PER_ADDRESS.min(k.max_handshakes));
+                if per_address == 0 || per_address > k.max_handshakes {
+                    bail!(
+                        "key_sync.max_handshakes_per_address = {per_address}: must be between 1 and key_sync.max_handshakes ({})",
+                        k.max_handshakes
+                    );
+                }
+                if k.max_streams_per_connection == 0 || k.max_streams_per_connection > 1024 {
+                    bail!(
+                        "key_sync.max_streams_per_connection = {}: must be between 1 and 1024 (a time server uses 2)",
+                        k.max_streams_per_connection
+                    );
+                }
+                key_sync_handshake_timeout =
+                    seconds("key_sync.handshake_timeout", k.handshake_timeout)?;
+                if key_sync_handshake_timeout > Duration::from_secs(60) {
+                    bail!(
+                        "key_sync.handshake_timeout = {}: at most 60 seconds (an idle peer holds a slot that long)",
+                        k.handshake_timeout
+                    );
+                }
+                key_sync_slots.capacity = k.max_handshakes;
+                key_sync_slots.per_prefix = per_address;
                 if e <= r {
                     bail!(
                         "key_sync.expiry = {}: must be longer than key_sync.report_interval ({})",
@@ -559,6 +656,9 @@ impl Config {
             acme,
             report_interval,
             expiry,
+            ke_slots,
+            key_sync_slots,
+            key_sync_handshake_timeout,
             handshake_timeout,
             request_timeout,
             reload_interval,
@@ -613,6 +713,18 @@ root_secret_file = "/var/lib/nts/root.key"
                 "server.handshake_timeout",
             ),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_connections = 8\nmax_connections_per_address = 9\n",
+                "server.max_connections_per_address",
+            ),
+            (
+                "[server]\nipv6_prefix_length = 8\n",
+                "server.ipv6_prefix_length",
+            ),
+            (
+                "[server]\nipv4_prefix_length = 33\n",
+                "server.ipv4_prefix_length",
+            ),
             ("[server]\nlisten = []\n", "server.listen"),
             ("[ntp]\nport = 0\n", "ntp.port"),
             ("[ntp]\nserver = \"\"\n", "ntp.server"),
@@ -637,6 +749,53 @@ root_secret_file = "/var/lib/nts/root.key"
         // Wrong type is reported with the key by the TOML parser.
         let e = check(&format!("[server]\nmax_connections = \"many\"\n{MINIMAL}")).unwrap_err();
         assert!(format!("{e:#}").contains("max_connections"), "{e:#}");
+    }
+
+    const KEY_SYNC: &str = r#"
+[key_sync]
+listen = "127.0.0.1:4461"
+client_ca = "/ca.pem"
+certificate_chain = "/c.pem"
+private_key = "/k.pem"
+"#;
+
+    #[test]
+    fn key_sync_limits_default_and_are_checked() {
+        let s = check(&format!("{MINIMAL}{KEY_SYNC}")).unwrap();
+        assert_eq!(
+            (s.key_sync_slots.capacity, s.key_sync_slots.per_prefix),
+            (64, 8)
+        );
+        assert_eq!(s.key_sync_handshake_timeout, Duration::from_secs(5));
+        assert_eq!((s.ke_slots.capacity, s.ke_slots.per_prefix), (1024, 16));
+        let k = s.config.key_sync.unwrap();
+        assert!(k.allowed_networks.is_empty());
+        assert_eq!(k.max_streams_per_connection, 16);
+        let s = check(&format!(
+            "{MINIMAL}{KEY_SYNC}allowed_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.config.key_sync.unwrap().allowed_networks.len(), 2);
+        for (extra, key) in [
+            (
+                "max_handshakes_per_address = 0",
+                "key_sync.max_handshakes_per_address",
+            ),
+            (
+                "max_handshakes_per_address = 65",
+                "key_sync.max_handshakes_per_address",
+            ),
+            ("handshake_timeout = 0", "key_sync.handshake_timeout"),
+            ("handshake_timeout = 61", "key_sync.handshake_timeout"),
+            (
+                "max_streams_per_connection = 0",
+                "key_sync.max_streams_per_connection",
+            ),
+            ("allowed_networks = [\"10.0.0.0/33\"]", "allowed_networks"),
+        ] {
+            let e = check(&format!("{MINIMAL}{KEY_SYNC}{extra}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{key}: {e:#}");
+        }
     }
 
     const ACME: &str = r#"

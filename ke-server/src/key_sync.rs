@@ -65,6 +65,25 @@ impl KeySyncService {
     }
 }
 
+impl KeySyncService {
+    /// A key watcher names itself too: the name must be bound to its
+    /// certificate like a registration's (which also keeps control
+    /// characters out of the log line that names it).
+    fn admit_watcher(&self, req: &Request<WatchKeysRequest>) -> Result<(), Status> {
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let checked = leaf
+            .ok_or(RegistrationError::NoCertificate)
+            .and_then(registration::certificate_names)
+            .and_then(|names| registration::check_identity(&req.get_ref().server_id, &names));
+        checked.map_err(|e| {
+            self.metrics.registration_refused(true);
+            tracing::warn!(peer = ?req.remote_addr(), "key-sync watch refused: {e}");
+            Status::permission_denied(e.to_string())
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl KeySync for KeySyncService {
     async fn register(
@@ -82,7 +101,8 @@ impl KeySync for KeySyncService {
             ntp = %format!("{}:{}", info.ntp_host, info.ntp_port),
             alternates = info.alternates.len(),
             workers = info.workers,
-            timestamping = %info.timestamping,
+            // Free text from the peer: Debug escapes control characters.
+            timestamping = ?info.timestamping,
             "time server registered"
         );
         self.registry.register(info, Instant::now());
@@ -116,6 +136,7 @@ impl KeySync for KeySyncService {
         &self,
         req: Request<WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
+        self.admit_watcher(&req)?;
         let id = req.into_inner().server_id;
         tracing::info!(server_id = %id, "time server watching keys");
         let period = self.schedule.rotation_period;
@@ -168,22 +189,50 @@ pub fn mtls_config(
     Ok(cfg)
 }
 
+/// Limits of the key-sync listener before a peer has authenticated.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// Handshake slots, shared fairly among peer addresses.
+    pub slots: nts_proto::admission::AdmissionLimits,
+    pub handshake_timeout: Duration,
+    /// Source networks allowed to connect (empty: any).
+    pub allowed: Vec<ipnet::IpNet>,
+    /// HTTP/2 streams one authenticated connection may have open at once.
+    pub max_streams: u32,
+}
+
+impl Guard {
+    fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed.is_empty() || self.allowed.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// Accept mutual-TLS connections on `listener` and serve the key-sync service on them.
-/// At most `max_handshakes` TLS handshakes run at once; a connection arriving
-/// beyond that is closed at once and counted, so a flood of half-open
-/// handshakes cannot hold unbounded memory and tasks.
+///
+/// Until a peer has completed its handshake it holds one of a fixed number of
+/// slots, shared fairly among addresses ([`crate::slots`]): a connection that
+/// arrives when they are all taken closes the oldest handshake of the address
+/// holding the most, so idle connections cost their sender its own slots and
+/// a time server always gets through. Handshakes end at `handshake_timeout`;
+/// an authenticated connection leaves the table, so a time server's
+/// established link never competes with unauthenticated peers.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     service: KeySyncService,
-    max_handshakes: usize,
+    guard: Guard,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let metrics = service.metrics.clone();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
+    let slots = crate::slots::Slots::new(guard.slots);
     let (tx, rx) = tokio::sync::mpsc::channel::<
         Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
     >(64);
+    let max_streams = guard.max_streams;
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -194,29 +243,48 @@ pub async fn serve(
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics.key_sync_busy.inc();
-                tracing::debug!(%peer, "key-sync connection refused: key_sync.max_handshakes reached");
+            if !guard.allows(peer.ip()) {
+                metrics.key_sync_not_allowed.inc();
+                tracing::debug!(%peer, "key-sync connection closed: source not in key_sync.allowed_networks");
                 continue;
-            };
+            }
+            let admitted = slots.admit(peer.ip());
+            if let Some(why) = admitted.made_room {
+                metrics.key_sync_evicted(why);
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
+            let deadline = guard.handshake_timeout;
+            let in_progress = slots.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
+                metrics.key_sync_handshakes.set(in_progress.in_use() as i64);
+                let slot = &admitted.slot;
+                let handshake = tokio::time::timeout(deadline, async move {
+                    slot.await_first_bytes(&tcp).await;
+                    acceptor.accept(tcp).await
+                });
+                let outcome = tokio::select! {
+                    r = handshake => Some(r),
+                    () = admitted.notice.wait() => None,
+                };
+                drop(admitted.slot);
+                metrics.key_sync_handshakes.set(in_progress.in_use() as i64);
+                match outcome {
+                    Some(Ok(Ok(tls))) => {
                         metrics.key_sync_connections.inc();
-                        drop(_permit);
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         metrics.key_sync_refused.inc();
                         tracing::warn!(%peer, "key-sync peer refused: {e}");
                     }
-                    Err(_) => {
+                    Some(Err(_)) => {
                         metrics.key_sync_refused.inc();
-                        tracing::warn!(%peer, "key-sync peer refused: TLS handshake timed out");
+                        tracing::debug!(%peer, "key-sync peer refused: TLS handshake not completed within key_sync.handshake_timeout");
+                    }
+                    None => {
+                        tracing::debug!(%peer, "key-sync handshake closed to make room for a newer connection");
                     }
                 }
             });
@@ -226,6 +294,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(max_streams))
         .add_service(KeySyncServer::new(service))
         .serve_with_incoming(incoming)
         .await;

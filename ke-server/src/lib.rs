@@ -13,6 +13,7 @@ pub mod registration;
 pub mod registry;
 pub mod root_secret;
 pub mod server;
+pub mod slots;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -309,6 +310,16 @@ pub async fn start_with(
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("\n"));
     }
+    let (what, needed) = check::open_files_needed(&settings);
+    if let nts_ops::open_files::OpenFiles::Raised { from, to } =
+        nts_ops::open_files::ensure(what, needed)?
+    {
+        tracing::info!(
+            from,
+            to,
+            "raised the open-file limit (RLIMIT_NOFILE) for {what}"
+        );
+    }
     let settings = Arc::new(settings);
     let cfg = &settings.config;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -449,7 +460,13 @@ pub async fn start_with(
             expiry: settings.expiry,
         };
         tracing::info!(addr = %listener.local_addr()?, "key sync (gRPC, mutual TLS) listening");
-        tokio::spawn(key_sync::serve(listener, tls, service, k.max_handshakes));
+        let guard = key_sync::Guard {
+            slots: settings.key_sync_slots,
+            handshake_timeout: settings.key_sync_handshake_timeout,
+            allowed: k.allowed_networks.clone(),
+            max_streams: k.max_streams_per_connection,
+        };
+        tokio::spawn(key_sync::serve(listener, tls, service, guard));
         tokio::spawn(watch_certificate(
             ks_cert,
             settings.reload_interval,

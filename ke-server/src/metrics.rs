@@ -1,6 +1,7 @@
 //! Counters an operator watches on an NTS-KE server.
 
 use nts_ops::metrics::{Counter, Exposition, Gauge};
+use nts_proto::admission::Eviction;
 
 /// Why a connection was closed without a normal response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,8 @@ const REQUEST_ERRORS: [&str; 4] = [
 pub struct Metrics {
     pub connections_accepted: Counter,
     pub refused_rate_limited: Counter,
-    pub refused_busy: Counter,
+    /// Connections closed to make room for a newer one: [prefix full, table full].
+    evicted: [Counter; 2],
     pub active_connections: Gauge,
     cut_off: [Counter; 6],
     request_errors: [Counter; 4],
@@ -61,8 +63,12 @@ pub struct Metrics {
     pub current_key_id: Gauge,
     pub key_sync_connections: Counter,
     pub key_sync_refused: Counter,
-    /// Key-sync connections closed at once: `key_sync.max_handshakes` handshakes were running.
-    pub key_sync_busy: Counter,
+    /// Key-sync handshakes closed to make room for a newer one: [prefix full, table full].
+    key_sync_evicted: [Counter; 2],
+    /// Key-sync handshakes running now.
+    pub key_sync_handshakes: Gauge,
+    /// Key-sync connections closed before TLS: source outside `key_sync.allowed_networks`.
+    pub key_sync_not_allowed: Counter,
     registrations_refused_identity: Counter,
     registrations_refused_address: Counter,
     pub key_watchers: Gauge,
@@ -83,7 +89,24 @@ pub struct Metrics {
     pub acme_http01_answers: Counter,
 }
 
+fn eviction_index(why: Eviction) -> usize {
+    match why {
+        Eviction::PrefixFull => 0,
+        Eviction::TableFull => 1,
+    }
+}
+
 impl Metrics {
+    /// Count an NTS-KE connection closed to make room for a newer one.
+    pub fn evicted(&self, why: Eviction) {
+        self.evicted[eviction_index(why)].inc();
+    }
+
+    /// Count a key-sync handshake closed to make room for a newer one.
+    pub fn key_sync_evicted(&self, why: Eviction) {
+        self.key_sync_evicted[eviction_index(why)].inc();
+    }
+
     pub fn cut_off(&self, why: CutOff) {
         self.cut_off[why as usize].inc();
     }
@@ -126,15 +149,17 @@ impl Metrics {
         e.counters(
             "nts_ke_connections_refused_total",
             "Connections closed at once, by reason.",
+            &[(
+                &[("reason", "rate_limited")],
+                self.refused_rate_limited.get(),
+            )],
+        );
+        e.counters(
+            "nts_ke_connections_evicted_total",
+            "Connections closed to make room for a newer one: their address held server.max_connections_per_address (prefix_full), or every slot was taken and their address held the most (table_full).",
             &[
-                (
-                    &[("reason", "rate_limited")],
-                    self.refused_rate_limited.get(),
-                ),
-                (
-                    &[("reason", "too_many_connections")],
-                    self.refused_busy.get(),
-                ),
+                (&[("reason", Eviction::PrefixFull.label())], self.evicted[0].get()),
+                (&[("reason", Eviction::TableFull.label())], self.evicted[1].get()),
             ],
         );
         e.gauge(
@@ -214,10 +239,23 @@ impl Metrics {
             "Key-sync connections refused at the TLS handshake (no or untrusted client certificate).",
             self.key_sync_refused.get(),
         );
+        e.counters(
+            "nts_ke_key_sync_evicted_total",
+            "Key-sync handshakes closed to make room for a newer one: their address held key_sync.max_handshakes_per_address (prefix_full), or key_sync.max_handshakes were running and their address held the most (table_full).",
+            &[
+                (&[("reason", Eviction::PrefixFull.label())], self.key_sync_evicted[0].get()),
+                (&[("reason", Eviction::TableFull.label())], self.key_sync_evicted[1].get()),
+            ],
+        );
+        e.gauge(
+            "nts_ke_key_sync_handshakes_in_progress",
+            "Key-sync TLS handshakes running now (unauthenticated peers).",
+            self.key_sync_handshakes.get(),
+        );
         e.counter(
-            "nts_ke_key_sync_busy_total",
-            "Key-sync connections closed at once because key_sync.max_handshakes handshakes were running.",
-            self.key_sync_busy.get(),
+            "nts_ke_key_sync_not_allowed_total",
+            "Key-sync connections closed before TLS: source address outside key_sync.allowed_networks.",
+            self.key_sync_not_allowed.get(),
         );
         e.counters(
             "nts_ke_key_sync_registrations_refused_total",

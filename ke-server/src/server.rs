@@ -4,6 +4,7 @@
 
 use crate::config::Settings;
 use crate::metrics::{CutOff, Metrics};
+use crate::slots::Slots;
 use arc_swap::ArcSwap;
 use nts_proto::aead::AeadKey;
 use nts_proto::ke_record::ErrorCode;
@@ -18,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,7 +39,7 @@ pub struct KeService {
     pub target: NtpTarget,
     pub registry: Option<Arc<crate::registry::Registry>>,
     limiter: Option<Mutex<RateLimiter>>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     epoch: Instant,
 }
 
@@ -55,13 +55,12 @@ impl KeService {
         let s = &settings.config.server;
         let limiter = (s.connections_per_minute > 0).then(|| {
             let per_min = s.connections_per_minute as f64;
-            Mutex::new(RateLimiter::new(
-                s.rate_limit_slots,
-                per_min / 60.0,
-                per_min,
-            ))
+            Mutex::new(
+                RateLimiter::new(s.rate_limit_slots, per_min / 60.0, per_min)
+                    .with_prefix_lengths(settings.ke_slots.prefixes),
+            )
         });
-        let slots = Arc::new(Semaphore::new(s.max_connections));
+        let slots = Slots::new(settings.ke_slots);
         Self {
             acceptor,
             settings,
@@ -100,27 +99,34 @@ impl KeService {
                     continue;
                 }
             }
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                self.metrics.refused_busy.inc();
-                tracing::debug!(%peer, "connection refused: max_connections reached");
-                continue;
-            };
+            // Always admitted; a full table closes the oldest connection of the
+            // address holding the most (an idle flood loses its own slots).
+            let admitted = self.slots.admit(peer.ip());
+            if let Some(why) = admitted.made_room {
+                self.metrics.evicted(why);
+            }
             let svc = self.clone();
             tokio::spawn(async move {
                 svc.metrics.active_connections.inc();
-                svc.handle(stream, peer).await;
+                let slot = &admitted.slot;
+                tokio::select! {
+                    () = svc.handle(stream, peer, slot) => {}
+                    () = admitted.notice.wait() => {
+                        tracing::debug!(%peer, "connection closed to make room for a newer one");
+                    }
+                }
                 svc.metrics.active_connections.dec();
-                drop(permit);
+                drop(admitted.slot);
             });
         }
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr, slot: &crate::slots::Slot) {
         let _ = stream.set_nodelay(true);
-        let hs = tokio::time::timeout(
-            self.settings.handshake_timeout,
-            self.acceptor.accept(stream),
-        )
+        let hs = tokio::time::timeout(self.settings.handshake_timeout, async {
+            slot.await_first_bytes(&stream).await;
+            self.acceptor.accept(stream).await
+        })
         .await;
         let mut tls = match hs {
             Err(_) => return self.cut(peer, CutOff::HandshakeTimeout, "TLS handshake timed out"),

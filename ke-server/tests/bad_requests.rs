@@ -301,19 +301,49 @@ async fn per_address_rate_limit_and_connection_cap() {
         sock.bind(format!("127.0.0.{i}:0").parse().unwrap())
             .unwrap();
         idle.push(sock.connect(server.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new client still gets its key exchange: the oldest idle connection
+    // (every address holds one) makes room, the others stay.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.9:0".parse().unwrap()).unwrap();
-    let mut extra = sock.connect(server.addr).await.unwrap();
-    let mut buf = [0u8; 8];
-    let n = tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf))
+    let tcp = sock.connect(server.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(server.client_config())
+        .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .expect("the connection over the cap is closed at once")
+        .unwrap_or_else(|e| {
+            panic!(
+                "a new client is admitted when every slot is taken: {e}\n{}",
+                server.guard.logs()
+            )
+        });
+    tls.write_all(&records(&good_records()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.guard.logs()));
+    let mut resp = Vec::new();
+    tls.read_to_end(&mut resp).await.unwrap();
+    let decoded = nts_proto::ke_client::ResponseDecoder::new()
+        .feed(&resp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded.cookies.len(), 8);
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(1), idle[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection is closed at once")
         .unwrap_or(0);
     assert_eq!(n, 0);
+    for still in &mut idle[1..] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), still.read(&mut buf))
+                .await
+                .is_err(),
+            "only the oldest was closed"
+        );
+    }
     assert_eq!(
-        server.metric("nts_ke_connections_refused_total{reason=\"too_many_connections\"}"),
+        server.metric("nts_ke_connections_evicted_total{reason=\"table_full\"}"),
         1
     );
     drop(idle);

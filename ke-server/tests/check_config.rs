@@ -204,3 +204,44 @@ fn uid_of(name: &str) -> u32 {
         .and_then(|l| l.split(':').nth(2).and_then(|u| u.parse().ok()))
         .expect("uid in /etc/passwd")
 }
+
+/// `server.max_connections` (1024 by default) plus the key-sync handshakes
+/// cannot run under a hard open-file limit of 1024: `--check-config` and
+/// start-up both refuse, naming the settings and both limits; under a soft
+/// limit alone, start-up raises it.
+#[test]
+fn max_connections_must_fit_the_open_file_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let root = tmp.path().join("root.key");
+    testkit::stack::write_root_secret(&root).unwrap();
+    let path = tmp.path().join("ke.toml");
+    std::fs::write(&path, config(&pki, &root, &pki.ca_cert, "", "info")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_nts-ke-server");
+    let run = |limit: &str, extra: &[&str]| {
+        let out = Command::new("prlimit")
+            .arg(format!("--nofile={limit}"))
+            .arg(bin)
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = run("1024:1024", &["--check-config"]);
+    assert!(!ok, "{out}");
+    for word in ["server.max_connections", "RLIMIT_NOFILE", "1344", "1024"] {
+        assert!(out.contains(word), "{word} missing: {out}");
+    }
+    let (ok, out) = run("1024:1024", &[]);
+    assert!(!ok && out.contains("RLIMIT_NOFILE"), "{out}");
+    // A soft limit below, a hard limit above: fine.
+    let (ok, out) = run("1024:4096", &["--check-config"]);
+    assert!(ok && out.contains("configuration OK"), "{out}");
+}

@@ -12,7 +12,7 @@ use nts_proto::key_sync::pb::{LoadReport, NtpEndpoint, RegisterRequest, TimeServ
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,8 +64,19 @@ level = "debug"
 }
 
 fn start_ke(dir: &Path, pki: &DevPki, listen: &str, ntp: &str) -> Ke {
+    start_ke_edited(dir, pki, listen, ntp, |c| c)
+}
+
+/// [`start_ke`] with the configuration passed through `edit` first.
+fn start_ke_edited(
+    dir: &Path,
+    pki: &DevPki,
+    listen: &str,
+    ntp: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Ke {
     let ports = (free_port(), free_port(), free_port());
-    let config = ke_config(pki, dir, ports, listen, ntp);
+    let config = edit(ke_config(pki, dir, ports, listen, ntp));
     let d = launch(dir, &config, ports.0, ports.1);
     Ke {
         d,
@@ -114,6 +125,13 @@ async fn connect(
     port: u16,
     tls: Arc<rustls::ClientConfig>,
 ) -> KeySyncClient<tonic::transport::Channel> {
+    try_connect(port, tls).await.unwrap()
+}
+
+async fn try_connect(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<KeySyncClient<tonic::transport::Channel>, tonic::transport::Error> {
     let connector = tower::service_fn(move |_: http::Uri| {
         let tls = tls.clone();
         async move {
@@ -127,9 +145,8 @@ async fn connect(
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect_with_connector(connector)
-        .await
-        .unwrap();
-    KeySyncClient::new(channel)
+        .await?;
+    Ok(KeySyncClient::new(channel))
 }
 
 fn info(id: &str, host: &str, port: u32) -> TimeServerInfo {
@@ -302,7 +319,8 @@ async fn key_sync_handshakes_are_limited() {
         "\"127.0.0.1:PORT\"",
         "[ntp]\nserver = \"127.0.0.1\"",
     );
-    // max_handshakes = 2: connections that never finish their handshake hold the slots.
+    // max_handshakes = 2: connections that never finish their handshake take
+    // the slots, and every newer one closes the oldest of them.
     let mut idle = Vec::new();
     for _ in 0..6 {
         idle.push(
@@ -311,14 +329,11 @@ async fn key_sync_handshakes_are_limited() {
                 .unwrap(),
         );
     }
-    wait_for(Duration::from_secs(5), "busy refusals", || {
-        ke.d.metric("nts_ke_key_sync_busy_total") >= 4.0
+    wait_for(Duration::from_secs(5), "evictions", || {
+        ke.d.metric("nts_ke_key_sync_evicted_total{reason=\"prefix_full\"}") >= 4.0
     });
-    drop(idle);
-    // Once they are gone (their handshakes fail and are counted) a real time server gets through.
-    wait_for(Duration::from_secs(5), "slots freed", || {
-        ke.d.metric("nts_ke_key_sync_refused_total") >= 2.0
-    });
+    assert!(ke.d.metric("nts_ke_key_sync_handshakes_in_progress") <= 2.0);
+    // A real time server gets through while they are still open.
     let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
     ts.register(RegisterRequest {
         info: Some(info("ts-a.test", "127.0.0.1", 123)),
@@ -357,4 +372,147 @@ async fn an_ipv6_client_gets_an_ipv6_time_server() {
         .unwrap_or_else(|e| panic!("{connect}: {e}\n{}", ke.d.guard.logs()));
         assert_eq!((got.ntp_server.as_str(), got.ntp_port), want, "{connect}");
     }
+}
+
+/// Keep `n` TCP connections from `source` to `port` open and silent, each
+/// reopened as soon as the server closes it: the idle flood of the red-team
+/// report (issue 21). The tasks end when the returned handles are aborted.
+fn idle_flood(source: IpAddr, port: u16, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncReadExt;
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                loop {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(SocketAddr::new(source, 0)).unwrap();
+                    match sock.connect(SocketAddr::from(([127, 0, 0, 1], port))).await {
+                        Ok(mut s) => {
+                            let mut b = [0u8; 256];
+                            while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// How long a time server (from 127.0.0.1) needs to connect and register,
+/// retrying as the real one does; `None` when it did not within `limit`.
+async fn time_to_register(pki: &DevPki, port: u16, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let attempt = async {
+            let mut c = try_connect(port, client_tls(pki, &["ts-a.test"]))
+                .await
+                .ok()?;
+            c.register(RegisterRequest {
+                info: Some(info("ts-a.test", "127.0.0.1", 123)),
+            })
+            .await
+            .ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_flood_does_not_starve_key_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    // Default key_sync limits: the flood must not win against what operators run.
+    let ke = start_ke_edited(
+        tmp.path(),
+        &pki,
+        "\"127.0.0.1:PORT\"",
+        "[ntp]\nserver = \"127.0.0.1\"",
+        |c| c.replace("max_handshakes = 2\n", ""),
+    );
+    let baseline = time_to_register(&pki, ke.ks_port, Duration::from_secs(5))
+        .await
+        .expect("registers without a flood");
+    // 80 idle connections from another address, then from the time server's own.
+    for source in ["127.0.0.2", "127.0.0.1"] {
+        let flood = idle_flood(source.parse().unwrap(), ke.ks_port, 80);
+        wait_for(
+            Duration::from_secs(5),
+            "the flood to fill the slots",
+            || {
+                ke.d.metric("nts_ke_key_sync_handshakes_in_progress") >= 8.0
+                    || ke.d.metric("nts_ke_key_sync_busy_total") >= 16.0
+                    || ke
+                        .d
+                        .metric("nts_ke_key_sync_evicted_total{reason=\"prefix_full\"}")
+                        >= 16.0
+            },
+        );
+        let took = time_to_register(&pki, ke.ks_port, Duration::from_secs(5)).await;
+        for f in &flood {
+            f.abort();
+        }
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "no registration within 5 s under 80 idle connections from {source} \
+                 (without them: {baseline:?})\n{}",
+                ke.d.guard.logs()
+            )
+        });
+        println!(
+            "registered in {took:?} under an idle flood from {source} (baseline {baseline:?})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_networks_reach_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let ke = start_ke_edited(
+        tmp.path(),
+        &pki,
+        "\"127.0.0.1:PORT\"",
+        "[ntp]\nserver = \"127.0.0.1\"",
+        |c| {
+            c.replace(
+                "max_handshakes = 2\n",
+                "allowed_networks = [\"127.0.0.0/31\"]\n",
+            )
+        },
+    );
+    // 127.0.0.1 is inside: a time server registers.
+    let mut ts = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    ts.register(RegisterRequest {
+        info: Some(info("ts-a.test", "127.0.0.1", 123)),
+    })
+    .await
+    .unwrap();
+    // 127.0.0.3 is outside: closed before any TLS byte, and counted.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut s = sock
+        .connect(SocketAddr::from(([127, 0, 0, 1], ke.ks_port)))
+        .await
+        .unwrap();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut s, &mut b),
+    )
+    .await
+    .expect("closed at once")
+    .unwrap_or(0);
+    assert_eq!(n, 0);
+    wait_for(Duration::from_secs(2), "the refusal counted", || {
+        ke.d.metric("nts_ke_key_sync_not_allowed_total") == 1.0
+    });
 }

@@ -6,6 +6,7 @@ pub mod file_reader;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod open_files;
 pub mod privileges;
 pub mod sandbox;
 pub mod socket_timestamps;

@@ -3,7 +3,9 @@
 //! runtime. Callers pass in time and randomness; parsers return typed errors
 //! on any input and never panic.
 
+pub mod admission;
 pub mod aead;
+pub mod client_prefix;
 pub mod clock;
 pub mod cookie;
 pub mod extension_field;

@@ -20,6 +20,7 @@
 //! an abuser is limited either way. Over-rate requests decided by the sketch
 //! are dropped, never kissed (there is no per-address kiss state there).
 
+use crate::client_prefix::PrefixLengths;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -84,17 +85,8 @@ pub struct RateLimiter {
     cell_mask: usize,
     /// Decisions taken by the sketch because the address's bucket was full of live entries.
     overflowed: u64,
-}
-
-fn address_key(addr: IpAddr) -> u128 {
-    match addr {
-        IpAddr::V4(a) => (1u128 << 127) | u32::from(a) as u128,
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => (1u128 << 127) | u32::from(v4) as u128,
-            // Keep the /64 prefix and tag it as IPv6.
-            None => (1u128 << 126) | (u128::from(a) >> 64),
-        },
-    }
+    /// Which addresses share a bucket (IPv6 per /64 by default).
+    prefixes: PrefixLengths,
 }
 
 impl RateLimiter {
@@ -140,7 +132,14 @@ impl RateLimiter {
             cells,
             cell_mask: buckets * WAYS - 1,
             overflowed: 0,
+            prefixes: PrefixLengths::DEFAULT,
         }
+    }
+
+    /// Count clients per `prefixes` instead of per IPv4 address and IPv6 /64.
+    pub fn with_prefix_lengths(mut self, prefixes: PrefixLengths) -> Self {
+        self.prefixes = prefixes;
+        self
     }
 
     /// Send a client at most one RATE kiss per `ms` milliseconds (default 10 s).
@@ -173,7 +172,7 @@ impl RateLimiter {
     /// Take one token for `addr` at monotonic time `now_ns`; when none is left,
     /// decide between a kiss and a silent drop.
     pub fn check(&mut self, addr: IpAddr, now_ns: u64) -> Verdict {
-        let h = self.hasher.hash_one(address_key(addr));
+        let h = self.hasher.hash_one(self.prefixes.prefix_of(addr).key());
         let tag = ((h >> 32) as u32 & TAG_MASK) | 1;
         let now_ms = (now_ns / 1_000_000) as u32;
         let (interval, tolerance, kiss_interval) =
