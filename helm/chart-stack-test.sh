@@ -31,7 +31,16 @@ HELM="$("$ROOT/docker/test/install-deps.sh" | sed -n 's/^HELM=//p')"
 [ -x "$HELM" ] || { echo "chart-stack-test: no helm" >&2; exit 1; }
 [ -n "$(docker image ls -q "$IMAGE")" ] || "$ROOT/docker/build-images.sh" "$IMAGE"
 OUT="$(mktemp -d /tmp/nts-chart-stack-render.XXXXXX)"
-trap 'rm -rf "$OUT"' EXIT
+PREFIX="ntscs$$"    # every container and the network chart_stack.py creates
+cleanup() {
+    local rc=$?
+    # chart_stack.py removes what it made; this catches a python that was killed.
+    docker ps -aq --filter "label=nts-chart-stack=$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network ls -q --filter "label=nts-chart-stack=$PREFIX" | xargs -r docker network rm >/dev/null 2>&1 || true
+    rm -rf "$OUT"
+    exit $rc
+}
+trap cleanup EXIT INT TERM
 
 echo "==> chart stack: helm template $RELEASE (cert-manager values + helm/tests/chart-stack-values.yaml, image $IMAGE)"
 case "$IMAGE" in
@@ -45,5 +54,5 @@ esac
 # The client's extra CA (client.extraCA.secretName) is the operator's copy of
 # the CA behind the public KE certificate (Secret RELEASE-nts-ke-tls).
 PYTHONPATH="$ROOT/helm/tests" python3 "$ROOT/helm/tests/chart_stack.py" "$OUT/rendered.yaml" \
-    --namespace "$NAMESPACE" --trust-secret "$RELEASE-nts-ke-ca=$RELEASE-nts-ke-tls"
+    --namespace "$NAMESPACE" --trust-secret "$RELEASE-nts-ke-ca=$RELEASE-nts-ke-tls" --prefix "$PREFIX" --workdir "$OUT"
 echo "==> chart stack test passed in $((SECONDS - START))s"

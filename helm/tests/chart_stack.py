@@ -36,7 +36,7 @@ Everything runs on a `docker network create --internal` network made here
 starts with a unique prefix; only what this test created is removed.
 
 Usage: chart_stack.py RENDERED.yaml --namespace NS [--trust-secret NAME=SECRET]...
-       [--timeout SECONDS]
+       [--timeout SECONDS] [--prefix PREFIX] [--workdir DIR]
 Prints RESULT registered_s=... authenticated_s=... (seconds after the first
 pod started) total_s=... (the whole script) on success; exit 1 and the
 reason (with the relevant log lines) otherwise.
@@ -48,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,8 @@ def free_subnet():
     for net in docker("network", "ls", "-q").stdout.split():
         out = docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", net, check=False).stdout
         used += [ipaddress.ip_network(s, strict=False) for s in out.split() if "." in s]
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout \
+        if shutil.which("ip") else ""
     for word in re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+)", routes, re.M):
         used.append(ipaddress.ip_network(word, strict=False))
     start = os.getpid() % 200
@@ -158,16 +160,16 @@ class Pod:
 
 
 class Stack:
-    def __init__(self, rendered, namespace, trust, timeout):
+    def __init__(self, rendered, namespace, trust, timeout, prefix, workdir=None):
         with open(rendered) as f:
             self.all_docs = [d for d in yaml.safe_load_all(f) if d]
         self.docs = podrun.index(self.all_docs)
         self.ns = namespace
         self.trust = trust
         self.timeout = timeout
-        self.prefix = f"ntscs{os.getpid()}"
+        self.prefix = prefix
         self.net = f"{self.prefix}-net"
-        self.work = tempfile.mkdtemp(prefix="nts-chart-stack.")
+        self.work = tempfile.mkdtemp(prefix="nts-chart-stack.", dir=workdir)
         os.chmod(self.work, 0o755)
         self.cas = {}       # (issuer kind, name) -> TestCA
         self.issued = {}    # secretName -> files
@@ -466,9 +468,14 @@ def main():
     ap.add_argument("--namespace", required=True)
     ap.add_argument("--trust-secret", action="append", default=[], metavar="NAME=SECRET")
     ap.add_argument("--timeout", type=float, default=45.0, help="bound of the registration wait")
+    ap.add_argument("--prefix", default=f"ntscs{os.getpid()}",
+                    help="start of every container's and the network's name (and label nts-chart-stack=PREFIX)")
+    ap.add_argument("--workdir", help="where the volumes and PKI go (default: a new directory in $TMPDIR)")
     a = ap.parse_args()
     trust = dict(t.split("=", 1) for t in a.trust_secret)
-    st = Stack(a.rendered, a.namespace, trust, a.timeout)
+    # SIGTERM (e.g. a CI timeout) cleans up like an error does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    st = Stack(a.rendered, a.namespace, trust, a.timeout, a.prefix, a.workdir)
     ok = False
     try:
         log("issuing the rendered cert-manager Certificates with throwaway CAs")
