@@ -12,7 +12,11 @@
 #      Service, key-sync endpoints and certificate names, time-server ids the
 #      shared key-sync client certificate names);
 #   5. every rendered container's command, args, env and ConfigMaps run through
-#      the real binary in the real image with --check-config (helm/tests/check_config.py).
+#      the real binary in the real image with --check-config (helm/tests/check_config.py);
+#   6. each workload's checksum/config changes exactly when a ConfigMap its pods
+#      mount changes (helm/tests/check_checksums.py: replicas, key-sync port,
+#      per-component settings, update strategies), with a self-test.
+# The chart stack test (helm/chart-stack-test.sh) runs the rendered pods together.
 # Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,4 +96,16 @@ for f in "$CHART"/ci/*.yaml; do
     fi
     python3 "$ROOT/helm/tests/check_config.py" "$IMAGE" "$OUT/$name.yaml" $([ "$name" = minimal-values ] && echo --self-test)
 done
+echo "==> checksum/config rolls exactly the pods whose configuration changed"
+python3 "$ROOT/helm/tests/check_checksums.py" "$HELM" "$CHART" "$CHART/ci/minimal-values.yaml"
+# The check must be able to fail: time servers hashing their values instead of their ConfigMap.
+rm -rf "$OUT/sum-chart" && cp -r "$CHART" "$OUT/sum-chart"
+sed -i 's/checksum\/config: {{ include "nts.timeServerConfigData" . | sha256sum }}/checksum\/config: {{ .Values.timeServer | toJson | sha256sum }}/' \
+    "$OUT/sum-chart/templates/time-server.yaml"
+cmp -s "$CHART/templates/time-server.yaml" "$OUT/sum-chart/templates/time-server.yaml" \
+    && { echo "  FAIL self-test: no time-server checksum/config to break" >&2; exit 1; }
+if python3 "$ROOT/helm/tests/check_checksums.py" "$HELM" "$OUT/sum-chart" "$CHART/ci/minimal-values.yaml" >/dev/null; then
+    echo "  FAIL self-test: a time-server checksum of .Values.timeServer passed the checksum check" >&2; exit 1
+fi
+echo "  ok   self-test: a time-server checksum of .Values.timeServer (the old one) fails the checksum check"
 echo "==> chart checks passed"
