@@ -9,9 +9,14 @@
 #      only warned about: no schema offline);
 #   4. NOTES.txt renders with each values file; references between resources
 #      hold (helm/tests/check_wiring.py: selectors, named ports, the headless
-#      Service, key-sync endpoints and certificate names);
+#      Service, key-sync endpoints and certificate names, time-server ids the
+#      shared key-sync client certificate names);
 #   5. every rendered container's command, args, env and ConfigMaps run through
-#      the real binary in the real image with --check-config (helm/tests/check_config.py).
+#      the real binary in the real image with --check-config (helm/tests/check_config.py);
+#   6. each workload's checksum/config changes exactly when a ConfigMap its pods
+#      mount changes (helm/tests/check_checksums.py: replicas, key-sync port,
+#      per-component settings, update strategies), with a self-test.
+# The chart stack test (helm/chart-stack-test.sh) runs the rendered pods together.
 # Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +38,9 @@ for f in "$CHART"/ci/*.yaml; do
 done
 
 echo "==> values.schema.json refuses bad values"
-for bad in client.mode=disciplne keServer.replicaz=2 timeServer.port=70000 keServer.tls.source=file; do
+for bad in client.mode=disciplne keServer.replicaz=2 timeServer.port=70000 keServer.tls.source=file \
+        keySyncPki.clientName=Time_Server 'keySyncPki.clientName=*.nts.svc' \
+        keySyncPki.clientName=a-name-longer-than-sixty-four-characters-which-no-x509-cn-may-hold; do
     if "$HELM" template t "$CHART" --set "$bad" >/dev/null 2>&1; then
         echo "  FAIL --set $bad was accepted" >&2; exit 1
     fi
@@ -61,6 +68,20 @@ for f in "$CHART"/ci/*.yaml; do
         || { echo "  FAIL NOTES.txt does not render" >&2; exit 1; }
     echo "  ok   NOTES.txt renders"
     python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/$name.yaml" nts
+    if [ "$name" = cert-manager-values ]; then
+        # ... and time servers registering under ids the client certificate does not name (issue 20).
+        sed 's/value: "[^"]*:$(NODE_NAME)"/value: "$(NODE_NAME)"/' "$OUT/$name.yaml" > "$OUT/broken.yaml"
+        cmp -s "$OUT/$name.yaml" "$OUT/broken.yaml" && { echo "  FAIL self-test: no NTS_SERVER_ID to break" >&2; exit 1; }
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/broken.yaml" nts >/dev/null; then
+            echo "  FAIL self-test: NTS_SERVER_ID=\$(NODE_NAME) passed the wiring check" >&2; exit 1
+        fi
+        sed '/kind: Certificate/,$ s/^\(  commonName:\|    - \)nts-time-server$/\1other-name/' "$OUT/$name.yaml" > "$OUT/broken.yaml"
+        cmp -s "$OUT/$name.yaml" "$OUT/broken.yaml" && { echo "  FAIL self-test: no client certificate name to break" >&2; exit 1; }
+        if python3 "$ROOT/helm/tests/check_wiring.py" "$OUT/broken.yaml" nts >/dev/null; then
+            echo "  FAIL self-test: a client certificate without the time servers' name passed the wiring check" >&2; exit 1
+        fi
+        echo "  ok   self-test: server ids the client certificate does not name fail the wiring check"
+    fi
     if [ "$name" = minimal-values ]; then
         # The wiring check must be able to fail: a Service port by a name no container has,
         # and time servers pointed at replicas of another namespace.
@@ -75,4 +96,16 @@ for f in "$CHART"/ci/*.yaml; do
     fi
     python3 "$ROOT/helm/tests/check_config.py" "$IMAGE" "$OUT/$name.yaml" $([ "$name" = minimal-values ] && echo --self-test)
 done
+echo "==> checksum/config rolls exactly the pods whose configuration changed"
+python3 "$ROOT/helm/tests/check_checksums.py" "$HELM" "$CHART" "$CHART/ci/minimal-values.yaml"
+# The check must be able to fail: time servers hashing their values instead of their ConfigMap.
+rm -rf "$OUT/sum-chart" && cp -r "$CHART" "$OUT/sum-chart"
+sed -i 's/checksum\/config: {{ include "nts.timeServerConfigData" . | sha256sum }}/checksum\/config: {{ .Values.timeServer | toJson | sha256sum }}/' \
+    "$OUT/sum-chart/templates/time-server.yaml"
+cmp -s "$CHART/templates/time-server.yaml" "$OUT/sum-chart/templates/time-server.yaml" \
+    && { echo "  FAIL self-test: no time-server checksum/config to break" >&2; exit 1; }
+if python3 "$ROOT/helm/tests/check_checksums.py" "$HELM" "$OUT/sum-chart" "$CHART/ci/minimal-values.yaml" >/dev/null; then
+    echo "  FAIL self-test: a time-server checksum of .Values.timeServer passed the checksum check" >&2; exit 1
+fi
+echo "  ok   self-test: a time-server checksum of .Values.timeServer (the old one) fails the checksum check"
 echo "==> chart checks passed"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run every test: unit, end-to-end and interop tests (against real chrony and
 # NTPsec, installed here when missing), lints, the container image with the
-# engine test in Docker and the Helm chart checks, and a short bounded fuzz run.
+# engine test in Docker, the Helm chart checks and the chart stack test, and a
+# short bounded fuzz run.
 #
 # Usage: scripts/test.sh            (everything)
 #        FUZZ_SECONDS=0 scripts/test.sh   (skip fuzzing)
-#        CONTAINER_TESTS=0 scripts/test.sh  (skip images, engine test and chart checks)
+#        CONTAINER_TESTS=0 scripts/test.sh  (skip images, engine test, chart checks and chart stack test)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,6 +39,9 @@ if [ "${CONTAINER_TESTS:-1}" != 0 ]; then
 
     step "Helm chart: lint, render, validate, --check-config in the image (helm/check-chart.sh)"
     helm/check-chart.sh nts:dev
+
+    step "chart stack: the rendered cert-manager installation run as containers (helm/chart-stack-test.sh)"
+    helm/chart-stack-test.sh nts:dev
 fi
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}"

@@ -3,7 +3,9 @@
 validation cannot see: selectors that select nothing, ports by a name no
 container has, a StatefulSet without its headless Service, time servers
 pointed at key-sync names that do not exist or are not covered by the
-key-sync certificate, Secrets issued by cert-manager that nothing mounts.
+key-sync certificate, time-server ids the key-sync client certificate does
+not name (the KE replicas would refuse every registration), Secrets issued by
+cert-manager that nothing mounts.
 
 Usage: check_wiring.py RENDERED.yaml NAMESPACE
 """
@@ -12,6 +14,8 @@ import sys
 import tomllib
 
 import yaml
+
+import podrun
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -113,6 +117,63 @@ def main():
                             errors.append(f"Certificate/{c['metadata']['name']}: does not cover {host}")
             checked += 1
 
+    # Time-server identities: the server_id each pod registers (NTS_SERVER_ID, or
+    # key_sync.server_id) must be bound to a name of the client certificate all
+    # time servers share (as ke-server/src/registration.rs checks), and differ per node.
+    def bound(server_id, names):
+        sid = server_id.lower()
+        return any(n and (sid == n or (sid.startswith(n + ":") and len(sid) > len(n) + 1)) for n in names)
+
+    certificates = {c["spec"]["secretName"]: c for c in by_kind.get("Certificate", [])}
+    configmaps = {cm["metadata"]["name"]: cm for cm in by_kind.get("ConfigMap", [])}
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod.get("volumes") or []}
+        for c in pod["containers"]:
+            if not any("nts-time-server" in a for a in (c.get("command") or []) + (c.get("args") or [])):
+                continue
+            label = f"{w['kind']}/{w['metadata']['name']}"
+            cfg = {}
+            for m in c.get("volumeMounts") or []:
+                cm = configmaps.get((vols[m["name"]].get("configMap") or {}).get("name"))
+                if cm and m.get("subPath", "").endswith(".toml"):
+                    cfg = tomllib.loads(cm["data"][m["subPath"]])
+            ks = cfg.get("key_sync")
+            if not ks:
+                continue
+            ids = []
+            for node in ("node-a", "node-b"):
+                fields = {"status.hostIP": "192.0.2.10", "status.podIP": "192.0.2.10", "spec.nodeName": node,
+                          "metadata.name": f"pod-{node}", "metadata.namespace": ns}
+                env = podrun.container_env(c, fields, label)
+                ids.append(env.get("NTS_SERVER_ID", ks.get("server_id")))
+            checked += 1
+            if None in ids or ids[0] == ids[1]:
+                errors.append(f"{label}: server_id {ids[0]!r} is the same on every node (the registry needs one per node)")
+                continue
+            chain = ks["certificate_chain"]
+            mount = max((m for m in c.get("volumeMounts") or [] if chain.startswith(m["mountPath"].rstrip("/") + "/")),
+                        key=lambda m: len(m["mountPath"]), default=None)
+            secret = ((vols.get(mount["name"]) if mount else None) or {}).get("secret", {}).get("secretName")
+            cert = certificates.get(secret)
+            if cert is None:
+                # An operator-provided Secret: the ids must share a fixed name a single certificate can hold.
+                fixed = {i.split(":", 1)[0] for i in ids}
+                if len(fixed) != 1 or not all(":" in i for i in ids):
+                    errors.append(f"{label}: server_ids {ids} share no fixed name (NAME:NODE) the shared "
+                                  f"client certificate in Secret {secret} could name")
+                continue
+            s = cert["spec"]
+            names = [n.lower() for n in (s.get("dnsNames") or []) + (s.get("ipAddresses") or [])
+                     + ([s["commonName"]] if s.get("commonName") else [])]
+            for sid in ids:
+                if not bound(sid, names):
+                    errors.append(f"{label}: server_id {sid!r} is not bound to Certificate/{cert['metadata']['name']} "
+                                  f"(names: {', '.join(names)}): the KE replicas would refuse every registration")
+            if s.get("commonName") and s["commonName"].lower() not in [n.lower() for n in s.get("dnsNames") or []]:
+                errors.append(f"Certificate/{cert['metadata']['name']}: commonName {s['commonName']!r} is not among "
+                              f"its dnsNames (cert-manager and RFC 6125 go by the SANs)")
+
     mounted = {v["secret"]["secretName"] for w in workloads
                for v in w["spec"]["template"]["spec"].get("volumes") or [] if "secret" in v}
     for c in by_kind.get("Certificate", []):
@@ -123,7 +184,7 @@ def main():
     for e in errors:
         print(f"  FAIL {e}")
     print(f"  {'ok  ' if not errors else 'FAIL'} wiring: {checked} references checked (selectors, ports, "
-          f"headless Service, key-sync endpoints, certificate names), {len(errors)} problems")
+          f"headless Service, key-sync endpoints, certificate names, time-server ids), {len(errors)} problems")
     sys.exit(1 if errors else 0)
 
 

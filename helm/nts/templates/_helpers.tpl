@@ -70,6 +70,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The name the time servers' shared key-sync client certificate holds (SAN and CN);
+every time server registers as NAME:NODE (ke-server accepts a certificate name
+followed by ":" and a suffix), so one certificate serves every node. */}}
+{{- define "nts.keySyncClientName" -}}
+{{- default (printf "%s-time-server" (include "nts.fullname" .)) .Values.keySyncPki.clientName -}}
+{{- end -}}
+
 {{/* DNS names of every KE replica's key-sync endpoint (StatefulSet pods behind the headless Service). */}}
 {{- define "nts.keySyncHosts" -}}
 {{- $ke := include "nts.ke" . -}}

@@ -1,0 +1,500 @@
+#!/usr/bin/env python3
+"""Chart stack test: run the pods a rendered chart describes as Docker
+containers, as close to a real installation as a machine without a
+Kubernetes API server allows, and check that the parts find and trust each
+other: every time server registers with every KE replica, every replica is
+ready, and every client agent gets authenticated NTS time.
+
+What the containers get (helm/tests/podrun.py, shared with check_config.py):
+the manifests' image, command, args and env (downward API filled with real
+values: status.hostIP = the node's address, status.podIP = the pod's,
+spec.nodeName = the node the pod runs on, metadata.name = the pod's name),
+ConfigMaps and Secrets laid out as the kubelet does (modes, fsGroup),
+user, capabilities (never SYS_TIME) and read-only root filesystem.
+
+Simulated cluster:
+  - nodes node-a, node-b (labelled for time servers, as the chart's
+    timeServer.nodeSelector asks) and node-c (unlabelled); a node is a network
+    namespace: its host-network pods (time server, client) share it, as they
+    share a real node's, so port clashes between them show here too;
+    net.ipv4.ip_unprivileged_port_start=1024 as on a real host;
+  - DaemonSets land on the nodes their nodeSelector matches, StatefulSet pods
+    (own pod address) spread over the nodes; StatefulSet pods get the DNS names
+    POD.SERVICE.NAMESPACE.svc[.cluster.local], every Service's names
+    (NAME, NAME.NAMESPACE, NAME.NAMESPACE.svc[.cluster.local]) point at the pods
+    it selects (Docker network aliases, round robin);
+  - cert-manager: each rendered Certificate is signed from its spec
+    (commonName, dnsNames, ipAddresses, usages, privateKey) by a throwaway CA
+    per issuerRef, into its secretName with tls.crt, tls.key and ca.crt (the
+    CA issuer's layout);
+  - --trust-secret NAME=SECRET: a Secret the operator provides (e.g.
+    client.extraCA) holding ca.crt of the CA that issued SECRET.
+  - readiness: each container's readinessProbe (httpGet) sent to its pod
+    address from the host, as the kubelet does.
+Everything runs on a `docker network create --internal` network made here
+(nothing published, nothing leaves the machine); every container's name
+starts with a unique prefix; only what this test created is removed.
+
+Usage: chart_stack.py RENDERED.yaml --namespace NS [--trust-secret NAME=SECRET]...
+       [--timeout SECONDS] [--prefix PREFIX] [--workdir DIR]
+Prints RESULT registered_s=... authenticated_s=... (seconds after the first
+pod started) total_s=... (the whole script) on success; exit 1 and the
+reason (with the relevant log lines) otherwise.
+"""
+import argparse
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+
+import yaml
+
+import podrun
+
+NODES = [  # (name, labels)
+    ("node-a", {"nts.example.net/time-server": "true", "kubernetes.io/hostname": "node-a"}),
+    ("node-b", {"nts.example.net/time-server": "true", "kubernetes.io/hostname": "node-b"}),
+    ("node-c", {"kubernetes.io/hostname": "node-c"}),
+]
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:5.1f}s] {msg}", flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+def docker(*args, check=True, timeout=60):
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise Fail(f"docker {' '.join(args[:3])} ...: {(r.stderr or r.stdout).strip()}")
+    return r
+
+
+def free_subnet():
+    """A /24 in 172.29.0.0/16 that no Docker network and no host route uses."""
+    used = []
+    for net in docker("network", "ls", "-q").stdout.split():
+        out = docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", net, check=False).stdout
+        used += [ipaddress.ip_network(s, strict=False) for s in out.split() if "." in s]
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout \
+        if shutil.which("ip") else ""
+    for word in re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+)", routes, re.M):
+        used.append(ipaddress.ip_network(word, strict=False))
+    start = os.getpid() % 200
+    for i in range(200):
+        net = ipaddress.ip_network(f"172.29.{(start + i) % 200 + 20}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise Fail("no free /24 in 172.29.0.0/16 for the test network")
+
+
+def matches(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def http(url, timeout=2.0):
+    """(status, body) of a GET, (None, error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (OSError, urllib.error.URLError) as e:
+        return None, str(e)
+
+
+def metric_samples(text, name):
+    """[(labels dict, value)] of one metric in a Prometheus exposition."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^" + re.escape(name) + r"(?:\{(.*)\})?\s+(\S+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+            out.append((labels, float(m.group(2))))
+    return out
+
+
+class Pod:
+    def __init__(self, workload, name, node, container_name):
+        self.workload, self.name, self.node = workload, name, node
+        self.spec = workload["spec"]["template"]["spec"]
+        self.labels = workload["spec"]["template"]["metadata"]["labels"]
+        self.host_network = bool(self.spec.get("hostNetwork"))
+        self.container = container_name  # docker name of its (first) container
+        self.ip = None
+        self.env = {}
+        self.argv = []
+
+    @property
+    def kind(self):
+        return self.workload["kind"]
+
+    @property
+    def component(self):
+        return self.labels.get("app.kubernetes.io/component", self.workload["metadata"]["name"])
+
+    def port(self, c, port):
+        """A probe's port: a number or a container port's name."""
+        if isinstance(port, int):
+            return port
+        for p in c.get("ports") or []:
+            if p.get("name") == port:
+                return p["containerPort"]
+        raise Fail(f"pod {self.name}: probe port {port!r} is no container port")
+
+
+class Stack:
+    def __init__(self, rendered, namespace, trust, timeout, prefix, workdir=None):
+        with open(rendered) as f:
+            self.all_docs = [d for d in yaml.safe_load_all(f) if d]
+        self.docs = podrun.index(self.all_docs)
+        self.ns = namespace
+        self.trust = trust
+        self.timeout = timeout
+        self.prefix = prefix
+        self.net = f"{self.prefix}-net"
+        self.work = tempfile.mkdtemp(prefix="nts-chart-stack.", dir=workdir)
+        os.chmod(self.work, 0o755)
+        self.cas = {}       # (issuer kind, name) -> TestCA
+        self.issued = {}    # secretName -> files
+        self.issuer_of = {}  # secretName -> TestCA
+        self.containers = []  # docker names, in start order
+        self.pods = []
+        self.network_made = False
+        self.first_start = None  # monotonic time the first pod was started
+
+    # ------------------------------------------------------------ cert-manager
+    def ca_for(self, ref):
+        key = (ref.get("kind", "Issuer"), ref["name"])
+        if key not in self.cas:
+            self.cas[key] = podrun.TestCA(self.work, f"ca-{len(self.cas)}", f"chart stack test {key[0]} {key[1]}")
+        return self.cas[key]
+
+    def issue_certificates(self):
+        for c in (d for d in self.all_docs if d["kind"] == "Certificate"):
+            ca = self.ca_for(c["spec"]["issuerRef"])
+            secret = c["spec"]["secretName"]
+            self.issued[secret] = ca.issue(c)
+            self.issuer_of[secret] = ca
+            s = c["spec"]
+            names = ([f"CN={s['commonName']}"] if s.get("commonName") else []) + (s.get("dnsNames") or []) \
+                + (s.get("ipAddresses") or [])
+            log(f"  cert-manager: Certificate/{c['metadata']['name']} -> Secret {secret} "
+                f"({', '.join(names)}; {', '.join(s.get('usages') or ['default usages'])}; "
+                f"issuer {s['issuerRef'].get('kind', 'Issuer')}/{s['issuerRef']['name']})")
+
+    def external_secret(self, name, keys):
+        if name in self.issued:
+            data = self.issued[name]
+        elif name in self.trust:
+            source = self.trust[name]
+            if source not in self.issuer_of:
+                raise Fail(f"--trust-secret {name}={source}: no rendered Certificate fills Secret {source}")
+            data = {"ca.crt": self.issuer_of[source].ca_pem()}
+        else:
+            raise Fail(f"Secret {name} is mounted, but the chart neither renders it nor requests it from "
+                       f"cert-manager (an operator-provided Secret: give it with --trust-secret)")
+        missing = [k for k in keys or [] if k not in data]
+        if missing:
+            raise Fail(f"Secret {name} has no key(s) {missing}")
+        return data
+
+    # ------------------------------------------------------------ scheduling
+    def schedule(self):
+        subnet = free_subnet()
+        hosts = list(subnet.hosts())
+        self.subnet = subnet
+        self.node_ip = {n: str(hosts[10 + i]) for i, (n, _) in enumerate(NODES)}
+        pod_ips = iter(str(h) for h in hosts[40:])
+        node_owner = {}
+        for w, spec in podrun.workloads(self.all_docs):
+            wname = w["metadata"]["name"]
+            if w["kind"] == "StatefulSet":
+                for i in range(int(w["spec"].get("replicas", 1))):
+                    pod = Pod(w, f"{wname}-{i}", NODES[i % len(NODES)][0], f"{self.prefix}-{wname}-{i}")
+                    pod.ip = next(pod_ips)
+                    self.pods.append(pod)
+            elif w["kind"] == "DaemonSet":
+                sel = spec.get("nodeSelector") or {}
+                for node, labels in NODES:
+                    if all(labels.get(k) == v for k, v in sel.items()):
+                        suffix = hashlib.sha256(f"{wname}/{node}".encode()).hexdigest()[:5]
+                        pod = Pod(w, f"{wname}-{suffix}", node, f"{self.prefix}-{wname}-{suffix}")
+                        self.pods.append(pod)
+            else:
+                raise Fail(f"{w['kind']}/{wname}: this test runs StatefulSets and DaemonSets only")
+        # Start (and network-namespace) order: KE replicas, time servers, clients, the rest.
+        order = {"ke-server": 0, "time-server": 1, "client": 2}
+        self.pods.sort(key=lambda p: order.get(p.component, 3))
+        for pod in self.pods:
+            if pod.host_network:
+                pod.ip = self.node_ip[pod.node]
+                pod.netns_owner = node_owner.setdefault(pod.node, pod.container)
+            elif pod.ip is None:
+                pod.ip = next(pod_ips)
+                pod.netns_owner = pod.container
+            else:
+                pod.netns_owner = pod.container
+
+    def dns_aliases(self, pod):
+        """Names cluster DNS gives this pod: its own (StatefulSet) and its Services'."""
+        names = []
+        if pod.kind == "StatefulSet":
+            svc = pod.workload["spec"]["serviceName"]
+            names += [f"{pod.name}.{svc}.{self.ns}.svc", f"{pod.name}.{svc}.{self.ns}.svc.cluster.local"]
+        for s in (d for d in self.all_docs if d["kind"] == "Service"):
+            if matches(s["spec"].get("selector"), pod.labels) and not pod.host_network:
+                n = s["metadata"]["name"]
+                names += [n, f"{n}.{self.ns}", f"{n}.{self.ns}.svc", f"{n}.{self.ns}.svc.cluster.local"]
+        return names
+
+    # ------------------------------------------------------------ running
+    def start(self):
+        docker("network", "create", "--internal", "--subnet", str(self.subnet),
+               "--label", f"nts-chart-stack={self.prefix}", self.net)
+        self.network_made = True
+        if docker("network", "inspect", "-f", "{{.Internal}}", self.net).stdout.strip() != "true":
+            raise Fail(f"{self.net} is not internal")
+        log(f"network {self.net} ({self.subnet}, internal); nodes: "
+            + ", ".join(f"{n} {self.node_ip[n]}" for n, _ in NODES))
+        # Network namespace owners first (a node's first host-network pod, every pod-network pod).
+        for pod in sorted(self.pods, key=lambda p: p.netns_owner != p.container):
+            self.run_pod(pod)
+
+    def run_pod(self, pod):
+        containers = pod.spec.get("initContainers") or []
+        if containers:
+            raise Fail(f"pod {pod.name}: init containers are not supported by this test")
+        if len(pod.spec["containers"]) != 1:
+            raise Fail(f"pod {pod.name}: one container per pod is supported by this test")
+        c = pod.spec["containers"][0]
+        fields = {
+            "status.hostIP": self.node_ip[pod.node],
+            "status.podIP": pod.ip,
+            "spec.nodeName": pod.node,
+            "metadata.name": pod.name,
+            "metadata.namespace": self.ns,
+        }
+        label = f"{pod.name}/{c['name']}"
+        opts, argv, env = podrun.docker_args(pod.spec, c, self.docs, self.external_secret, self.work, fields, label)
+        pod.env, pod.argv, pod.c = env, argv, c
+        image = c["image"]
+        if docker("image", "inspect", image, check=False).returncode != 0:
+            raise Fail(f"image {image} (from the manifests) is not on this machine")
+        cmd = ["run", "-d", "--name", pod.container, "--label", f"nts-chart-stack={self.prefix}"]
+        if pod.netns_owner == pod.container:
+            cmd += ["--network", self.net, "--ip", pod.ip,
+                    "--hostname", pod.node if pod.host_network else pod.name,
+                    "--sysctl", "net.ipv4.ip_unprivileged_port_start=1024"]
+            for a in self.dns_aliases(pod):
+                cmd += ["--network-alias", a]
+        else:
+            cmd += ["--network", f"container:{pod.netns_owner}"]
+        # The kubelet's entrypoint override: command replaces ENTRYPOINT, args CMD.
+        cmd += ["--entrypoint", argv[0]] + opts + [image] + argv[1:]
+        self.containers.append(pod.container)
+        if self.first_start is None:
+            self.first_start = time.monotonic()
+        docker(*cmd)
+        where = f"node {pod.node}, host network {pod.ip}" if pod.host_network else f"node {pod.node}, pod {pod.ip}"
+        log(f"  started {pod.kind}/{pod.workload['metadata']['name']} pod {pod.name} ({where}): {' '.join(argv)}")
+
+    def logs(self, pod, tail=None):
+        args = ["logs"] + (["--tail", str(tail)] if tail else []) + [pod.container]
+        r = docker(*args, check=False)
+        return r.stdout + r.stderr
+
+    def check_running(self):
+        for pod in self.pods:
+            state = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", pod.container, check=False).stdout.strip()
+            if not state.startswith("running"):
+                raise Fail(f"pod {pod.name} stopped ({state}); its log:\n" + indent(self.logs(pod, 20)))
+
+    def ready(self, pod):
+        probe = (pod.c.get("readinessProbe") or {}).get("httpGet")
+        if probe is None:
+            return True, "no readiness probe"
+        code, body = http(f"http://{pod.ip}:{pod.port(pod.c, probe['port'])}{probe.get('path', '/')}")
+        return code is not None and 200 <= code < 400, f"{code} {body.strip()[:120]}"
+
+    def wait(self, what, cond, limit):
+        t = time.monotonic()
+        while True:
+            self.check_running()
+            ok, detail = cond()
+            if ok:
+                return time.monotonic() - self.first_start
+            if time.monotonic() - t > limit:
+                raise Fail(f"timed out after {limit:.0f}s waiting for {what}: {detail}")
+            time.sleep(0.5)
+
+    def cleanup(self):
+        for name in reversed(self.containers):
+            docker("rm", "-f", name, check=False)
+        if self.network_made:
+            docker("network", "rm", self.net, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def indent(text):
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
+
+
+REFUSED = re.compile(r"key-sync \w+ refused: .*")
+
+
+def run_test(st):
+    ke = [p for p in st.pods if p.kind == "StatefulSet" and p.component == "ke-server"]
+    ts = [p for p in st.pods if p.component == "time-server"]
+    clients = [p for p in st.pods if p.component == "client"]
+    if len(ke) < 2 or len(ts) < 2 or not clients:
+        raise Fail(f"expected 2+ KE replicas, 2+ time servers and clients; rendered: "
+                   f"{len(ke)} KE, {len(ts)} time servers, {len(clients)} clients")
+    metrics_port = {p.name: p.port(p.c, "metrics") for p in ke}
+
+    # ---- privileges of what runs (after start-up the time servers dropped root).
+    def privileges():
+        for p in st.pods:
+            pid = docker("inspect", "-f", "{{.State.Pid}}", p.container).stdout.strip()
+            status = open(f"/proc/{pid}/status").read()
+            bnd = int(re.search(r"^CapBnd:\s+(\w+)", status, re.M).group(1), 16)
+            if bnd >> 25 & 1:
+                raise Fail(f"pod {p.name} may gain SYS_TIME (CapBnd {bnd:x})")
+            uid = re.search(r"^Uid:\s+(\d+)", status, re.M).group(1)
+            eff = re.search(r"^CapEff:\s+(\w+)", status, re.M).group(1)
+            if uid == "0" or int(eff, 16):
+                return False, f"pod {p.name} still runs as uid {uid} with capabilities {eff}"
+        return True, ""
+
+    # ---- 1. every time server registered with every replica, no refusal.
+    expected_ids = {p.env.get("NTS_SERVER_ID", "") for p in ts}
+    ts_ips = {p.ip for p in ts}
+
+    def registered():
+        for k in ke:
+            refused = REFUSED.findall(st.logs(k))
+            if refused:
+                raise Fail(f"KE replica {k.name} refused a time server:\n    {refused[-1]}\n"
+                           f"  (the time servers register as {sorted(expected_ids)})")
+        missing = []
+        for k in ke:
+            code, text = http(f"http://{k.ip}:{metrics_port[k.name]}/metrics")
+            alive = sum(v for lb, v in metric_samples(text, "nts_ke_registered_time_servers")
+                        if lb.get("state") == "alive") if code == 200 else 0
+            ids = {lb.get("server_id") for lb, _ in metric_samples(text, "nts_ke_time_server_requests_per_second")}
+            if alive != len(ts) or ids != expected_ids:
+                missing.append(f"{k.name}: {alive:.0f} alive of {len(ts)}, registered {sorted(i for i in ids if i)}")
+        return not missing, "; ".join(missing)
+
+    t_reg = st.wait(f"all {len(ts)} time servers registered and alive on all {len(ke)} KE replicas",
+                    registered, st.timeout)
+    log(f"every time server registered with every KE replica ({t_reg:.1f}s after the first pod started): "
+        f"ids {sorted(expected_ids)}")
+
+    def all_ready(pods):
+        def cond():
+            bad = [f"{p.name}: {d}" for p in pods for ok, d in [st.ready(p)] if not ok]
+            return not bad, "; ".join(bad)
+        return cond
+
+    t_ready = st.wait("every pod Ready (its readinessProbe)", all_ready(st.pods), 30)
+    log(f"every pod Ready by its readinessProbe ({t_ready:.1f}s after the first pod started)")
+    for k in ke:
+        code, _ = http(f"http://{k.ip}:{metrics_port[k.name]}/readyz")
+        if code != 200:
+            raise Fail(f"KE replica {k.name} /readyz answered {code}")
+
+    # ---- 2. every client agent measures authenticated NTS time from the time servers.
+    def client_sources(p):
+        cfg = tomllib.loads(st.docs[("ConfigMap", next(
+            v["configMap"]["name"] for v in p.spec["volumes"] if "configMap" in v))]["data"]["client.toml"])
+        sock = cfg.get("status", {}).get("socket", "/run/nts-client/status.sock")
+        r = docker("exec", p.container, p.argv[0], "status", "--json", "--socket", sock, check=False, timeout=15)
+        if r.returncode != 0:
+            return None, (r.stderr or r.stdout).strip()[:200]
+        return json.loads(r.stdout), ""
+
+    def authenticated():
+        bad = []
+        for p in clients:
+            rep, err = client_sources(p)
+            if rep is None:
+                bad.append(f"{p.name}: status failed: {err}")
+                continue
+            good = [s for s in rep["sources"] if s["authenticated"] and s["reach"] & 1
+                    and s["offset"] is not None and (s.get("ntp_address") or "").rsplit(":", 1)[0].strip("[]") in ts_ips]
+            if not good:
+                bad.append(f"{p.name}: " + ", ".join(
+                    f"{s['name']} auth={s['authenticated']} reach={s['reach']} ntp={s.get('ntp_address')} "
+                    f"err={s.get('last_error')}" for s in rep["sources"]))
+        return not bad, "; ".join(bad)
+
+    t_auth = st.wait(f"all {len(clients)} client agents with authenticated NTS time", authenticated, 60)
+    log(f"every client agent has authenticated NTS time from the time servers ({t_auth:.1f}s after the first pod started):")
+    for p in clients:
+        rep, _ = client_sources(p)
+        for s in rep["sources"]:
+            log(f"    {p.name} ({p.node}): {s['name']} ntp={s.get('ntp_address')} authenticated={s['authenticated']} "
+                f"aead={s.get('aead')} reach={s['reach']:o} offset={s['offset']}")
+    st.wait("every daemon running as non-root with no capability", privileges, 10)
+    log("every daemon runs as non-root with no capability left; no container can gain SYS_TIME")
+    for k in ke:
+        _, text = http(f"http://{k.ip}:{metrics_port[k.name]}/metrics")
+        refused = sum(v for _, v in metric_samples(text, "nts_ke_key_sync_registrations_refused_total"))
+        if refused:
+            raise Fail(f"KE replica {k.name} counted {refused:.0f} refused registrations")
+    return t_reg, t_auth
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rendered")
+    ap.add_argument("--namespace", required=True)
+    ap.add_argument("--trust-secret", action="append", default=[], metavar="NAME=SECRET")
+    ap.add_argument("--timeout", type=float, default=45.0, help="bound of the registration wait")
+    ap.add_argument("--prefix", default=f"ntscs{os.getpid()}",
+                    help="start of every container's and the network's name (and label nts-chart-stack=PREFIX)")
+    ap.add_argument("--workdir", help="where the volumes and PKI go (default: a new directory in $TMPDIR)")
+    a = ap.parse_args()
+    trust = dict(t.split("=", 1) for t in a.trust_secret)
+    # SIGTERM (e.g. a CI timeout) cleans up like an error does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    st = Stack(a.rendered, a.namespace, trust, a.timeout, a.prefix, a.workdir)
+    ok = False
+    try:
+        log("issuing the rendered cert-manager Certificates with throwaway CAs")
+        st.issue_certificates()
+        st.schedule()
+        st.start()
+        t_reg, t_auth = run_test(st)
+        ok = True
+        print(f"RESULT registered_s={t_reg:.1f} authenticated_s={t_auth:.1f} total_s={time.monotonic() - T0:.1f}")
+    except Fail as e:
+        log(f"FAIL: {e}")
+        for p in st.pods:
+            if p.container in st.containers:
+                print(f"----- log of {p.name} (last 12 lines)", file=sys.stderr)
+                print(indent(st.logs(p, 12)), file=sys.stderr)
+    finally:
+        st.cleanup()
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
