@@ -69,6 +69,23 @@ pub struct KeySyncSection {
     /// HTTP/2 streams (RPCs) one authenticated connection may have open at once.
     #[serde(default = "default_max_streams_per_connection")]
     pub max_streams_per_connection: u32,
+    /// Time servers one certificate name may have registered at once.
+    #[serde(default = "default_max_registrations_per_certificate")]
+    pub max_registrations_per_certificate: usize,
+    /// Networks whose IP literals time servers may advertise (besides their
+    /// certificate's own IP names); with `advertise_domains` empty too: any.
+    #[serde(default)]
+    pub advertise_networks: Vec<ipnet::IpNet>,
+    /// DNS names (and names under them) time servers may advertise.
+    #[serde(default)]
+    pub advertise_domains: Vec<String>,
+    /// SHA-256 fingerprints of time-server certificates that get nothing.
+    #[serde(default)]
+    pub revoked_certificates: Vec<String>,
+}
+
+fn default_max_registrations_per_certificate() -> usize {
+    4
 }
 
 fn default_max_handshakes() -> usize {
@@ -458,6 +475,40 @@ fn default_algorithms() -> Vec<String> {
     vec!["AES-SIV-CMAC-256".into(), "AES-SIV-CMAC-512".into()]
 }
 
+/// The checked registration policy of `[key_sync]`.
+fn registration_policy_of(k: &KeySyncSection) -> Result<crate::registration::Policy> {
+    if k.max_registrations_per_certificate == 0 || k.max_registrations_per_certificate > 65_536 {
+        bail!(
+            "key_sync.max_registrations_per_certificate = {}: must be between 1 and 65536",
+            k.max_registrations_per_certificate
+        );
+    }
+    let mut domains = Vec::new();
+    for d in &k.advertise_domains {
+        let name = d
+            .trim_start_matches('.')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if crate::registration::check_host(&name).is_err()
+            || name.parse::<std::net::IpAddr>().is_ok()
+        {
+            bail!("key_sync.advertise_domains: {d:?} is not a DNS name");
+        }
+        domains.push(name);
+    }
+    let mut revoked = Vec::new();
+    for f in &k.revoked_certificates {
+        revoked.push(crate::registration::parse_fingerprint(f).with_context(|| {
+            format!("key_sync.revoked_certificates: {f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed: openssl x509 -noout -fingerprint -sha256)")
+        })?);
+    }
+    Ok(crate::registration::Policy {
+        revoked,
+        networks: k.advertise_networks.clone(),
+        domains,
+    })
+}
+
 fn seconds(key: &str, v: f64) -> Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
         bail!("{key} = {v}: must be a number of seconds between 0 and 86400");
@@ -481,6 +532,8 @@ pub struct Settings {
     /// Handshake slots of the key-sync listener.
     pub key_sync_slots: AdmissionLimits,
     pub key_sync_handshake_timeout: Duration,
+    /// What key-sync registrations may claim.
+    pub registration_policy: crate::registration::Policy,
     /// Checked `[acme]` section, when certificates come from ACME.
     pub acme: Option<AcmeSettings>,
 }
@@ -606,6 +659,7 @@ impl Config {
         };
         let mut key_sync_handshake_timeout =
             Duration::from_secs_f64(default_key_sync_handshake_timeout());
+        let mut registration_policy = crate::registration::Policy::default();
         let (report_interval, expiry) = match &self.key_sync {
             Some(k) => {
                 let r = seconds("key_sync.report_interval", k.report_interval)?;
@@ -639,6 +693,7 @@ impl Config {
                         k.handshake_timeout
                     );
                 }
+                registration_policy = registration_policy_of(k)?;
                 key_sync_slots.capacity = k.max_handshakes;
                 key_sync_slots.per_prefix = per_address;
                 if e <= r {
@@ -659,6 +714,7 @@ impl Config {
             ke_slots,
             key_sync_slots,
             key_sync_handshake_timeout,
+            registration_policy,
             handshake_timeout,
             request_timeout,
             reload_interval,
@@ -792,6 +848,18 @@ private_key = "/k.pem"
                 "key_sync.max_streams_per_connection",
             ),
             ("allowed_networks = [\"10.0.0.0/33\"]", "allowed_networks"),
+            (
+                "max_registrations_per_certificate = 0",
+                "key_sync.max_registrations_per_certificate",
+            ),
+            (
+                "advertise_domains = [\"a b\"]",
+                "key_sync.advertise_domains",
+            ),
+            (
+                "revoked_certificates = [\"AB:CD\"]",
+                "key_sync.revoked_certificates",
+            ),
         ] {
             let e = check(&format!("{MINIMAL}{KEY_SYNC}{extra}\n")).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{key}: {e:#}");

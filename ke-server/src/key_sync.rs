@@ -6,7 +6,7 @@
 use crate::certificate::ReloadingCert;
 use crate::metrics::Metrics;
 use crate::registration::{self, RegistrationError};
-use crate::registry::Registry;
+use crate::registry::{Registry, TooManyForCertificate};
 use crate::server::unix_now;
 use anyhow::{Context, Result};
 use nts_proto::key_ring::{KeyRing, KeySchedule};
@@ -36,32 +36,41 @@ pub struct KeySyncService {
     pub metrics: Arc<Metrics>,
     pub report_interval: Duration,
     pub expiry: Duration,
+    /// What registrations may claim.
+    pub policy: registration::Policy,
 }
 
 impl KeySyncService {
     /// Refuse (and count) a registration whose `server_id` is not bound to the
-    /// peer's certificate or whose advertised address is unusable.
-    fn admit<T>(&self, req: &Request<T>, info: &TimeServerInfo, what: &str) -> Result<(), Status> {
+    /// peer's certificate, whose certificate is revoked, or whose advertised
+    /// address is unusable or not allowed. Returns the certificate name.
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        info: &TimeServerInfo,
+        what: &str,
+    ) -> Result<String, Status> {
         let certs = req.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-        match registration::check(info, leaf) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let identity = matches!(
-                    e,
-                    RegistrationError::IdentityMismatch { .. }
-                        | RegistrationError::NoCertificate
-                        | RegistrationError::BadCertificate
-                );
-                self.metrics.registration_refused(identity);
-                tracing::warn!(peer = ?req.remote_addr(), "key-sync {what} refused: {e}");
-                Err(if identity {
-                    Status::permission_denied(e.to_string())
-                } else {
+        registration::check(info, leaf, &self.policy).map_err(|e| {
+            self.metrics.registration_refused(e.reason());
+            tracing::warn!(peer = ?req.remote_addr(), "key-sync {what} refused: {e}");
+            match e {
+                RegistrationError::BadHost(_)
+                | RegistrationError::BadPort(_)
+                | RegistrationError::TooManyAlternates(_) => {
                     Status::invalid_argument(e.to_string())
-                })
+                }
+                _ => Status::permission_denied(e.to_string()),
             }
-        }
+        })
+    }
+
+    /// Count and log a registration over its certificate's share.
+    fn over_limit(&self, peer: Option<std::net::SocketAddr>, e: TooManyForCertificate) -> Status {
+        self.metrics.registration_refused("limit");
+        tracing::warn!(?peer, "key-sync registration refused: {e}");
+        Status::resource_exhausted(e.to_string())
     }
 }
 
@@ -74,10 +83,10 @@ impl KeySyncService {
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
         let checked = leaf
             .ok_or(RegistrationError::NoCertificate)
-            .and_then(registration::certificate_names)
+            .and_then(|leaf| registration::peer_names(leaf, &self.policy))
             .and_then(|names| registration::check_identity(&req.get_ref().server_id, &names));
-        checked.map_err(|e| {
-            self.metrics.registration_refused(true);
+        checked.map(|_| ()).map_err(|e| {
+            self.metrics.registration_refused(e.reason());
             tracing::warn!(peer = ?req.remote_addr(), "key-sync watch refused: {e}");
             Status::permission_denied(e.to_string())
         })
@@ -95,7 +104,10 @@ impl KeySync for KeySyncService {
             .info
             .clone()
             .ok_or_else(|| Status::invalid_argument("info is required"))?;
-        self.admit(&req, &info, "registration")?;
+        let certificate = self.admit(&req, &info, "registration")?;
+        self.registry
+            .register(info.clone(), &certificate, Instant::now())
+            .map_err(|e| self.over_limit(req.remote_addr(), e))?;
         tracing::info!(
             server_id = %info.server_id,
             ntp = %format!("{}:{}", info.ntp_host, info.ntp_port),
@@ -105,7 +117,6 @@ impl KeySync for KeySyncService {
             timestamping = ?info.timestamping,
             "time server registered"
         );
-        self.registry.register(info, Instant::now());
         Ok(Response::new(RegisterResponse {
             report_interval_ms: self.report_interval.as_millis() as u64,
             expiry_ms: self.expiry.as_millis() as u64,
@@ -118,15 +129,19 @@ impl KeySync for KeySyncService {
             .info
             .clone()
             .ok_or_else(|| Status::invalid_argument("info is required"))?;
-        self.admit(&req, &info, "report")?;
+        let certificate = self.admit(&req, &info, "report")?;
+        let peer = req.remote_addr();
         let r = req.into_inner();
-        self.registry.report(
-            info,
-            r.requests_per_second,
-            r.has_keys,
-            r.healthy,
-            Instant::now(),
-        );
+        self.registry
+            .report(
+                info,
+                &certificate,
+                r.requests_per_second,
+                r.has_keys,
+                r.healthy,
+                Instant::now(),
+            )
+            .map_err(|e| self.over_limit(peer, e))?;
         Ok(Response::new(ReportResponse {}))
     }
 

@@ -59,6 +59,7 @@ root_secret_file = {root:?}
 create_if_missing = true
 [key_sync]
 listen = "{DEV_KEY_SYNC}"
+advertise_networks = ["127.0.0.0/8", "::1/128"]
 client_ca = {ca:?}
 certificate_chain = {ks_chain:?}
 private_key = {ks_key:?}
@@ -437,10 +438,13 @@ pub async fn start_with(
         server: cfg.ntp.server.clone(),
         port: cfg.ntp.port,
     };
-    let registry = cfg
-        .key_sync
-        .as_ref()
-        .map(|k| Arc::new(registry::Registry::new(settings.expiry, k.selection)));
+    let registry = cfg.key_sync.as_ref().map(|k| {
+        Arc::new(registry::Registry::new(
+            settings.expiry,
+            k.selection,
+            k.max_registrations_per_certificate,
+        ))
+    });
     let mut file_certs: Vec<(&'static str, Arc<ReloadingCert>)> = Vec::new();
     if let Some(c) = &file_cert {
         file_certs.push(("tls", c.clone()));
@@ -458,7 +462,11 @@ pub async fn start_with(
             metrics: metrics.clone(),
             report_interval: settings.report_interval,
             expiry: settings.expiry,
+            policy: settings.registration_policy.clone(),
         };
+        if settings.registration_policy.allows_any_address() {
+            tracing::warn!("key_sync.advertise_networks and advertise_domains are empty: a time-server certificate may advertise any address to clients (besides its own names); set them to the networks and domains your time servers live on");
+        }
         tracing::info!(addr = %listener.local_addr()?, "key sync (gRPC, mutual TLS) listening");
         let guard = key_sync::Guard {
             slots: settings.key_sync_slots,

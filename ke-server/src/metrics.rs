@@ -36,6 +36,9 @@ impl CutOff {
     }
 }
 
+/// Why key sync refused a registration, report or watch (metric labels).
+pub const REFUSALS: [&str; 4] = ["identity", "address", "revoked", "limit"];
+
 /// Labels of request errors, as returned by `RequestError::reason`.
 const REQUEST_ERRORS: [&str; 4] = [
     "unrecognized_critical",
@@ -69,8 +72,8 @@ pub struct Metrics {
     pub key_sync_handshakes: Gauge,
     /// Key-sync connections closed before TLS: source outside `key_sync.allowed_networks`.
     pub key_sync_not_allowed: Counter,
-    registrations_refused_identity: Counter,
-    registrations_refused_address: Counter,
+    /// Refused registrations, reports and watches, by [`REFUSALS`].
+    registrations_refused: [Counter; 4],
     pub key_watchers: Gauge,
     pub key_sets_sent: Counter,
     pub negotiated_registered: Counter,
@@ -115,21 +118,10 @@ impl Metrics {
         self.cut_off[why as usize].get()
     }
 
-    /// Count a refused registration or report: `identity` (server_id not bound to
-    /// the certificate) or an unusable advertised address.
-    pub fn registration_refused(&self, identity: bool) {
-        if identity {
-            self.registrations_refused_identity.inc();
-        } else {
-            self.registrations_refused_address.inc();
-        }
-    }
-
-    pub fn registrations_refused(&self, identity: bool) -> u64 {
-        if identity {
-            self.registrations_refused_identity.get()
-        } else {
-            self.registrations_refused_address.get()
+    /// Count a refused registration, report or watch by its [`REFUSALS`] label.
+    pub fn registration_refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.registrations_refused[i].inc();
         }
     }
 
@@ -257,13 +249,16 @@ impl Metrics {
             "Key-sync connections closed before TLS: source address outside key_sync.allowed_networks.",
             self.key_sync_not_allowed.get(),
         );
+        let labels: Vec<[(&str, &str); 1]> = REFUSALS.iter().map(|r| [("reason", *r)]).collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(&self.registrations_refused)
+            .map(|(l, c)| (&l[..], c.get()))
+            .collect();
         e.counters(
             "nts_ke_key_sync_registrations_refused_total",
-            "Key-sync registrations and reports refused: server_id not bound to the client certificate, or unusable advertised address.",
-            &[
-                (&[("reason", "identity")], self.registrations_refused_identity.get()),
-                (&[("reason", "address")], self.registrations_refused_address.get()),
-            ],
+            "Key-sync registrations, reports and watches refused: identity (server_id not bound to the client certificate), address (unusable or not allowed), revoked (certificate listed in key_sync.revoked_certificates), limit (key_sync.max_registrations_per_certificate reached).",
+            &samples,
         );
         e.gauge(
             "nts_ke_key_watchers",

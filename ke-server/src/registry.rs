@@ -19,6 +19,8 @@ pub enum Selection {
 #[derive(Debug, Clone)]
 struct Entry {
     info: TimeServerInfo,
+    /// The certificate name the registration is bound to.
+    certificate: String,
     last_seen: Instant,
     requests_per_second: f64,
     has_keys: bool,
@@ -76,52 +78,105 @@ pub fn address_for(info: &TimeServerInfo, client: Option<IpAddr>) -> Target {
         .unwrap_or(main)
 }
 
+/// A registration refused because its certificate already has its share.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate name {certificate:?} already has {limit} registered time servers (key_sync.max_registrations_per_certificate)")]
+pub struct TooManyForCertificate {
+    pub certificate: String,
+    pub limit: usize,
+}
+
 #[derive(Debug)]
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
     expiry: Duration,
     selection: Selection,
+    /// Live entries one certificate name may hold (a stolen certificate must
+    /// not fill the registry with entries of its own).
+    per_certificate: usize,
     next: AtomicUsize,
 }
 
 impl Registry {
-    pub fn new(expiry: Duration, selection: Selection) -> Self {
+    pub fn new(expiry: Duration, selection: Selection, per_certificate: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             expiry,
             selection,
+            per_certificate: per_certificate.max(1),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Refuse a server_id new to the registry when its certificate already
+    /// holds its share of entries heard from within the expiry.
+    fn admit_new(
+        &self,
+        e: &HashMap<String, Entry>,
+        id: &str,
+        certificate: &str,
+        now: Instant,
+    ) -> Result<(), TooManyForCertificate> {
+        if e.contains_key(id) {
+            return Ok(());
+        }
+        let held = e
+            .values()
+            .filter(|v| {
+                v.certificate == certificate
+                    && now.saturating_duration_since(v.last_seen) <= self.expiry
+            })
+            .count();
+        if held >= self.per_certificate {
+            return Err(TooManyForCertificate {
+                certificate: certificate.into(),
+                limit: self.per_certificate,
+            });
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add or refresh a registration (not yet eligible until it reports keys).
-    pub fn register(&self, info: TimeServerInfo, now: Instant) {
+    /// Add or refresh a registration (not yet eligible until it reports keys),
+    /// bound to `certificate`.
+    pub fn register(
+        &self,
+        info: TimeServerInfo,
+        certificate: &str,
+        now: Instant,
+    ) -> Result<(), TooManyForCertificate> {
         let mut e = self.lock();
+        self.admit_new(&e, &info.server_id, certificate, now)?;
         let entry = e.entry(info.server_id.clone()).or_insert(Entry {
             info: info.clone(),
+            certificate: certificate.into(),
             last_seen: now,
             requests_per_second: 0.0,
             has_keys: false,
             healthy: false,
         });
         entry.info = info;
+        entry.certificate = certificate.into();
         entry.last_seen = now;
+        Ok(())
     }
 
     /// Record a heartbeat with load and health.
+    #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
         info: TimeServerInfo,
+        certificate: &str,
         rps: f64,
         has_keys: bool,
         healthy: bool,
         now: Instant,
-    ) {
+    ) -> Result<(), TooManyForCertificate> {
         let mut e = self.lock();
+        self.admit_new(&e, &info.server_id, certificate, now)?;
         let rps = if rps.is_finite() && rps >= 0.0 {
             rps
         } else {
@@ -131,12 +186,14 @@ impl Registry {
             info.server_id.clone(),
             Entry {
                 info,
+                certificate: certificate.into(),
                 last_seen: now,
                 requests_per_second: rps,
                 has_keys,
                 healthy,
             },
         );
+        Ok(())
     }
 
     fn eligible(&self, e: &Entry, now: Instant) -> bool {
@@ -218,27 +275,33 @@ mod tests {
 
     #[test]
     fn only_live_servers_with_keys_are_picked() {
-        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin);
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin, 16);
         let t0 = Instant::now();
         assert_eq!(r.pick(t0, None), None);
-        r.register(info("a", 1001, 2), t0);
+        r.register(info("a", 1001, 2), "c", t0).unwrap();
         assert_eq!(r.pick(t0, None), None, "registered but no keys yet");
-        r.report(info("a", 1001, 2), 0.0, true, true, t0);
-        r.report(info("b", 1002, 2), 0.0, true, true, t0);
-        r.report(info("c", 1003, 2), 0.0, false, true, t0);
+        r.report(info("a", 1001, 2), "c", 0.0, true, true, t0)
+            .unwrap();
+        r.report(info("b", 1002, 2), "c", 0.0, true, true, t0)
+            .unwrap();
+        r.report(info("c", 1003, 2), "c", 0.0, false, true, t0)
+            .unwrap();
         let mut seen: Vec<u16> = (0..4).map(|_| r.pick(t0, None).unwrap().port).collect();
         seen.sort();
         assert_eq!(seen, vec![1001, 1001, 1002, 1002]);
         // b goes silent: after the expiry only a is picked.
         let t1 = t0 + Duration::from_secs(11);
-        r.report(info("a", 1001, 2), 0.0, true, true, t1);
+        r.report(info("a", 1001, 2), "c", 0.0, true, true, t1)
+            .unwrap();
         assert!((0..4).all(|_| r.pick(t1, None).unwrap().port == 1001));
         // Unhealthy servers are skipped.
-        r.report(info("a", 1001, 2), 0.0, true, false, t1);
+        r.report(info("a", 1001, 2), "c", 0.0, true, false, t1)
+            .unwrap();
         assert_eq!(r.pick(t1, None), None);
         assert_eq!(r.view(t1).len(), 3);
         assert!(!r.has_live(t1));
-        r.report(info("a", 1001, 2), 0.0, true, true, t1);
+        r.report(info("a", 1001, 2), "c", 0.0, true, true, t1)
+            .unwrap();
         assert!(r.has_live(t1));
         r.clear();
         assert!(!r.has_live(t1));
@@ -268,26 +331,53 @@ mod tests {
         // No address of the client's family: the main one.
         i.alternates.clear();
         assert_eq!(address_for(&i, Some(v6)).host, "127.0.0.1");
-        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin);
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin, 16);
         let t = Instant::now();
         i.alternates = vec![NtpEndpoint {
             host: "::1".into(),
             port: 5,
         }];
-        r.report(i, 0.0, true, true, t);
+        r.report(i, "c", 0.0, true, true, t).unwrap();
         assert_eq!(r.pick(t, Some(v6)).unwrap().host, "::1");
         assert_eq!(r.pick(t, Some(v4)).unwrap().host, "127.0.0.1");
     }
 
     #[test]
-    fn least_loaded_per_worker() {
-        let r = Registry::new(Duration::from_secs(10), Selection::LeastLoaded);
+    fn one_certificate_holds_a_bounded_share() {
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin, 2);
         let t = Instant::now();
-        r.report(info("a", 1, 1), 100.0, true, true, t);
-        r.report(info("b", 2, 4), 200.0, true, true, t);
-        r.report(info("c", 3, 1), f64::NAN, true, true, t);
+        r.register(info("a:1", 1, 1), "a", t).unwrap();
+        r.report(info("a:2", 2, 1), "a", 0.0, true, true, t)
+            .unwrap();
+        let e = r.register(info("a:3", 3, 1), "a", t).unwrap_err();
+        assert_eq!(e.limit, 2);
+        assert!(r
+            .report(info("a:3", 3, 1), "a", 0.0, true, true, t)
+            .is_err());
+        // Known entries refresh; other certificates are not affected.
+        r.report(info("a:1", 1, 1), "a", 0.0, true, true, t)
+            .unwrap();
+        r.register(info("b:1", 4, 1), "b", t).unwrap();
+        // Entries silent past the expiry no longer count.
+        let later = t + Duration::from_secs(11);
+        r.report(info("a:1", 1, 1), "a", 0.0, true, true, later)
+            .unwrap();
+        r.register(info("a:3", 3, 1), "a", later).unwrap();
+    }
+
+    #[test]
+    fn least_loaded_per_worker() {
+        let r = Registry::new(Duration::from_secs(10), Selection::LeastLoaded, 16);
+        let t = Instant::now();
+        r.report(info("a", 1, 1), "c", 100.0, true, true, t)
+            .unwrap();
+        r.report(info("b", 2, 4), "c", 200.0, true, true, t)
+            .unwrap();
+        r.report(info("c", 3, 1), "c", f64::NAN, true, true, t)
+            .unwrap();
         assert_eq!(r.pick(t, None).unwrap().port, 3, "NaN counts as idle");
-        r.report(info("c", 3, 1), 500.0, true, true, t);
+        r.report(info("c", 3, 1), "c", 500.0, true, true, t)
+            .unwrap();
         assert_eq!(r.pick(t, None).unwrap().port, 2);
     }
 }

@@ -516,3 +516,158 @@ async fn only_allowed_networks_reach_the_handshake() {
         ke.d.metric("nts_ke_key_sync_not_allowed_total") == 1.0
     });
 }
+
+/// The rogue-server scenario of the red-team report (issue 21): a stolen
+/// time-server certificate registers many `name:suffix` entries, one at an
+/// address of the attacker's choice, and waits for clients to be sent there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_cannot_register_without_bounds_or_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let ke = start_ke_edited(tmp.path(), &pki, "\"127.0.0.1:PORT\"", "", |c| {
+        c.replace(
+            "max_handshakes = 2\n",
+            "max_registrations_per_certificate = 3\nadvertise_networks = [\"127.0.0.0/8\"]\n",
+        )
+    });
+    let mut stolen = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    // Three entries for one certificate are fine; the fourth is refused.
+    for i in 1..=3 {
+        let own = info(&format!("ts-a.test:{i}"), "127.0.0.1", 4000 + i);
+        stolen
+            .register(RegisterRequest {
+                info: Some(own.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("entry {i}: {e}"));
+        report(&mut stolen, &own).await;
+    }
+    let fourth = info("ts-a.test:4", "127.0.0.1", 4004);
+    let e = stolen
+        .register(RegisterRequest {
+            info: Some(fourth.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    let e = stolen
+        .report(LoadReport {
+            info: Some(fourth),
+            requests_per_second: 0.0,
+            has_keys: true,
+            healthy: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    // An existing entry moved to an address outside the allowed networks: refused.
+    let rogue = info("ts-a.test:1", "192.0.2.66", 123);
+    let e = stolen
+        .report(LoadReport {
+            info: Some(rogue.clone()),
+            requests_per_second: 0.0,
+            has_keys: true,
+            healthy: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // No client is ever sent to the rogue address.
+    for _ in 0..12 {
+        let got = nts_client::ke::key_exchange(
+            "127.0.0.1",
+            ke.d.port(),
+            ke_client_tls(&pki),
+            &nts_proto::aead::AeadAlgorithm::ALL,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.ntp_server, "127.0.0.1", "sent to {}", got.ntp_server);
+    }
+    assert_eq!(
+        ke.d.metric("nts_ke_key_sync_registrations_refused_total{reason=\"limit\"}"),
+        2.0
+    );
+    assert_eq!(
+        ke.d.metric("nts_ke_key_sync_registrations_refused_total{reason=\"address\"}"),
+        1.0
+    );
+    assert!(ke.d.guard.logs().contains("192.0.2.66"));
+}
+
+/// A certificate listed in key_sync.revoked_certificates gets nothing: no
+/// registration, no key set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, _) = DevPki::ensure(tmp.path()).unwrap();
+    let (cert, key) = dev_pki::issue(
+        &pki,
+        &["ts-lost.test"],
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )
+    .unwrap();
+    let der = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    use sha2::Digest;
+    let fp = sha2::Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let ke = start_ke_edited(
+        tmp.path(),
+        &pki,
+        "\"127.0.0.1:PORT\"",
+        "[ntp]\nserver = \"127.0.0.1\"",
+        |c| {
+            c.replace(
+                "max_handshakes = 2\n",
+                &format!("revoked_certificates = [{fp:?}]\n"),
+            )
+        },
+    );
+    let chain = vec![der];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let lost = try_connect(ke.ks_port, Arc::new(cfg)).await;
+    let refused = match lost {
+        Err(_) => true,
+        Ok(mut c) => {
+            let r = c
+                .register(RegisterRequest {
+                    info: Some(info("ts-lost.test", "127.0.0.1", 123)),
+                })
+                .await;
+            let w = c
+                .watch_keys(nts_proto::key_sync::pb::WatchKeysRequest {
+                    server_id: "ts-lost.test".into(),
+                })
+                .await;
+            r.is_err() && w.is_err()
+        }
+    };
+    assert!(refused, "a revoked certificate was served");
+    assert!(ke.d.metric("nts_ke_key_sync_registrations_refused_total{reason=\"revoked\"}") >= 1.0);
+    // Another certificate from the same CA still works.
+    let mut ok = connect(ke.ks_port, client_tls(&pki, &["ts-a.test"])).await;
+    ok.register(RegisterRequest {
+        info: Some(info("ts-a.test", "127.0.0.1", 123)),
+    })
+    .await
+    .unwrap();
+}
