@@ -157,8 +157,9 @@ impl<'a> Authenticator<'a> {
         }
         let nonce_len = u16::from_be_bytes([body[0], body[1]]) as usize;
         let ct_len = u16::from_be_bytes([body[2], body[3]]) as usize;
-        if nonce_len == 0 {
-            return Err(Bad("empty nonce"));
+        // RFC 8915 section 5.6: the nonce is at least 16 octets (NONCE_LEN).
+        if nonce_len < NONCE_LEN {
+            return Err(Bad("nonce shorter than 16 octets"));
         }
         if ct_len < SIV_TAG_LEN {
             return Err(Bad("ciphertext shorter than the AEAD tag"));
@@ -357,6 +358,16 @@ mod tests {
         assert!(Authenticator::parse(&[0, 0, 0, 16]).is_err());
         assert!(Authenticator::parse(&[0, 16, 0, 4]).is_err());
         assert!(Authenticator::parse(&[0, 16]).is_err());
+        // A nonce under 16 octets, however well-formed otherwise.
+        let mut short = vec![0, 15, 0, 16];
+        short.extend_from_slice(&[1u8; 16]);
+        short.extend_from_slice(&[2u8; 16]);
+        assert_eq!(
+            Authenticator::parse(&short),
+            Err(ExtensionFieldError::BadAuthenticator(
+                "nonce shorter than 16 octets"
+            ))
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod key_sync;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
+pub mod nts_fields;
 pub mod nts_source;
 pub mod rate_limit;
 mod siv;

@@ -8,6 +8,7 @@ use crate::extension_field::{
 };
 use crate::interleaved::InterleavedFields;
 use crate::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpTimestamp, HEADER_LEN};
+use crate::nts_fields;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
@@ -130,7 +131,7 @@ pub fn check_response(
     s2c: Option<&AeadKey>,
 ) -> Result<CheckedResponse, ResponseCheckError> {
     use ResponseCheckError as E;
-    let (header, rest) = NtpHeader::parse(resp).map_err(|_| E::Malformed("bad header"))?;
+    let (header, _) = NtpHeader::parse(resp).map_err(|_| E::Malformed("bad header"))?;
     if header.mode != Mode::Server {
         return Err(E::Malformed("not server mode"));
     }
@@ -138,28 +139,13 @@ pub fn check_response(
     if header.origin_timestamp != pending.origin && !interleaved {
         return Err(E::OriginMismatch);
     }
-    let mut uid_ok = false;
-    let mut auth: Option<(usize, &[u8])> = None;
-    let mut fields = ExtensionFields::new(rest, 64);
-    for f in &mut fields {
-        let f = f.map_err(|_| E::Malformed("bad extension field"))?;
-        if auth.is_some() {
-            return Err(E::Malformed("field after the authenticator"));
-        }
-        match f.field_type {
-            field_type::UNIQUE_IDENTIFIER => {
-                uid_ok = f
-                    .body
-                    .get(..UNIQUE_ID_LEN)
-                    .is_some_and(|b| bool::from(b.ct_eq(&pending.unique_id)));
-            }
-            field_type::NTS_AUTHENTICATOR => auth = Some((HEADER_LEN + f.offset, f.body)),
-            _ => {}
-        }
-    }
-    if auth.is_some() && fields.trailing_mac() {
-        return Err(E::Malformed("bytes after the authenticator"));
-    }
+    let nts = nts_fields::scan(resp, nts_fields::DEFAULT_MAX_FIELDS)
+        .map_err(|_| E::Malformed("bad NTS extension fields"))?;
+    // The whole identifier, in constant time (same length first: it is public).
+    let uid_ok = nts.unique_id.is_some_and(|b| {
+        b.len() == pending.unique_id.len() && bool::from(b.ct_eq(&pending.unique_id))
+    });
+    let auth = nts.authenticator;
     let Some(s2c) = s2c else {
         if let Some(code) = header.kiss_code() {
             return Err(E::Kiss(code));
@@ -188,7 +174,7 @@ pub fn check_response(
         return Err(E::Kiss(code));
     }
     let mut cookies = Vec::new();
-    for f in ExtensionFields::new(&plain, 64) {
+    for f in ExtensionFields::new(&plain, nts_fields::DEFAULT_MAX_FIELDS) {
         let f = f.map_err(|_| E::Malformed("bad encrypted field"))?;
         if f.field_type == field_type::NTS_COOKIE {
             cookies.push(f.body.to_vec());
@@ -348,6 +334,68 @@ mod tests {
             o.extend(std::iter::repeat_n(0xffu8, extra));
             assert!(check_response(&o, &p, Some(&s.s2c)).is_err(), "{extra}");
         }
+    }
+
+    /// A NAK (header plus `uid_fields`), as anyone who saw the request could forge it.
+    fn nak_with(req: &[u8], uid_fields: &[Vec<u8>]) -> Vec<u8> {
+        let (h, _) = NtpHeader::parse(req).unwrap();
+        let mut resp = NtpHeader {
+            mode: Mode::Server,
+            reference_id: crate::ntp_packet::kiss::NTSN,
+            origin_timestamp: h.transmit_timestamp,
+            ..Default::default()
+        }
+        .to_bytes()
+        .to_vec();
+        for uid in uid_fields {
+            crate::extension_field::write_field(&mut resp, field_type::UNIQUE_IDENTIFIER, uid);
+        }
+        resp
+    }
+
+    #[test]
+    fn the_client_reads_unique_identifiers_by_the_servers_rules() {
+        // Both roles walk the fields with nts_fields::scan: a duplicated
+        // Unique Identifier is malformed (it was last-one-wins here), and the
+        // identifier must be the request's whole (a longer one sharing its
+        // first 32 octets used to match).
+        let s = setup(AeadAlgorithm::AesSivCmac256);
+        let mut req = Vec::new();
+        let p = build_request(&mut req, Some((&s.cookie, 0, &s.c2s)), &mut rnd);
+        let good = p.unique_id.to_vec();
+        assert_eq!(
+            check_response(
+                &nak_with(&req, std::slice::from_ref(&good)),
+                &p,
+                Some(&s.s2c)
+            ),
+            Err(ResponseCheckError::NtsNak)
+        );
+        let other = vec![0x55; 32];
+        for (fields, what) in [
+            (
+                vec![other.clone(), good.clone()],
+                "duplicate, the last one matching",
+            ),
+            (
+                vec![good.clone(), other],
+                "duplicate, the first one matching",
+            ),
+        ] {
+            assert!(
+                matches!(
+                    check_response(&nak_with(&req, &fields), &p, Some(&s.s2c)),
+                    Err(ResponseCheckError::Malformed(_))
+                ),
+                "{what}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            check_response(&nak_with(&req, &[longer]), &p, Some(&s.s2c)),
+            Err(ResponseCheckError::UniqueIdMismatch)
+        );
     }
 
     #[test]
@@ -531,10 +579,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn response_never_exceeds_request_even_with_short_nonce() {
-        let s = setup(AeadAlgorithm::AesSivCmac512);
-        // A hand-built request with a 4-byte nonce and 7 placeholders.
+    /// A request authenticated with a nonce of `nonce_len` bytes and 7 placeholders.
+    fn request_with_nonce(s: &Setup, nonce_len: usize) -> (Vec<u8>, PendingRequest) {
         let mut req = Vec::new();
         let p = build_request(&mut req, None, &mut rnd);
         crate::extension_field::write_field(&mut req, field_type::UNIQUE_IDENTIFIER, &p.unique_id);
@@ -546,12 +592,33 @@ mod tests {
                 &vec![0; s.cookie.len()],
             );
         }
-        let nonce = [7u8; 4];
+        let nonce = vec![7u8; nonce_len];
         let tag = s.c2s.seal_detached(&nonce, &req, &mut []);
-        let mut body = vec![0, 4, 0, 16];
+        let mut body = Vec::new();
+        body.extend_from_slice(&(nonce_len as u16).to_be_bytes());
+        body.extend_from_slice(&16u16.to_be_bytes());
         body.extend_from_slice(&nonce);
+        body.resize(4 + nonce_len.div_ceil(4) * 4, 0);
         body.extend_from_slice(&tag);
         crate::extension_field::write_field(&mut req, field_type::NTS_AUTHENTICATOR, &body);
+        (req, p)
+    }
+
+    #[test]
+    fn nonces_shorter_than_16_octets_are_refused() {
+        // RFC 8915 section 5.6: the nonce is at least 16 octets.
+        let s = setup(AeadAlgorithm::AesSivCmac512);
+        for short in [1, 4, 15] {
+            let (req, _) = request_with_nonce(&s, short);
+            let (r, _) = serve(&s, &req, false);
+            assert_eq!(r, Err(DropReason::MalformedNts), "{short}-byte nonce");
+        }
+    }
+
+    #[test]
+    fn response_never_exceeds_request_even_with_the_shortest_nonce() {
+        let s = setup(AeadAlgorithm::AesSivCmac512);
+        let (req, p) = request_with_nonce(&s, 16);
         let (r, out) = serve(&s, &req, false);
         let Ok(Response::Nts { len, cookies }) = r else {
             panic!("{r:?}")

@@ -9,13 +9,11 @@
 
 use crate::aead::TAG_LEN;
 use crate::cookie::{self, CookieError, COOKIE_NONCE_LEN};
-use crate::extension_field::{
-    field_type, Authenticator, ExtensionFields, FieldWriter, MAX_UNIQUE_ID_LEN, MIN_UNIQUE_ID_LEN,
-    NONCE_LEN,
-};
+use crate::extension_field::{field_type, Authenticator, ExtensionFields, FieldWriter, NONCE_LEN};
 use crate::interleaved::{mark_receive, mark_transmit};
 use crate::key_ring::KeyRing;
 use crate::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp, HEADER_LEN};
+use crate::nts_fields::{self, NtsFields, NtsFieldsError};
 
 /// Largest datagram the server looks at; longer ones are dropped.
 pub const MAX_REQUEST_LEN: usize = 2048;
@@ -62,7 +60,7 @@ impl Default for ServerPolicy {
     fn default() -> Self {
         Self {
             serve_unauthenticated: true,
-            max_extension_fields: 16,
+            max_extension_fields: nts_fields::DEFAULT_MAX_FIELDS,
         }
     }
 }
@@ -168,60 +166,13 @@ impl Response {
     }
 }
 
-/// The NTS parts of a request, located without copying.
-#[derive(Debug, Default, Clone, Copy)]
-struct NtsRequest<'a> {
-    unique_id: Option<&'a [u8]>,
-    cookie: Option<&'a [u8]>,
-    placeholders: usize,
-    /// Offset (from the start of the packet) of the authenticator field, and its body.
-    authenticator: Option<(usize, &'a [u8])>,
-    any_nts: bool,
-}
-
-fn scan<'a>(req: &'a [u8], policy: &ServerPolicy) -> Result<NtsRequest<'a>, DropReason> {
-    let mut nts = NtsRequest::default();
-    let mut fields = ExtensionFields::new(&req[HEADER_LEN..], policy.max_extension_fields);
-    for f in &mut fields {
-        let f = f.map_err(|e| match e {
-            crate::extension_field::ExtensionFieldError::TooMany(_) => {
-                DropReason::TooManyExtensions
-            }
-            _ => DropReason::MalformedExtensions,
-        })?;
-        if nts.authenticator.is_some() {
-            // Nothing may follow the authenticator: it would be unauthenticated.
-            return Err(DropReason::MalformedNts);
-        }
-        match f.field_type {
-            field_type::UNIQUE_IDENTIFIER => {
-                nts.any_nts = true;
-                if nts.unique_id.replace(f.body).is_some() {
-                    return Err(DropReason::MalformedNts);
-                }
-            }
-            field_type::NTS_COOKIE => {
-                nts.any_nts = true;
-                if nts.cookie.replace(f.body).is_some() {
-                    return Err(DropReason::MalformedNts);
-                }
-            }
-            field_type::NTS_COOKIE_PLACEHOLDER => {
-                nts.any_nts = true;
-                nts.placeholders += 1;
-            }
-            field_type::NTS_AUTHENTICATOR => {
-                nts.any_nts = true;
-                nts.authenticator = Some((HEADER_LEN + f.offset, f.body));
-            }
-            _ => {}
-        }
-    }
-    if nts.authenticator.is_some() && fields.trailing_mac() {
-        // Trailing bytes after the authenticator would be unauthenticated.
-        return Err(DropReason::MalformedNts);
-    }
-    Ok(nts)
+/// The NTS parts of a request, under the rules both roles share.
+fn scan<'a>(req: &'a [u8], policy: &ServerPolicy) -> Result<NtsFields<'a>, DropReason> {
+    nts_fields::scan(req, policy.max_extension_fields).map_err(|e| match e {
+        NtsFieldsError::TooMany => DropReason::TooManyExtensions,
+        NtsFieldsError::Malformed => DropReason::MalformedExtensions,
+        _ => DropReason::MalformedNts,
+    })
 }
 
 fn response_header(req: &NtpHeader, clock: &ServerClock, recv: NtpTimestamp) -> NtpHeader {
@@ -325,9 +276,6 @@ pub fn respond(
     else {
         return Err(DropReason::MalformedNts);
     };
-    if uid.len() < MIN_UNIQUE_ID_LEN || uid.len() > MAX_UNIQUE_ID_LEN {
-        return Err(DropReason::MalformedNts);
-    }
     let auth = Authenticator::parse(auth_body).map_err(|_| DropReason::MalformedNts)?;
     if ctx.rate_kiss {
         return Err(DropReason::RateLimitedNts);

@@ -35,6 +35,7 @@ use crate::ntp_client::{
     build_request_interleaved, check_response, PendingRequest, ResponseCheckError,
 };
 use crate::ntp_packet::NtpHeader;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use thiserror::Error;
 
@@ -220,8 +221,9 @@ pub struct NtsSource {
     /// Monotonic time the association was made or restored, and its Unix age then.
     assoc_at: f64,
     assoc_age_then: f64,
-    /// Newest last.
-    cookies: Vec<Vec<u8>>,
+    /// Oldest first, and spent first: every cookie is used before its key
+    /// ages out, rather than the newest slot cycling while the rest go stale.
+    cookies: VecDeque<Vec<u8>>,
     /// Resolved addresses of the time server and the one in use.
     addresses: Vec<SocketAddr>,
     address_index: usize,
@@ -244,7 +246,7 @@ impl NtsSource {
             assoc: None,
             assoc_at: now,
             assoc_age_then: 0.0,
-            cookies: Vec::new(),
+            cookies: VecDeque::new(),
             addresses: Vec::new(),
             address_index: 0,
             rekey: Some(RekeyReason::Initial),
@@ -279,7 +281,7 @@ impl NtsSource {
         s.assoc = Some(saved.association);
         s.assoc_at = now;
         s.assoc_age_then = age;
-        s.cookies = saved.cookies;
+        s.cookies = saved.cookies.into();
         s.cookies.truncate(cfg.jar_size);
         s.rekey = None;
         s
@@ -372,7 +374,7 @@ impl NtsSource {
         self.assoc = Some(assoc);
         self.assoc_at = now;
         self.assoc_age_then = 0.0;
-        self.cookies = cookies;
+        self.cookies = cookies.into();
         self.cookies.truncate(self.cfg.jar_size);
         self.rekey = None;
         self.ke_failures_in_row = 0;
@@ -437,7 +439,7 @@ impl NtsSource {
         random: &mut dyn FnMut(&mut [u8]),
     ) -> Option<InFlight> {
         let assoc = self.assoc.as_ref()?;
-        let cookie = self.cookies.pop()?;
+        let cookie = self.cookies.pop_front()?;
         let placeholders = self.cfg.jar_size.saturating_sub(self.cookies.len() + 1);
         let pending = build_request_interleaved(
             out,
@@ -557,7 +559,7 @@ impl NtsSource {
         }
         Some(SavedAssociation {
             association: a.clone(),
-            cookies: self.cookies.clone(),
+            cookies: self.cookies.iter().cloned().collect(),
         })
     }
 }
@@ -827,6 +829,35 @@ mod tests {
             s.on_datagram(&resp, &mut f2),
             Verdict::KeepWaiting(Some(Ignored::Mismatch))
         );
+    }
+
+    /// The cookie a request carries: the body of its (only) NTS Cookie field.
+    fn cookie_in(req: &[u8]) -> Vec<u8> {
+        crate::extension_field::ExtensionFields::new(&req[48..], 16)
+            .map(|f| f.unwrap())
+            .find(|f| f.field_type == crate::extension_field::field_type::NTS_COOKIE)
+            .map(|f| f.body.to_vec())
+            .unwrap()
+    }
+
+    #[test]
+    fn cookies_are_spent_oldest_first() {
+        // First in, first out: a jar used newest-first keeps cycling the same
+        // slot while the older cookies age past their key's lifetime.
+        let w = World::new();
+        let mut s = w.source();
+        let issued = w.cookies(8);
+        let mut req = Vec::new();
+        let mut f = s.prepare_request(&mut req, &mut rnd).unwrap();
+        assert_eq!(cookie_in(&req), issued[0], "the oldest cookie goes first");
+        let resp = w.serve(&req, false);
+        assert!(matches!(s.on_datagram(&resp, &mut f), Verdict::Accepted(_)));
+        // The fresh cookie from the answer waits behind the seven older ones.
+        for (i, want) in issued.iter().enumerate().skip(1) {
+            let mut req = Vec::new();
+            s.prepare_request(&mut req, &mut rnd).unwrap();
+            assert_eq!(&cookie_in(&req), want, "request {i}");
+        }
     }
 
     #[test]

@@ -344,7 +344,12 @@ pub fn ntp_server() -> Vec<Seed> {
         ("nts_old_key", ntp_request(&old, 2, A256)),
         ("nts_v3", hand_request(3, A256, &c256, 1, 16, &[])),
         (
-            "nts_short_nonce_encrypted",
+            "nts_encrypted_fields",
+            hand_request(4, A512, &c512, 3, 16, &inner),
+        ),
+        // RFC 8915 section 5.6: a nonce under 16 octets is refused.
+        (
+            "nts_short_nonce",
             hand_request(4, A512, &c512, 3, 5, &inner),
         ),
         ("nts_legacy_mac_after_auth", legacy_mac),
@@ -545,10 +550,10 @@ mod tests {
             "nts_256_1" | "nts_512_1" | "nts_v3" => Some(2),
             "nts_256_7" | "nts_512_7" => Some(8),
             "nts_old_key" => Some(3),
-            "nts_short_nonce_encrypted" => Some(4),
+            "nts_encrypted_fields" => Some(4),
             _ => None,
         };
-        if name == "nts_legacy_mac_after_auth" {
+        if name == "nts_legacy_mac_after_auth" || name == "nts_short_nonce" {
             // Bytes after the authenticator would be unauthenticated: refused.
             assert_eq!(o.normal, Err(DropReason::MalformedNts), "{name}");
             return;
@@ -563,7 +568,7 @@ mod tests {
                 "{name}"
             );
             assert_eq!(o.rate_kiss, Err(DropReason::RateLimitedNts), "{name}");
-            if name != "nts_short_nonce_encrypted" {
+            if name != "nts_encrypted_fields" {
                 // Nothing encrypted: re-sealing gives back the same request.
                 assert_eq!(o.resealed, Some(o.normal), "{name}");
             }
