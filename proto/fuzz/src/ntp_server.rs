@@ -365,6 +365,10 @@ fn check_answer(
             pending.unique_id.copy_from_slice(u);
         }
     }
+    // Our client sends 32-octet identifiers and compares the echo whole: a
+    // request with a longer one (the server takes 32 to 256) is not ours, and
+    // the client must refuse its answer as not matching.
+    let ours = nts.unique_id.is_some_and(|u| u.len() == UNIQUE_ID_LEN);
 
     match r {
         Response::Plain(len) => {
@@ -408,7 +412,11 @@ fn check_answer(
             assert_eq!(rest, uid_field(uid), "NAK does not echo the UID");
             assert_eq!(
                 check_response(out, &pending, Some(&s2c_key(AeadAlgorithm::AesSivCmac256))),
-                Err(ResponseCheckError::NtsNak)
+                Err(if ours {
+                    ResponseCheckError::NtsNak
+                } else {
+                    ResponseCheckError::UniqueIdMismatch
+                })
             );
         }
         Response::Nts { len, cookies } => {
@@ -452,6 +460,14 @@ fn check_answer(
             let a = Authenticator::parse(a.body).expect("NTS response authenticator body");
             assert_eq!(a.nonce.len(), NONCE_LEN);
 
+            if !ours {
+                assert_eq!(
+                    check_response(out, &pending, Some(&keys.s2c)).err(),
+                    Some(ResponseCheckError::UniqueIdMismatch),
+                    "the client took an answer echoing a UID it could not have sent"
+                );
+                return;
+            }
             let checked = check_response(out, &pending, Some(&keys.s2c))
                 .expect("the client rejects the NTS response");
             assert!(checked.authenticated);
