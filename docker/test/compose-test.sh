@@ -13,7 +13,11 @@
 #      their expiry, clients keep authenticated time from the other one;
 #      reconnected: handed out again (the time this took is printed);
 #   5. every container restarted: cookies chrony held from before still work
-#      (no new key exchange by chrony).
+#      (no new key exchange by chrony);
+#   6. graceful drain: a KE rolling restart (SIGTERM, 2 s of endpoint lag
+#      during which clients are still sent to the stopping replica) fails no
+#      key exchange; a time server sent SIGTERM is no longer handed out
+#      within 1 s and keeps answering for its grace period.
 # Cleans up (containers, network, volume, temp files) on every exit.
 #
 # Usage: docker/test/compose-test.sh        (builds the images when missing)
@@ -34,6 +38,7 @@ export NTS_NET
 NET="${NTS_PROJECT}_nts"
 EXPIRY=4            # KE key_sync.expiry (seconds) in this test
 REPORT=1            # KE key_sync.report_interval
+DRAIN=3             # KE server.drain_delay and time server server.drain_grace
 START=$SECONDS
 
 log() { printf '[%4ds] %s\n' "$((SECONDS - START))" "$*"; }
@@ -99,6 +104,8 @@ chmod 0600 "$PKI/cookie-root-priv.key"
 cat > "$NTS_WORK/ke.toml" <<EOF
 [server]
 listen = ["0.0.0.0:4460"]
+# Serve this long after SIGTERM, not ready (longer than the 2 s of endpoint lag step 7 plays).
+drain_delay = $DRAIN.0
 [tls]
 certificate_chain = "/etc/nts/pki/ke.pem"
 private_key = "/etc/nts/pki/ke-key.pem"
@@ -121,6 +128,7 @@ for t in ts1 ts2; do
 listen = ["0.0.0.0:123"]
 workers = 1
 user = "nts"
+drain_grace = $DRAIN.0
 [clock]
 # The test host's kernel may be unsynchronized; announce a local reference.
 local_reference = true
@@ -422,5 +430,47 @@ clients_ok_after() { local c; for c in client1 client2; do [ -n "$(client_auth_s
 wait_for 30 "both clients authenticated after the restart" clients_ok_after
 log "  both nts-client agents authenticated again after the restart"
 
-echo "RESULT dropped_after_disconnect_s=$dropped rejoin_after_reconnect_ms=$REJOIN_MS handed_out_after_replace_ms=$REPLACE_MS"
+# ---------------------------------------------------------------- 7. graceful drain
+not_running() { [ "$(docker inspect -f '{{.State.Running}}' "$NTS_PROJECT-$1")" = false ]; }
+exit_code() { docker inspect -f '{{.State.ExitCode}}' "$NTS_PROJECT-$1"; }
+ke_not_ready() { [ "$(http_code "$1" 9460 /readyz)" = 503 ]; }
+log "KE rolling restart, each replica sent SIGTERM while clients keep coming for 2 s (endpoint lag)"
+ke_tried=0; ke_failed=0
+for k in ke1 ke2; do
+    docker kill -s TERM "$NTS_PROJECT-$k" >/dev/null
+    t0="$(now_ms)"
+    ke_not_ready "$k" || fail "$k still ready after SIGTERM"
+    while [ $(( $(now_ms) - t0 )) -lt 2000 ]; do
+        ke_tried=$((ke_tried + 1))
+        [ -n "$(handed_out "$k")" ] || ke_failed=$((ke_failed + 1))
+    done
+    wait_for $((DRAIN + 12)) "$k to exit after its drain" not_running "$k"
+    [ "$(exit_code "$k")" = 0 ] || fail "$k exited with $(exit_code "$k") after SIGTERM"
+    docker start "$NTS_PROJECT-$k" >/dev/null
+    wait_for 30 "both time servers registered on the restarted $k" alive_on "$k" 2
+done
+[ "$ke_failed" = 0 ] || fail "$ke_failed of $ke_tried key exchanges failed during the KE rolling restart"
+log "  $ke_tried key exchanges sent to replicas in their drain: $ke_failed failed; each exited 0 after ${DRAIN}s"
+
+log "draining ts1 (SIGTERM): no longer handed out within 1 s, answering for its grace period"
+docker kill -s TERM "$NTS_PROJECT-ts1" >/dev/null
+t0="$(now_ms)"
+until alive_on ke1 1 && alive_on ke2 1; do
+    [ $(( $(now_ms) - t0 )) -lt 5000 ] || fail "ts1 still alive on a KE replica 5 s after SIGTERM"
+    sleep 0.05
+done
+LEAVE_MS=$(( $(now_ms) - t0 ))
+[ "$LEAVE_MS" -le 1000 ] || fail "ts1 was handed out for ${LEAVE_MS} ms after SIGTERM (at most 1000)"
+got="$(handed_out_set ke1 ke2)"
+[ "$got" = "$IP_ts2 " ] || fail "a drained ts1 is still handed out: [$got]"
+not_running ts1 && fail "ts1 left before its grace period"
+[ "$(http_code ts1 9461 /readyz)" = 503 ] || fail "a draining ts1 is still ready"
+wait_for $((DRAIN + 10)) "ts1 to exit after its grace period" not_running ts1
+[ "$(exit_code ts1)" = 0 ] || fail "ts1 exited with $(exit_code ts1) after SIGTERM"
+log "  ts1 no longer handed out ${LEAVE_MS} ms after SIGTERM (both replicas; 8 exchanges got $got); exited 0 after its ${DRAIN}s grace"
+docker start "$NTS_PROJECT-ts1" >/dev/null
+wait_for 30 "ts1 alive on ke1" alive_on ke1 2
+wait_for 30 "ts1 alive on ke2" alive_on ke2 2
+
+echo "RESULT dropped_after_disconnect_s=$dropped rejoin_after_reconnect_ms=$REJOIN_MS handed_out_after_replace_ms=$REPLACE_MS ke_drain_failed=$ke_failed/$ke_tried drained_ts_left_ms=$LEAVE_MS"
 log "engine test passed in $((SECONDS - START))s"

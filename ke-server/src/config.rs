@@ -135,6 +135,10 @@ pub struct ServerSection {
     pub handshake_timeout: f64,
     /// Seconds allowed, after the handshake, to receive the request and send the response.
     pub request_timeout: f64,
+    /// Seconds a replica keeps serving after SIGTERM, not ready, so clients
+    /// still sent to it while the load balancer catches up are answered
+    /// (0: stop accepting at once; the chart sets it for Kubernetes).
+    pub drain_delay: f64,
     /// New connections allowed per client address (IPv6: per /64) per minute; 0 turns the limit off.
     pub connections_per_minute: u32,
     /// Slots in the rate limiter's fixed-size table.
@@ -159,6 +163,7 @@ impl Default for ServerSection {
             max_request_records: 64,
             handshake_timeout: 5.0,
             request_timeout: 5.0,
+            drain_delay: 0.0,
             connections_per_minute: 120,
             rate_limit_slots: 65_536,
             user: None,
@@ -522,6 +527,7 @@ pub struct Settings {
     pub config: Config,
     pub handshake_timeout: Duration,
     pub request_timeout: Duration,
+    pub drain_delay: Duration,
     pub reload_interval: Duration,
     pub schedule: KeySchedule,
     pub algorithms: Vec<AeadAlgorithm>,
@@ -601,6 +607,12 @@ impl Config {
         }
         let handshake_timeout = seconds("server.handshake_timeout", s.handshake_timeout)?;
         let request_timeout = seconds("server.request_timeout", s.request_timeout)?;
+        // 0 is allowed: exit as soon as the connections in flight are done.
+        let drain_delay = if s.drain_delay == 0.0 {
+            Duration::ZERO
+        } else {
+            seconds("server.drain_delay", s.drain_delay)?
+        };
         let (reload_interval, acme) = match (&self.tls, &self.acme) {
             (Some(tls), None) => (seconds("tls.reload_interval", tls.reload_interval)?, None),
             (None, Some(acme)) => (
@@ -717,6 +729,7 @@ impl Config {
             registration_policy,
             handshake_timeout,
             request_timeout,
+            drain_delay,
             reload_interval,
             schedule,
             algorithms,
@@ -782,6 +795,7 @@ root_secret_file = "/var/lib/nts/root.key"
                 "server.ipv4_prefix_length",
             ),
             ("[server]\nlisten = []\n", "server.listen"),
+            ("[server]\ndrain_delay = -1\n", "server.drain_delay"),
             ("[ntp]\nport = 0\n", "ntp.port"),
             ("[ntp]\nserver = \"\"\n", "ntp.server"),
             ("[log]\nlevel = \"infoo\"\n", "log.level"),

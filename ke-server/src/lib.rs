@@ -236,6 +236,9 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
+        if self.metrics.draining.get() != 0 {
+            return Err("draining: shutting down (SIGTERM)".into());
+        }
         if let Some(r) = &self.registry {
             if !self.has_fallback && !r.has_live(std::time::Instant::now()) {
                 return Err(
@@ -256,11 +259,49 @@ impl nts_ops::http::Observable for Health {
     }
 }
 
-/// A started server: its bound addresses, metrics, and the task to await.
+/// A started server: its bound addresses, metrics, and its NTS-KE listeners.
 pub struct Running {
     pub ke_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    drain_delay: Duration,
+    /// Longest a connection in flight can still take.
+    in_flight_limit: Duration,
+}
+
+impl Running {
+    /// Leave gracefully (after SIGTERM): turn not ready at once, keep serving
+    /// for `server.drain_delay` (clients the load balancer still sends here
+    /// are answered), stop accepting, and wait for the connections in flight
+    /// (at most a handshake and a request timeout). `abort` (a second
+    /// signal) cuts the wait short.
+    pub async fn drain(self, abort: impl std::future::Future<Output = ()>) {
+        self.metrics.draining.set(1);
+        tracing::info!(
+            delay_s = self.drain_delay.as_secs_f64(),
+            "draining: not ready, serving until the load balancer has moved clients away"
+        );
+        tokio::pin!(abort);
+        let waited = async {
+            tokio::time::sleep(self.drain_delay).await;
+            for l in &self.listeners {
+                l.abort();
+            }
+            let t0 = tokio::time::Instant::now();
+            while self.metrics.active_connections.get() > 0 && t0.elapsed() < self.in_flight_limit {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = waited => {}
+            () = &mut abort => tracing::info!("second signal: leaving without finishing the drain"),
+        }
+        tracing::info!(
+            unfinished = self.metrics.active_connections.get(),
+            "drained: no longer accepting; exiting"
+        );
+    }
 }
 
 /// The files that must stay readable after the privilege drop (reloaded when
@@ -493,9 +534,10 @@ pub async fn start_with(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect::<Vec<_>>();
-    for l in listeners {
-        tokio::spawn(svc.clone().serve(l));
-    }
+    let listener_tasks = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(svc.clone().serve(l)))
+        .collect();
     tokio::spawn(maintain_ring(
         root,
         settings.schedule,
@@ -540,5 +582,8 @@ pub async fn start_with(
         ke_addrs,
         metrics_addr,
         metrics,
+        listeners: listener_tasks,
+        drain_delay: settings.drain_delay,
+        in_flight_limit: settings.handshake_timeout + settings.request_timeout,
     })
 }

@@ -118,7 +118,7 @@ fn main() -> Result<()> {
             );
         }
         wait_for_shutdown().await;
-        tracing::info!("shutting down");
+        running.drain(wait_for_shutdown()).await;
         Ok(())
     })
 }

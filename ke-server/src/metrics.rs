@@ -54,6 +54,8 @@ pub struct Metrics {
     /// Connections closed to make room for a newer one: [prefix full, table full].
     evicted: [Counter; 2],
     pub active_connections: Gauge,
+    /// 1 from SIGTERM on: not ready, serving until `server.drain_delay` ends.
+    pub draining: Gauge,
     cut_off: [Counter; 6],
     request_errors: [Counter; 4],
     pub internal_errors: Counter,
@@ -153,6 +155,11 @@ impl Metrics {
                 (&[("reason", Eviction::PrefixFull.label())], self.evicted[0].get()),
                 (&[("reason", Eviction::TableFull.label())], self.evicted[1].get()),
             ],
+        );
+        e.gauge(
+            "nts_ke_draining",
+            "1 after SIGTERM: not ready, still serving for server.drain_delay, then finishing the connections in flight.",
+            self.draining.get(),
         );
         e.gauge(
             "nts_ke_active_connections",

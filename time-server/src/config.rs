@@ -59,6 +59,10 @@ pub struct ServerSection {
     pub group: Option<String>,
     /// Confine the process to its seccomp allow-list after start-up (off: for debugging).
     pub seccomp: bool,
+    /// Seconds the server keeps answering after SIGTERM, once it has told
+    /// the KE replicas to stop handing it out (at least half a second with
+    /// key sync, for that report to leave).
+    pub drain_grace: f64,
 }
 
 impl Default for ServerSection {
@@ -79,6 +83,7 @@ impl Default for ServerSection {
             user: None,
             group: None,
             seccomp: true,
+            drain_grace: 0.0,
         }
     }
 }
@@ -310,6 +315,12 @@ impl Config {
                 s.max_extension_fields
             );
         }
+        if !s.drain_grace.is_finite() || s.drain_grace < 0.0 || s.drain_grace > 3600.0 {
+            bail!(
+                "server.drain_grace = {}: must be between 0 and 3600 seconds",
+                s.drain_grace
+            );
+        }
         if !s.max_request_age.is_finite() || s.max_request_age < 0.001 || s.max_request_age > 10.0 {
             bail!(
                 "server.max_request_age = {}: must be between 0.001 and 10 seconds",
@@ -466,6 +477,7 @@ mod tests {
             ("[rate_limit]\nrate = -1\n", "rate_limit.rate"),
             ("[rate_limit]\nslots = 2\n", "rate_limit.slots"),
             ("[server]\nmax_request_age = 0\n", "server.max_request_age"),
+            ("[server]\ndrain_grace = -1\n", "server.drain_grace"),
             ("[server]\nmax_request_age = 60\n", "server.max_request_age"),
             ("[server]\nbatch_wait = -0.001\n", "server.batch_wait"),
             ("[server]\nbatch_wait = 1\n", "server.batch_wait"),

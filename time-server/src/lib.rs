@@ -491,6 +491,9 @@ impl ClockRefresh {
 /// reference) and cookie keys are held. This is what the server reports to the
 /// ke-servers (which send clients only to healthy servers) and on `/readyz`.
 pub fn health(metrics: &Metrics, keys: &KeyStore) -> Result<(), String> {
+    if metrics.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err("draining: shutting down (SIGTERM)".into());
+    }
     if !metrics.is_synchronized() {
         return Err("clock not synchronized".into());
     }

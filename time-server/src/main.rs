@@ -103,6 +103,8 @@ fn main() -> Result<()> {
         bail!("{} problem(s) in the configuration", problems.len());
     }
     let seccomp = settings.config.server.seccomp;
+    let drain_grace = std::time::Duration::from_secs_f64(settings.config.server.drain_grace);
+    let key_sync = settings.config.key_sync.is_some() && settings.config.keys.is_none();
     let running = nts_time_server::start(settings)?;
     for a in &running.addrs {
         tracing::info!(addr = %a, workers = running.metrics.workers.len() / running.addrs.len(), "NTP listening");
@@ -125,6 +127,21 @@ fn main() -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        // Unhealthy from now on: key sync reports it within its health check
+        // (200 ms) and the KE replicas stop handing this server out; clients
+        // already here keep getting answers for the grace period.
+        running.metrics.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let grace = if key_sync {
+            drain_grace.max(std::time::Duration::from_millis(500))
+        } else {
+            drain_grace
+        };
+        tracing::info!(grace_s = grace.as_secs_f64(), "draining: reported unhealthy to the KE replicas, answering until the grace period ends");
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub key_conflicts: AtomicU64,
     /// Client addresses are steered to workers by a reuseport BPF program.
     pub steering: AtomicBool,
+    /// Set by SIGTERM: unhealthy for the KE replicas and /readyz, still answering.
+    pub draining: AtomicBool,
 }
 
 impl Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             key_sets_received: AtomicU64::new(0),
             key_conflicts: AtomicU64::new(0),
             steering: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
             timestamp_source: AtomicU8::new(0),
             keys_held: AtomicI64::new(0),
@@ -264,6 +267,11 @@ impl Metrics {
             "nts_time_key_set_age_seconds",
             "Seconds since the key set held was last known current: a key set received, a live key-sync link's report answered, or the root secret file read (-1: never). Small while links are healthy; grows when every link is down.",
             self.key_age_seconds.load(Ordering::Relaxed),
+        );
+        e.gauge(
+            "nts_time_draining",
+            "1 after SIGTERM: reported unhealthy to the KE replicas (no longer handed out), still answering for server.drain_grace.",
+            i64::from(self.draining.load(Ordering::Relaxed)),
         );
         e.gauge(
             "nts_time_clock_synchronized",
