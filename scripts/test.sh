@@ -22,6 +22,15 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "guard rails: nts-proto (default features) depends on no async runtime and no socket crate"
+# Its deny list: what would make the sans-IO core do I/O. proto/src/lib.rs
+# forbids unsafe code; proto/tests/no_alloc.rs fails if the packet path allocates.
+proto_deps="$(cargo tree -p nts-proto -e normal --prefix none --format '{p}')"
+if bad="$(grep -E '^(tokio|mio|socket2|async-std|hyper|tonic) ' <<<"$proto_deps")"; then
+    echo "nts-proto must stay free of I/O, but depends on: $bad" >&2
+    exit 1
+fi
+
 step "cargo test (unit, end-to-end, interop)"
 # NTS_REQUIRE_PEERS makes a missing chrony/NTPsec a failure instead of a skip.
 NTS_REQUIRE_PEERS=1 cargo test --workspace --no-fail-fast

@@ -342,6 +342,7 @@ impl Generator {
                 bufs: (0..batch).map(|_| Vec::with_capacity(1024)).collect(),
                 // SAFETY: all-zero is a valid value for these C structs.
                 iov: vec![unsafe { zeroed() }; batch],
+                // SAFETY: all-zero is a valid value of this plain C struct.
                 hdr: vec![unsafe { zeroed() }; batch],
                 seqs: Vec::with_capacity(batch),
             },
@@ -350,6 +351,7 @@ impl Generator {
                 ctrl: vec![[0; CTRL_WORDS]; batch],
                 // SAFETY: as above.
                 iov: vec![unsafe { zeroed() }; batch],
+                // SAFETY: all-zero is a valid value of this plain C struct.
                 hdr: vec![unsafe { zeroed() }; batch],
             },
             plain_template,

@@ -40,8 +40,9 @@ fn unsynchronized_stack(dir: &std::path::Path) -> (stack::Daemon, stack::Daemon,
 }
 
 fn kernel_is_synchronized() -> bool {
-    // SAFETY: modes = 0 only reads the kernel's clock state.
+    // SAFETY: all-zero is a valid timex (modes = 0).
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: modes = 0 only reads the kernel's clock state.
     let state = unsafe { libc::adjtimex(&mut tx) };
     state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
 }

@@ -824,10 +824,8 @@ async fn replicas_sharing_a_cache_order_once() {
     // Hold the order lock while both replicas start, as a third replica would.
     let lock = std::fs::File::create(cache.join("order.lock")).unwrap();
     // SAFETY: flock on a descriptor we own.
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0);
     // The CA validates HTTP-01 on A's port only; B looks at the cache more often,
     // so B gets the lock first and orders, and A answers B's challenge.
     let a = start_server(

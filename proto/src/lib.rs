@@ -2,6 +2,9 @@
 //! is parsed, built, sealed or opened here, with no sockets, clocks or async
 //! runtime. Callers pass in time and randomness; parsers return typed errors
 //! on any input and never panic.
+//!
+//! No `unsafe` here, ever: everything a wire byte touches is safe Rust.
+#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod aead;

@@ -319,10 +319,8 @@ mod tests {
         fs::remove_file(dir.path().join("2.lock")).unwrap();
         drop(held);
         // SAFETY: flock on a valid open descriptor.
-        assert_eq!(
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-            0
-        );
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0);
         assert!(
             try_lock(dir.path(), 2).is_some(),
             "fresh file can be locked"

@@ -137,6 +137,7 @@ impl Default for ErrorQueue {
             ctrl: vec![[0; ERRQ_CTRL]; ERRQ_BATCH],
             // SAFETY: all-zero is a valid value for these plain C structs.
             iov: vec![unsafe { zeroed() }; ERRQ_BATCH],
+            // SAFETY: all-zero is a valid value of this plain C struct.
             hdr: vec![unsafe { zeroed() }; ERRQ_BATCH],
         }
     }

@@ -137,10 +137,15 @@ pub fn run(
     let mut tx_ctrl = vec![[0u8; TX_CTRL]; batch];
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut rx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut tx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut rx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut tx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut rx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut tx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
 
     while !shared.stop.load(Ordering::Relaxed) {

@@ -66,7 +66,9 @@ fn worker(sock: socket2::Socket, batch: usize, stop: &AtomicBool, count: &Atomic
     let mut ctrl = vec![[0u8; RX_CTRL]; batch];
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
     while !stop.load(Ordering::Relaxed) {
         for i in 0..batch {
