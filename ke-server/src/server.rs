@@ -10,7 +10,8 @@ use nts_proto::aead::AeadKey;
 use nts_proto::ke_record::ErrorCode;
 use nts_proto::ke_server::{
     self, encode_error, encode_response, exporter_context, make_cookies, negotiate, Negotiation,
-    NtpTarget, RequestDecoder, RequestLimits, COOKIES_PER_RESPONSE, EXPORTER_LABEL,
+    NtpTarget, RequestDecoder, RequestLimits, ServerNegotiation, TargetSource,
+    COOKIES_PER_RESPONSE, EXPORTER_LABEL,
 };
 use nts_proto::key_ring::KeyRing;
 use nts_proto::rate_limit::RateLimiter;
@@ -37,6 +38,8 @@ pub struct KeService {
     pub metrics: Arc<Metrics>,
     /// Configured time server, used when no registered one is alive.
     pub target: NtpTarget,
+    /// How answers name the time server.
+    negotiation: ServerNegotiation,
     pub registry: Option<Arc<crate::registry::Registry>>,
     limiter: Option<Mutex<RateLimiter>>,
     slots: Arc<Slots>,
@@ -66,6 +69,10 @@ impl KeService {
             settings,
             ring,
             metrics,
+            negotiation: ServerNegotiation {
+                key_sync: registry.is_some(),
+                fallback: target.clone(),
+            },
             target,
             registry,
             limiter,
@@ -265,25 +272,21 @@ impl KeService {
                 let registered = self
                     .registry
                     .as_ref()
-                    .and_then(|r| r.pick(Instant::now(), Some(peer.ip())));
-                let target = match registered {
-                    Some(t) => {
+                    .and_then(|r| r.pick(Instant::now(), Some(peer.ip())))
+                    .map(|t| (t.host, t.port));
+                let target = match self.negotiation.choose(registered) {
+                    Ok((target, TargetSource::Registry)) => {
                         self.metrics.negotiated_registered.inc();
-                        NtpTarget {
-                            server: Some(t.host),
-                            port: Some(t.port),
-                        }
+                        target
                     }
-                    // With key sync, only an explicit ntp.server is a fallback: never
-                    // send clients to this host by leaving Server Negotiation out.
-                    None if self.registry.is_some() && self.target.server.is_none() => {
+                    Ok((target, TargetSource::Fallback)) => {
+                        self.metrics.negotiated_fallback.inc();
+                        target
+                    }
+                    Err(code) => {
                         self.metrics.negotiated_none.inc();
                         tracing::info!(%peer, "no live time server and no ntp.server fallback: answering Internal Server Error");
-                        return Ok(encode_error(ErrorCode::InternalServerError));
-                    }
-                    None => {
-                        self.metrics.negotiated_fallback.inc();
-                        self.target.clone()
+                        return Ok(encode_error(code));
                     }
                 };
                 self.metrics.key_exchanges_ok.inc();

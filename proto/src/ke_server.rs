@@ -242,6 +242,51 @@ pub struct NtpTarget {
     pub port: Option<u16>,
 }
 
+/// Where a [`ServerNegotiation`] decision sent the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSource {
+    /// A live time server from the key-sync registry.
+    Registry,
+    /// The configured `ntp.server` (or, without key sync, this host).
+    Fallback,
+}
+
+/// How a KE server names the time server in its answer (RFC 8915 sections
+/// 4.1.7 and 4.1.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNegotiation {
+    /// Time servers register over key sync: only a registered one, or an
+    /// explicitly configured fallback, may be named.
+    pub key_sync: bool,
+    /// The configured target (`ntp.server` / `ntp.port`).
+    pub fallback: NtpTarget,
+}
+
+impl ServerNegotiation {
+    /// The target for one answer, given the live time server the registry
+    /// picked (if any). With key sync and no configured server, leaving the
+    /// Server record out would send clients to this host, which serves no
+    /// NTP: the answer is Internal Server Error instead.
+    pub fn choose(
+        &self,
+        registered: Option<(String, u16)>,
+    ) -> Result<(NtpTarget, TargetSource), ErrorCode> {
+        match registered {
+            Some((host, port)) => Ok((
+                NtpTarget {
+                    server: Some(host),
+                    port: Some(port),
+                },
+                TargetSource::Registry,
+            )),
+            None if self.key_sync && self.fallback.server.is_none() => {
+                Err(ErrorCode::InternalServerError)
+            }
+            None => Ok((self.fallback.clone(), TargetSource::Fallback)),
+        }
+    }
+}
+
 /// The cookie key ring has no key for now: the server cannot issue cookies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("no current cookie key")]
@@ -310,6 +355,38 @@ pub fn encode_error(code: ErrorCode) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_negotiation_never_names_this_host_under_key_sync() {
+        let here = NtpTarget::default();
+        let named = NtpTarget {
+            server: Some("ntp.example.net".into()),
+            port: Some(123),
+        };
+        let live = Some(("192.0.2.1".to_string(), 4123));
+        for key_sync in [false, true] {
+            let n = ServerNegotiation {
+                key_sync,
+                fallback: here.clone(),
+            };
+            let (t, src) = n.choose(live.clone()).unwrap();
+            assert_eq!(
+                (t.server.as_deref(), t.port, src),
+                (Some("192.0.2.1"), Some(4123), TargetSource::Registry)
+            );
+            let none = n.choose(None);
+            if key_sync {
+                assert_eq!(none, Err(ErrorCode::InternalServerError));
+            } else {
+                assert_eq!(none, Ok((here.clone(), TargetSource::Fallback)));
+            }
+        }
+        let n = ServerNegotiation {
+            key_sync: true,
+            fallback: named.clone(),
+        };
+        assert_eq!(n.choose(None), Ok((named, TargetSource::Fallback)));
+    }
     use crate::ke_record::Record;
     use crate::key_ring::{KeySchedule, RootSecret};
 
