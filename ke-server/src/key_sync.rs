@@ -38,6 +38,8 @@ pub struct KeySyncService {
     pub expiry: Duration,
     /// What registrations may claim.
     pub policy: registration::Policy,
+    /// Open WatchKeys streams per server_id.
+    pub watchers: Arc<crate::watchers::Watchers>,
 }
 
 impl KeySyncService {
@@ -153,22 +155,29 @@ impl KeySync for KeySyncService {
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
         self.admit_watcher(&req)?;
         let id = req.into_inner().server_id;
-        tracing::info!(server_id = %id, "time server watching keys");
+        // Watches are bounded through registrations (bounded per certificate).
+        if !self.registry.is_registered(&id) {
+            self.metrics.registration_refused("identity");
+            return Err(Status::failed_precondition("register before watching keys"));
+        }
+        let (watch, replaced_by, replaced) = self.watchers.open(&id);
+        tracing::info!(server_id = %id, replaced, "time server watching keys");
         let period = self.schedule.rotation_period;
         let metrics = self.metrics.clone();
         metrics.key_watchers.inc();
-        let guard = WatcherGuard(metrics.clone());
-        let stream = tokio_stream::wrappers::WatchStream::new(self.ring.clone()).map(move |ring| {
+        let guard = WatcherGuard(metrics.clone(), watch);
+        let sets = tokio_stream::wrappers::WatchStream::new(self.ring.clone()).map(move |ring| {
             let _keep = &guard;
             metrics.key_sets_sent.inc();
             Ok(key_set(&ring, unix_now(), period))
         });
+        let stream = futures_util::StreamExt::take_until(sets, replaced_by);
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Counts a watcher out when its stream is dropped.
-struct WatcherGuard(Arc<Metrics>);
+/// Counts a watcher out (and closes its watch) when its stream is dropped.
+struct WatcherGuard(Arc<Metrics>, #[allow(dead_code)] crate::watchers::Watch);
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.0.key_watchers.dec();

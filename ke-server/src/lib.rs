@@ -14,6 +14,7 @@ pub mod registry;
 pub mod root_secret;
 pub mod server;
 pub mod slots;
+pub mod watchers;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -504,6 +505,8 @@ pub async fn start_with(
             report_interval: settings.report_interval,
             expiry: settings.expiry,
             policy: settings.registration_policy.clone(),
+            // One watch per KE replica, and one more while a reconnect overlaps.
+            watchers: watchers::Watchers::new(2),
         };
         if settings.registration_policy.allows_any_address() {
             tracing::warn!("key_sync.advertise_networks and advertise_domains are empty: a time-server certificate may advertise any address to clients (besides its own names); set them to the networks and domains your time servers live on");

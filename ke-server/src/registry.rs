@@ -204,6 +204,11 @@ impl Registry {
             && e.info.ntp_port != 0
     }
 
+    /// Whether `server_id` registered (and was not forgotten since).
+    pub fn is_registered(&self, server_id: &str) -> bool {
+        self.lock().contains_key(server_id)
+    }
+
     /// Whether at least one time server could be handed out now.
     pub fn has_live(&self, now: Instant) -> bool {
         self.lock().values().any(|v| self.eligible(v, now))
