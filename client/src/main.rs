@@ -355,7 +355,10 @@ fn main() -> Result<()> {
                 .with_context(|| format!("key exchange with {host}:{port}"))?;
             out!("server      {host}:{port}");
             out!("aead        {} ({})", out.aead, out.aead.id());
-            out!("ntp server  {}:{}", out.ntp_server, out.ntp_port);
+            out!(
+                "ntp server  {}",
+                nts_client::agent::host_port(&out.ntp_server, out.ntp_port)
+            );
             out!(
                 "cookies     {} ({} bytes each)",
                 out.cookies.len(),
