@@ -14,8 +14,8 @@ use crate::system_clock::{has_cap_sys_time, SystemClock};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::clock::{
-    apply_command, Agent, AgentConfig, Clock, ClockCommand, InitialFrequency, LeapStatus, Sample,
-    ServerInfo, SourceId, SourceState,
+    apply_command, Agent, AgentConfig, AgentStatus, Clock, ClockCommand, InitialFrequency,
+    LeapStatus, Sample, ServerInfo, SourceId, SourceState,
 };
 use nts_proto::interleaved::InterleavedClient;
 use nts_proto::ntp_client::ResponseCheckError;
@@ -628,6 +628,34 @@ struct TrackState {
     last_update_unix: Option<f64>,
     system_peer: Option<SourceId>,
     leap: LeapStatus,
+    panicked: bool,
+}
+
+/// Say when the panic threshold starts refusing the offset (naming it and
+/// the key) and when it stops: once per change, not once per poll.
+fn log_panic_change(agent: &Agent, st: &AgentStatus, observe: bool, track: &mut TrackState) {
+    if st.panicked == track.panicked {
+        return;
+    }
+    track.panicked = st.panicked;
+    let threshold = agent
+        .config()
+        .discipline
+        .panic_threshold
+        .unwrap_or(f64::INFINITY);
+    match st.refused_offset.filter(|_| st.panicked) {
+        Some(offset) => tracing::warn!(
+            offset,
+            threshold,
+            "offset beyond clock.panic_threshold: {}",
+            if observe {
+                "observe-only, but disciplining would refuse to correct the clock"
+            } else {
+                "refusing to correct the clock"
+            }
+        ),
+        None => tracing::info!(threshold, "offset back within clock.panic_threshold"),
+    }
 }
 
 /// Refresh the shared report. Sources being polled right now keep their last entry.
@@ -664,6 +692,7 @@ fn publish(
         }
         track.system_peer = peer;
     }
+    log_panic_change(agent, &st, observe, track);
     if st.leap.announced != track.leap {
         track.leap = st.leap.announced;
         match (st.leap.announced, st.leap.at_unix) {
@@ -910,11 +939,10 @@ pub async fn run(
         }
         for cmd in &cmds {
             match (cmd, clock.as_mut()) {
-                (ClockCommand::Panic { offset, threshold }, _) => tracing::error!(
-                    offset,
-                    threshold,
-                    "offset beyond the panic threshold: refusing to correct the clock"
-                ),
+                // Logged once per change by log_panic_change.
+                (ClockCommand::Panic { offset, threshold }, _) => {
+                    tracing::debug!(offset, threshold, "panic threshold: correction refused")
+                }
                 (_, Some(c)) => {
                     commands += 1;
                     match cmd {
