@@ -4,24 +4,23 @@
 //! (only in discipline mode with CAP_SYS_TIME), and publishes a status
 //! snapshot for `nts-client status`, /metrics and /readyz.
 
+use crate::association_file::{prepare_state_dir, AssociationFile};
 use crate::config::{ClockMode, Config, SourceKind};
 use crate::exchange::{exchange, plain_exchange, ExchangeError, Sample as Measured};
 use crate::ke::{self, KeOutcome};
+use crate::state_dir::StateDir;
 use crate::status::{SourceReport, StatusReport, Tracking};
 use crate::system_clock::{has_cap_sys_time, SystemClock};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::clock::{
-    apply_command, Agent, AgentConfig, Clock, ClockCommand, InitialFrequency, LeapStatus, Sample,
-    ServerInfo, SourceId, SourceState,
+    apply_command, Agent, AgentConfig, AgentStatus, Clock, ClockCommand, InitialFrequency,
+    LeapStatus, Sample, ServerInfo, SourceId, SourceState,
 };
 use nts_proto::interleaved::InterleavedClient;
 use nts_proto::ntp_client::ResponseCheckError;
-use nts_proto::nts_source::{
-    Association, NtsSource, NtsSourceConfig, SavedAssociation, Step, Transition, Verdict,
-};
+use nts_proto::nts_source::{Association, NtsSource, NtsSourceConfig, Step, Transition, Verdict};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +40,7 @@ struct Source {
     /// The NTS association (NTS sources only).
     nts: Option<NtsSource>,
     /// Where the association is kept across restarts.
-    state_file: Option<PathBuf>,
+    state_file: Option<AssociationFile>,
     /// Plain NTP: the resolved server.
     ntp_addr: Option<SocketAddr>,
     timeouts: u64,
@@ -153,75 +152,23 @@ fn nts_config(cfg: &Config) -> NtsSourceConfig {
     }
 }
 
-/// The file that keeps a source's association: one per source name.
-fn state_file_for(dir: &std::path::Path, name: &str) -> PathBuf {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    dir.join(format!("{safe}.nts"))
-}
-
-/// Read a saved association; a missing file is normal, a damaged one is said once.
-fn load_saved(path: &std::path::Path) -> Option<SavedAssociation> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(file = %path.display(), "cannot read saved NTS cookies: {e}");
-            return None;
-        }
-    };
-    match SavedAssociation::from_text(&text) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), "ignoring damaged saved NTS cookies: {e}");
-            None
-        }
-    }
-}
-
-/// Write a saved association atomically with mode 0600 (it holds keys).
-fn store_saved(path: &std::path::Path, saved: &SavedAssociation) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("nts.tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(saved.to_text().as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 fn save_source(src: &Source) {
-    let (Some(path), Some(nts)) = (&src.state_file, &src.nts) else {
+    let (Some(file), Some(nts)) = (&src.state_file, &src.nts) else {
         return;
     };
-    let r = match nts.save() {
-        Some(saved) => store_saved(path, &saved),
-        None => match std::fs::remove_file(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
-    };
-    if let Err(e) = r {
-        tracing::warn!(source = %src.name, file = %path.display(), "cannot save NTS cookies: {e}");
+    if let Err(e) = file.store(nts.save().as_ref()) {
+        tracing::warn!(source = %src.name, "cannot save NTS cookies: {e}");
     }
 }
 
-async fn expand_sources(cfg: &Config, agent: &mut Agent, started: Instant) -> Vec<Source> {
+/// The sources of the configuration (pools expanded). A saved association
+/// that fails the state-directory rules stops start-up.
+async fn expand_sources(
+    cfg: &Config,
+    state: Option<&Arc<StateDir>>,
+    agent: &mut Agent,
+    started: Instant,
+) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     let now = mono(started);
     let unix_now = unix_f64() as u64;
@@ -259,15 +206,18 @@ async fn expand_sources(cfg: &Config, agent: &mut Agent, started: Instant) -> Ve
                 None => host_port(&host, port),
             };
             let authenticated = matches!(s.kind, SourceKind::Nts | SourceKind::NtsPool);
-            let state_file = cfg
-                .nts
-                .state_dir
-                .as_deref()
+            let state_file = state
                 .filter(|_| authenticated)
-                .map(|d| state_file_for(d, &name));
+                .map(|d| AssociationFile::new(d.clone(), &name));
+            let saved = match &state_file {
+                Some(f) => f
+                    .load()
+                    .map_err(|e| anyhow::anyhow!("nts.state_dir: {e}"))?,
+                None => None,
+            };
             let nts = authenticated.then(|| {
                 let jitter: f64 = rand::random();
-                match state_file.as_deref().and_then(load_saved) {
+                match saved {
                     Some(saved) => {
                         let src =
                             NtsSource::restored(nts_config(cfg), saved, now, unix_now, jitter);
@@ -311,7 +261,7 @@ async fn expand_sources(cfg: &Config, agent: &mut Agent, started: Instant) -> Ve
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Every address of `host`, IPv6 and IPv4 interleaved so that a broken
@@ -678,6 +628,34 @@ struct TrackState {
     last_update_unix: Option<f64>,
     system_peer: Option<SourceId>,
     leap: LeapStatus,
+    panicked: bool,
+}
+
+/// Say when the panic threshold starts refusing the offset (naming it and
+/// the key) and when it stops: once per change, not once per poll.
+fn log_panic_change(agent: &Agent, st: &AgentStatus, observe: bool, track: &mut TrackState) {
+    if st.panicked == track.panicked {
+        return;
+    }
+    track.panicked = st.panicked;
+    let threshold = agent
+        .config()
+        .discipline
+        .panic_threshold
+        .unwrap_or(f64::INFINITY);
+    match st.refused_offset.filter(|_| st.panicked) {
+        Some(offset) => tracing::warn!(
+            offset,
+            threshold,
+            "offset beyond clock.panic_threshold: {}",
+            if observe {
+                "observe-only, but disciplining would refuse to correct the clock"
+            } else {
+                "refusing to correct the clock"
+            }
+        ),
+        None => tracing::info!(threshold, "offset back within clock.panic_threshold"),
+    }
 }
 
 /// Refresh the shared report. Sources being polled right now keep their last entry.
@@ -714,6 +692,7 @@ fn publish(
         }
         track.system_peer = peer;
     }
+    log_panic_change(agent, &st, observe, track);
     if st.leap.announced != track.leap {
         track.leap = st.leap.announced;
         match (st.leap.announced, st.leap.at_unix) {
@@ -790,23 +769,6 @@ fn publish(
     *shared.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
 }
 
-/// Create the state directory (0700) when one is configured.
-pub fn prepare_state_dir(cfg: &Config) -> Result<()> {
-    if let Some(dir) = &cfg.nts.state_dir {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("nts.state_dir: cannot create {}", dir.display()))?;
-        let probe = dir.join(".write-test");
-        std::fs::write(&probe, b"")
-            .with_context(|| format!("nts.state_dir: {} is not writable", dir.display()))?;
-        let _ = std::fs::remove_file(probe);
-    }
-    Ok(())
-}
-
 /// The frequency to start from: the drift file (discipline mode), else what
 /// the kernel has in force (a read, never a change), so a restart does not
 /// disturb a clock that is already disciplined.
@@ -838,35 +800,6 @@ fn initial_frequency(cfg: &Config, observe: bool, acfg: &mut AgentConfig) -> Res
     Ok(())
 }
 
-/// What `--check-config` checks of the state directory, creating nothing:
-/// it exists and is writable, or its nearest existing parent is.
-pub fn check_state_dir(cfg: &Config) -> Result<()> {
-    let Some(dir) = &cfg.nts.state_dir else {
-        return Ok(());
-    };
-    let mut at = dir.as_path();
-    while !at.exists() {
-        at = at
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-    }
-    if !at.is_dir() {
-        anyhow::bail!("nts.state_dir: {} is not a directory", at.display());
-    }
-    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
-        .context("nts.state_dir: path holds a NUL byte")?;
-    // SAFETY: access(2) on a NUL-terminated path.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        anyhow::bail!(
-            "nts.state_dir: {} is not writable: {}",
-            at.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Run the agent until `stop` turns true; then end a slew in progress and
 /// write the drift file, so the kernel is left at the frequency found.
 pub async fn run(
@@ -878,7 +811,7 @@ pub async fn run(
     let cas: Vec<&std::path::Path> = cfg.nts.ca_files.iter().map(|p| p.as_path()).collect();
     let roots = ke::root_store(&cas, cfg.nts.system_roots).context("nts.ca_files")?;
     let tls = ke::tls_config(roots);
-    prepare_state_dir(&cfg)?;
+    let state = prepare_state_dir(&cfg)?;
     let started = Instant::now();
     let mut acfg = agent_config(&cfg, observe);
     initial_frequency(&cfg, observe, &mut acfg)?;
@@ -901,7 +834,7 @@ pub async fn run(
         )),
         _ => None,
     };
-    let sources = expand_sources(&cfg, &mut agent, started).await;
+    let sources = expand_sources(&cfg, state.as_ref(), &mut agent, started).await?;
     let mut clock = (!observe).then(SystemClock::new);
     let mut commands = 0u64;
     tracing::info!(
@@ -1006,11 +939,10 @@ pub async fn run(
         }
         for cmd in &cmds {
             match (cmd, clock.as_mut()) {
-                (ClockCommand::Panic { offset, threshold }, _) => tracing::error!(
-                    offset,
-                    threshold,
-                    "offset beyond the panic threshold: refusing to correct the clock"
-                ),
+                // Logged once per change by log_panic_change.
+                (ClockCommand::Panic { offset, threshold }, _) => {
+                    tracing::debug!(offset, threshold, "panic threshold: correction refused")
+                }
                 (_, Some(c)) => {
                     commands += 1;
                     match cmd {
@@ -1074,10 +1006,8 @@ mod tests {
     }
 
     #[test]
-    fn names_and_state_files() {
+    fn host_port_brackets_ipv6() {
         assert_eq!(host_port("::1", 4460), "[::1]:4460");
         assert_eq!(host_port("time.example", 4460), "time.example:4460");
-        let f = state_file_for(std::path::Path::new("/s"), "[::1]:4460");
-        assert_eq!(f, std::path::Path::new("/s/___1__4460.nts"));
     }
 }

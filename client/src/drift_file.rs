@@ -3,9 +3,8 @@
 //! format and what to do with it are pure code in
 //! `nts_proto::clock::drift`; this module only reads and writes the file.
 
+use crate::state_dir::{split_file, Access, StateDir, StateDirError};
 use nts_proto::clock::{DriftParseError, DriftRecord};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -13,11 +12,9 @@ use thiserror::Error;
 /// A drift file that could not be read or written; always names the file.
 #[derive(Debug, Error)]
 pub enum DriftFileError {
-    #[error("drift file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Its directory or the file fails the state-directory rules, or I/O failed.
+    #[error("drift file {0}")]
+    State(#[from] StateDirError),
     #[error("drift file {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -25,17 +22,26 @@ pub enum DriftFileError {
     },
 }
 
+/// The drift file's directory, checked like the state directory: the file
+/// is opened relative to it and never through a link.
+fn open_dir(path: &Path) -> Result<(StateDir, &str), DriftFileError> {
+    let (dir, name) = split_file(path)?;
+    Ok((StateDir::open(dir)?, name))
+}
+
+/// What start-up and `--check-config` check: the directory and, if there,
+/// the file (a regular file of the agent's user that only it may write).
+pub fn check(path: &Path) -> Result<(), DriftFileError> {
+    let (dir, name) = open_dir(path)?;
+    dir.read(name, Access::Public)?;
+    Ok(())
+}
+
 /// Read the drift file; Ok(None) when it does not exist yet (first start).
 pub fn read(path: &Path) -> Result<Option<DriftRecord>, DriftFileError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(DriftFileError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let (dir, name) = open_dir(path)?;
+    let Some(text) = dir.read(name, Access::Public)? else {
+        return Ok(None);
     };
     DriftRecord::parse(&text)
         .map(Some)
@@ -45,35 +51,13 @@ pub fn read(path: &Path) -> Result<Option<DriftRecord>, DriftFileError> {
         })
 }
 
-/// Write the record atomically: a temporary file in the same directory,
-/// flushed to disk, mode 0644, renamed over the old one. A crash leaves the
-/// old file or the new one, never half of one.
+/// Write the record atomically, mode 0644 (no secret in it): a crash leaves
+/// the old file or the new one, never half of one, and a planted link is
+/// refused, never followed.
 pub fn write(path: &Path, record: &DriftRecord) -> Result<(), DriftFileError> {
-    let io = |source| DriftFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The mode given to open() is reduced by the umask; the file is
-        // meant to be world-readable.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.write_all(record.to_text().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    let (dir, name) = open_dir(path)?;
+    dir.write(name, record.to_text().as_bytes(), Access::Public)?;
+    Ok(())
 }
 
 /// The current Unix time in whole seconds (for [`DriftRecord::written_unix`]
@@ -133,6 +117,7 @@ impl DriftWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rec(ppm: f64) -> DriftRecord {
         DriftRecord {
@@ -167,6 +152,28 @@ mod tests {
         let missing_dir = dir.path().join("nope").join("drift");
         let e = write(&missing_dir, &rec(1.0)).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn planted_links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "-1.5 0.01 1764547200\n").unwrap();
+        let path = dir.path().join("drift");
+        std::os::unix::fs::symlink(&victim, dir.path().join("drift.tmp")).unwrap();
+        let e = write(&path, &rec(7.0)).unwrap_err().to_string();
+        assert!(
+            e.contains("drift.tmp") && e.contains("symbolic link"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("drift.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "-1.5 0.01 1764547200\n"
+        );
     }
 
     #[test]

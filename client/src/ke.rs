@@ -27,7 +27,9 @@ pub struct KeOutcome {
     pub c2s: AeadKey,
     pub s2c: AeadKey,
     pub cookies: Vec<Vec<u8>>,
-    /// Negotiated NTP server, or the KE host when none was sent.
+    /// Negotiated NTP server, or, when none was sent, the IP address the KE
+    /// connection went to (RFC 8915 4.1.7: "the same IP address as the NTS-KE
+    /// server"; resolving the KE name again could give another host).
     pub ntp_server: String,
     /// Negotiated NTP port, or 123.
     pub ntp_port: u16,
@@ -140,6 +142,9 @@ async fn exchange(
         .await
         .map_err(|e| KeError::Connect(target.clone(), e))?;
     let _ = tcp.set_nodelay(true);
+    let peer = tcp
+        .peer_addr()
+        .map_err(|e| KeError::Connect(target.clone(), e))?;
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
@@ -190,7 +195,7 @@ async fn exchange(
         c2s,
         s2c,
         cookies: response.cookies,
-        ntp_server: response.server.unwrap_or_else(|| connect.to_string()),
+        ntp_server: response.server.unwrap_or_else(|| peer.ip().to_string()),
         ntp_port: response.port.unwrap_or(DEFAULT_NTP_PORT),
         warnings: response.warnings,
     })

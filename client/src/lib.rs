@@ -2,6 +2,7 @@
 //! protocol and clock algorithms live in `nts-proto`.
 
 pub mod agent;
+pub mod association_file;
 pub mod config;
 pub mod drift_file;
 pub mod exchange;
@@ -9,6 +10,7 @@ pub mod ke;
 pub mod leap_file;
 pub mod metrics;
 pub mod query;
+pub mod state_dir;
 pub mod status;
 pub mod system_clock;
 

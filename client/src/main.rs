@@ -164,7 +164,7 @@ fn run_agent(
     }
     // Capabilities are per thread: narrow them before the runtime starts any.
     // Keep CAP_SYS_TIME only to discipline; seccomp once started (NTS_SECCOMP=off: no filter).
-    nts_client::agent::prepare_state_dir(&config)?;
+    nts_client::association_file::prepare_state_dir(&config)?;
     let discipline = config.clock.mode == nts_client::config::ClockMode::Discipline
         && nts_client::system_clock::has_cap_sys_time();
     let keep: &[u32] = if discipline {
@@ -266,7 +266,7 @@ fn main() -> Result<()> {
             nts_ops::init_logging(log_level.as_deref().unwrap_or(&cfg.log.level));
             cfg.validate()?;
             if check_config {
-                nts_client::agent::check_state_dir(&cfg)?;
+                nts_client::association_file::check_state(&cfg)?;
                 out!("configuration OK");
                 return Ok(());
             }
@@ -355,7 +355,10 @@ fn main() -> Result<()> {
                 .with_context(|| format!("key exchange with {host}:{port}"))?;
             out!("server      {host}:{port}");
             out!("aead        {} ({})", out.aead, out.aead.id());
-            out!("ntp server  {}:{}", out.ntp_server, out.ntp_port);
+            out!(
+                "ntp server  {}",
+                nts_client::agent::host_port(&out.ntp_server, out.ntp_port)
+            );
             out!(
                 "cookies     {} ({} bytes each)",
                 out.cookies.len(),

@@ -132,3 +132,41 @@ fn query_xleave_gets_interleaved_answers() {
         assert_eq!(v["interleaved"], 3, "{v}");
     }
 }
+
+/// RFC 8915 4.1.7: without a Server Negotiation record the client SHALL use
+/// the NTS-KE server's IP address, the one its TCP connection went to, not
+/// the KE name resolved again (which may give another host).
+#[test]
+fn ke_without_server_record_uses_the_address_the_ke_connection_went_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate().unwrap();
+    let root = dir.path().join("root.key");
+    stack::write_root_secret(&root).unwrap();
+    let (port, mport) = (testkit::ports::free_port(), testkit::ports::free_port());
+    // No `server` under [ntp]: only a Port Negotiation record is sent.
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[tls]\ncertificate_chain = {chain:?}\nprivate_key = {key:?}\n[ntp]\nport = 4999\n[cookie_keys]\nroot_secret_file = {root:?}\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
+        chain = pki.chain_path(),
+        key = pki.key_path(),
+    );
+    let _ke = stack::start_daemon(
+        "nts-ke-server",
+        stack::cargo_bin("nts-ke-server", "nts-ke-server"),
+        &config,
+        dir.path(),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        format!("127.0.0.1:{mport}").parse().unwrap(),
+        "NTS-KE listening",
+    )
+    .unwrap();
+    let out = Command::new(stack::cargo_bin("nts-client", "nts-client"))
+        .args(["ke", "--no-system-roots", "--ca"])
+        .arg(pki.ca_path())
+        .arg(format!("localhost:{port}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(text.contains("ntp server  127.0.0.1:4999"), "{text}");
+}

@@ -41,21 +41,7 @@ fn read_existing(path: &Path) -> Result<RootSecret> {
     if let Some(why) = nts_ops::privileges::secret_mode_problem(mode) {
         return Err(problem(path, why));
     }
-    let bytes = hex::decode(text.trim()).map_err(|_| {
-        problem(
-            path,
-            format!(
-                "expected 64 hexadecimal digits, found {} characters that are not",
-                text.trim().len()
-            ),
-        )
-    })?;
-    RootSecret::from_bytes(&bytes).map_err(|e| {
-        problem(
-            path,
-            format!("expected 64 hexadecimal digits (32 bytes): {e}"),
-        )
-    })
+    RootSecret::from_file_text(&text).map_err(|e| problem(path, e))
 }
 
 /// Read the secret; create it (mode 0600) only when it is missing and
@@ -73,23 +59,64 @@ pub fn load(path: &Path, create_if_missing: bool) -> Result<(RootSecret, bool)> 
     }
 }
 
+/// Create the file atomically, so a kill at any moment leaves either no
+/// file or a whole one: a temporary file in the same directory (0600, unique
+/// name), written and fsynced, then hard-linked into place (which, unlike a
+/// rename, never replaces a secret another replica created meanwhile), then
+/// the directory fsynced. Temporary files a killed creation left are removed.
 fn write_new(path: &Path, secret: &RootSecret) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n,
+        ),
+        _ => bail!(
+            "cookie_keys.root_secret_file {}: not a file name",
+            path.display()
+        ),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let prefix = format!(".{name}.");
+    remove_stale_temporaries(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        // open() applies the umask; the mode must be exactly 0600.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(secret.to_file_text().as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+            .with_context(|| format!("creating cookie_keys.root_secret_file {}", path.display()))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Remove `PREFIX*.tmp` files (left by a creation that was killed).
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with(prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating cookie_keys.root_secret_file {}", path.display()))?;
-    let text = format!("{}\n", hex::encode(secret.as_bytes()));
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
-        bail!("{} was created readable by others", path.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -112,6 +139,31 @@ mod tests {
         let (b, created) = load(&p, false).unwrap();
         assert!(!created);
         assert_eq!(a.as_bytes(), b.as_bytes());
+    }
+
+    #[test]
+    fn an_empty_or_malformed_file_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root.key");
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for create in [false, true] {
+            let e = format!("{:#}", load(&p, create).unwrap_err());
+            assert!(
+                e.contains(&p.display().to_string())
+                    && e.contains("empty (0 bytes)")
+                    && e.contains("delete it"),
+                "{e}"
+            );
+        }
+        std::fs::write(&p, "not hex\n").unwrap();
+        let e = format!("{:#}", load(&p, true).unwrap_err());
+        assert!(
+            e.contains(&p.display().to_string())
+                && e.contains("64 hexadecimal digits")
+                && e.contains("copy the file from another KE replica"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum ResponseError {
     Malformed(&'static str),
     #[error("server sent no cookies")]
     NoCookies,
+    /// RFC 8915 4.1.8 names the UDP port to send NTP to: 0 cannot be one.
+    #[error("NTPv4 Port Negotiation record names port 0, where no NTP server can be")]
+    ZeroPort,
     #[error("response exceeds {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
     #[error("connection closed before End of Message")]
@@ -114,6 +117,7 @@ impl ResponseDecoder {
                     }
                 }
                 Record::Server(s) => self.server = Some(s),
+                Record::Port(0) => break Err(ResponseError::ZeroPort),
                 Record::Port(p) => self.port = Some(p),
                 Record::Unknown { record_type, .. } => {
                     if critical {
@@ -284,6 +288,33 @@ mod tests {
         .unwrap();
         assert_eq!(ok.warnings, vec![5]);
         assert!(check_algorithm(&ok, &[crate::aead::AeadAlgorithm::AesSivCmac512]).is_err());
+    }
+
+    /// Port 0 cannot be sent to; a client that took it failed every NTP
+    /// exchange and ran key exchange again every few seconds.
+    #[test]
+    fn port_zero_is_a_ke_failure() {
+        use Record::*;
+        let r = response(&[
+            (NextProtocol(vec![0]), true),
+            (AeadAlgorithm(vec![15]), true),
+            (NewCookie(vec![1; 10]), false),
+            (Port(0), false),
+            (EndOfMessage, true),
+        ]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("NTPv4 Port Negotiation") && e.contains("port 0"),
+            "{e}"
+        );
+        let ok = response(&[
+            (NextProtocol(vec![0]), true),
+            (AeadAlgorithm(vec![15]), true),
+            (NewCookie(vec![1; 10]), false),
+            (Port(4123), false),
+            (EndOfMessage, true),
+        ]);
+        assert_eq!(ok.unwrap().unwrap().port, Some(4123));
     }
 
     #[test]

@@ -54,7 +54,39 @@ pub enum KeyError {
     KeyLength(usize),
 }
 
+/// What to do about a root secret file that is not one; the same advice
+/// from the KE server and the time server, which read the same file.
+const ROOT_FILE_FIX: &str = "copy the file from another KE replica (every replica and time server needs the same secret), or delete it and start a KE server with cookie_keys.create_if_missing = true to create a new one (the cookies clients hold then stop working)";
+
+/// Why the text of a root secret file is not a root secret.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RootFileError {
+    #[error(
+        "is empty ({0} bytes), as a creation killed before it wrote leaves it: {ROOT_FILE_FIX}"
+    )]
+    Empty(usize),
+    #[error("expected 64 hexadecimal digits, found {0} characters that are not: {ROOT_FILE_FIX}")]
+    NotHex(usize),
+    #[error("expected 64 hexadecimal digits, found {0}: {ROOT_FILE_FIX}")]
+    Length(usize),
+}
+
 impl RootSecret {
+    /// Parse a root secret file: 64 hexadecimal digits, blank space around them allowed.
+    pub fn from_file_text(text: &str) -> Result<Self, RootFileError> {
+        let digits = text.trim();
+        if digits.is_empty() {
+            return Err(RootFileError::Empty(text.len()));
+        }
+        let bytes = hex::decode(digits).map_err(|_| RootFileError::NotHex(digits.len()))?;
+        Self::from_bytes(&bytes).map_err(|_| RootFileError::Length(digits.len()))
+    }
+
+    /// The file form [`from_file_text`](Self::from_file_text) reads.
+    pub fn to_file_text(&self) -> String {
+        format!("{}\n", hex::encode(self.0))
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let arr: [u8; ROOT_SECRET_LEN] = bytes
             .try_into()
@@ -373,6 +405,38 @@ mod tests {
         assert_eq!(KeySchedule::new(0, 1), Err(KeyError::ZeroPeriod));
         assert!(CookieKey::new(KeyId(1), &[0; 31], 0, 1).is_err());
         assert!(!format!("{:?}", root()).contains("42"));
+    }
+
+    #[test]
+    fn root_file_text() {
+        let r = RootSecret::from_bytes(&[0xab; 32]).unwrap();
+        let t = r.to_file_text();
+        assert_eq!(t, format!("{}\n", "ab".repeat(32)));
+        assert_eq!(
+            RootSecret::from_file_text(&t).unwrap().as_bytes(),
+            r.as_bytes()
+        );
+        assert_eq!(
+            RootSecret::from_file_text("").unwrap_err(),
+            RootFileError::Empty(0)
+        );
+        assert_eq!(
+            RootSecret::from_file_text(" \n").unwrap_err(),
+            RootFileError::Empty(2)
+        );
+        assert_eq!(
+            RootSecret::from_file_text("xyz\n").unwrap_err(),
+            RootFileError::NotHex(3)
+        );
+        assert_eq!(
+            RootSecret::from_file_text("abab").unwrap_err(),
+            RootFileError::Length(4)
+        );
+        let e = RootFileError::Empty(0).to_string();
+        assert!(
+            e.contains("empty (0 bytes)") && e.contains("delete it"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,9 +64,8 @@ pub fn read_root(reader: &FileReader, path: &Path) -> Result<RootSecret, String>
     let text = reader
         .read_to_string(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|_| format!("{}: expected 64 hexadecimal digits", path.display()))?;
-    RootSecret::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    // The KE server's own parser and messages: one file format, one advice.
+    RootSecret::from_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Keep `store` filled from the root secret file. Waits (and says so) while the
@@ -135,7 +134,20 @@ mod tests {
         let r = FileReader::direct();
         assert!(read_root(&r, &p).is_err());
         std::fs::write(&p, "00").unwrap();
-        assert!(read_root(&r, &p).unwrap_err().contains("32"));
+        assert!(read_root(&r, &p).unwrap_err().contains("found 2"));
+        // What a KE server killed while creating the file left (before it
+        // wrote atomically): the same reason and fix as the KE server gives.
+        std::fs::write(&p, "").unwrap();
+        let e = read_root(&r, &p).unwrap_err();
+        assert!(
+            e.contains(&p.display().to_string())
+                && e.contains("empty (0 bytes)")
+                && e.contains("delete it"),
+            "{e}"
+        );
+        std::fs::write(&p, "not hex").unwrap();
+        let e = read_root(&r, &p).unwrap_err();
+        assert!(e.contains("copy the file from another KE replica"), "{e}");
         std::fs::write(&p, format!("{}\n", "ab".repeat(32))).unwrap();
         assert!(read_root(&r, &p).is_ok());
     }

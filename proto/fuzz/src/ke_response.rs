@@ -2,7 +2,8 @@
 //! [`ChunkPlan`]; the selector picks which algorithms the client offered).
 //!
 //! Checks: nothing is accepted past `MAX_RESPONSE_BYTES`; a response never
-//! holds more than `MAX_COOKIES` cookies or a cookie of unreasonable size;
+//! holds more than `MAX_COOKIES` cookies or a cookie of unreasonable size,
+//! or port 0;
 //! feeding in pieces gives the same first outcome as feeding the whole stream at
 //! once; a decoded response re-encodes to one that decodes the same.
 
@@ -58,6 +59,7 @@ fn check_response(resp: &KeResponse, selector: u8) {
     if let Some(s) = &resp.server {
         assert!(!s.is_empty() && s.is_ascii());
     }
+    assert_ne!(resp.port, Some(0), "port 0 accepted");
     let offered: &[AeadAlgorithm] = match selector % 3 {
         0 => &AeadAlgorithm::ALL,
         1 => &[AeadAlgorithm::AesSivCmac256],

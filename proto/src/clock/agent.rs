@@ -96,6 +96,8 @@ pub struct AgentStatus {
     pub synchronized: bool,
     pub observe_only: bool,
     pub panicked: bool,
+    /// While panicking: the offset the panic threshold refused.
+    pub refused_offset: Option<f64>,
     /// Estimated offset now (seconds, true minus ours) and its standard deviation.
     pub offset: Option<f64>,
     pub offset_sd: Option<f64>,
@@ -589,6 +591,7 @@ impl Agent {
             synchronized: e.is_some() && !d.panicked(),
             observe_only: d.config().observe_only,
             panicked: d.panicked(),
+            refused_offset: d.refused_offset(),
             offset: e.map(|e| e.offset),
             offset_sd: e.map(|e| e.offset_sd),
             frequency_ppm: d.frequency_ppm(),

@@ -192,6 +192,8 @@ pub struct Discipline {
     jiggle: i32,
     outliers: u32,
     panicked: bool,
+    /// The offset the panic threshold refused at the last update.
+    refused_offset: Option<f64>,
     last_innovation: f64,
     status: Option<SyncStatus>,
     /// Monotonic times of the last two accepted updates.
@@ -236,6 +238,7 @@ impl Discipline {
             jiggle: 0,
             outliers: 0,
             panicked: false,
+            refused_offset: None,
             last_innovation: 0.0,
             status: None,
             last_update: None,
@@ -355,6 +358,7 @@ impl Discipline {
             if kf.theta.abs() > limit {
                 let first = !self.panicked;
                 self.panicked = true;
+                self.refused_offset = Some(kf.theta);
                 self.slew = None;
                 if !self.cfg.observe_only {
                     cmds.push(ClockCommand::Panic {
@@ -371,6 +375,7 @@ impl Discipline {
             }
         }
         self.panicked = false;
+        self.refused_offset = None;
         if let Some(prev) = self.last_update {
             self.update_interval = Some(now - prev);
         }
@@ -533,6 +538,12 @@ impl Discipline {
         self.panicked
     }
 
+    /// The offset the panic threshold refused at the last update (also in
+    /// observe-only mode, where no command says so), for the shell to report.
+    pub fn refused_offset(&self) -> Option<f64> {
+        self.refused_offset
+    }
+
     /// The innovation (measurement minus prediction) of the last update (seconds).
     pub fn last_innovation(&self) -> f64 {
         self.last_innovation
@@ -680,12 +691,32 @@ mod tests {
         assert!((d.frequency_ppm() - 500.0).abs() < 1e-6);
     }
 
+    /// Observe-only: nothing is commanded, but the refusal is still there
+    /// for the shell to log.
+    #[test]
+    fn observe_only_panic_is_reported_without_commands() {
+        let mut d = Discipline::new(DisciplineConfig {
+            observe_only: true,
+            ..Default::default()
+        });
+        let (k, cmds) = d.update(0.0, &m(2000.0));
+        assert_eq!(k, UpdateKind::Panic);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        assert_eq!(d.refused_offset(), Some(2000.0));
+        // Whatever the next updates make of it, the two always agree.
+        for i in 1..10 {
+            d.update(16.0 * f64::from(i), &m(0.01));
+            assert_eq!(d.refused_offset().is_some(), d.panicked());
+        }
+    }
+
     #[test]
     fn panic_refuses_to_act() {
         let mut d = Discipline::new(DisciplineConfig::default());
         let (k, cmds) = d.update(0.0, &m(5000.0));
         assert_eq!(k, UpdateKind::Panic);
         assert!(d.panicked());
+        assert_eq!(d.refused_offset(), Some(5000.0));
         assert_eq!(
             cmds[0],
             ClockCommand::Panic {
