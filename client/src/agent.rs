@@ -461,6 +461,14 @@ async fn key_exchange_for(
     let result = match result {
         Ok(ko) => resolve_all(&ko.ntp_server, ko.ntp_port)
             .await
+            .and_then(|addrs| {
+                nts_proto::nts_source::usable_server_addresses(
+                    addrs,
+                    &cfg.nts.own_addresses,
+                    cfg.nts.allow_own_host,
+                )
+                .map_err(|e| e.to_string())
+            })
             .map(|addrs| (ko, addrs)),
         Err(e) => Err(format!("NTS-KE failed: {e}")),
     };
@@ -480,6 +488,9 @@ async fn key_exchange_for(
             let cookies = ko.cookies.len();
             let changed = nts.ke_succeeded(assoc, ko.cookies, now);
             nts.set_addresses(addrs);
+            if src.ke_failures_in_row > 0 {
+                tracing::info!(source = %src.name, failures = src.ke_failures_in_row, "key exchange succeeded after failed attempts");
+            }
             src.ke_failures_in_row = 0;
             src.server_changed |= changed;
             if changed {
@@ -494,10 +505,11 @@ async fn key_exchange_for(
             let next = nts.ke_failed(now, rand::random());
             src.ke_failures_in_row += 1;
             let wait = (next - now).max(0.0);
+            // Each attempt once: the backoff doubles, so these stay few.
             if src.ke_failures_in_row == 1 {
-                tracing::warn!(source = %src.name, "{e}; retrying in {wait:.0} s, backing off");
+                tracing::warn!(source = %src.name, "key exchange failed: {e}; next attempt in {wait:.0} s, backing off to nts.ke_backoff_max");
             } else {
-                tracing::debug!(source = %src.name, failures = src.ke_failures_in_row, "{e}; retrying in {wait:.0} s");
+                tracing::info!(source = %src.name, failures = src.ke_failures_in_row, "key exchange failed again: {e}; next attempt in {wait:.0} s");
             }
             Err(PollError::Failed(e))
         }
@@ -597,6 +609,7 @@ fn source_report(agent: &Agent, s: &Source, now: f64) -> SourceReport {
             .and_then(|n| n.association())
             .map(|a| a.aead.name().to_string()),
         ke_age: nts.and_then(|n| n.association_age(now)),
+        ke_next_in: nts.and_then(|n| n.next_key_exchange_in(now)),
         ke_ok: c.ke_ok,
         ke_failures: c.ke_failures,
         cookies: nts.map_or(0, |n| n.cookies()),

@@ -82,6 +82,13 @@ pub struct NtsSection {
     pub unreachable_polls: u32,
     /// Seconds to wait for the answer to one NTP request.
     pub request_timeout: f64,
+    /// Use a time server at one of this host's own (non-loopback) addresses.
+    /// Off: NTS-KE naming one counts as a failed key exchange (a node's
+    /// agent steering its clock by its node's own time server is a loop).
+    pub allow_own_host: bool,
+    /// This host's addresses, read at start (not configuration).
+    #[serde(skip)]
+    pub own_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for NtsSection {
@@ -97,6 +104,8 @@ impl Default for NtsSection {
             ke_backoff_max: 1024.0,
             unreachable_polls: 3,
             request_timeout: 2.0,
+            allow_own_host: false,
+            own_addresses: Vec::new(),
         }
     }
 }

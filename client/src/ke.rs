@@ -42,6 +42,8 @@ pub enum KeError {
     Connect(String, std::io::Error),
     #[error("TLS handshake with {0} failed: {1}")]
     Tls(String, std::io::Error),
+    #[error("{0} closed the connection before the TLS handshake completed: no NTS-KE server answers there (a load balancer or Service without endpoints, a port forward to nothing), or it refused this client (connection limits)")]
+    ClosedBeforeHandshake(String),
     #[error("invalid server name {0:?}")]
     ServerName(String),
     #[error("server did not negotiate ALPN ntske/1")]
@@ -54,6 +56,19 @@ pub enum KeError {
     Protocol(#[from] ResponseError),
     #[error("TLS key export failed: {0}")]
     Export(rustls::Error),
+}
+
+/// A handshake error: the peer closing (or resetting) before any TLS answer
+/// is not a TLS problem, and saying "tls handshake eof" sends operators to
+/// the wrong place.
+fn handshake_error(target: &str, e: std::io::Error) -> KeError {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, UnexpectedEof};
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted => {
+            KeError::ClosedBeforeHandshake(target.to_string())
+        }
+        _ => KeError::Tls(target.to_string(), e),
+    }
 }
 
 #[derive(Debug, Error)]
@@ -148,7 +163,7 @@ async fn exchange(
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| KeError::Tls(target.clone(), e))?;
+        .map_err(|e| handshake_error(&target, e))?;
     if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err(KeError::Alpn);
     }
@@ -199,4 +214,40 @@ async fn exchange(
         ntp_port: response.port.unwrap_or(DEFAULT_NTP_PORT),
         warnings: response.warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint that accepts and closes at once (a Service with no
+    /// endpoints, a port forward to nothing) is named as such, not as a TLS
+    /// failure ("tls handshake eof").
+    #[tokio::test]
+    async fn an_endpoint_that_closes_before_the_handshake_is_named() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        let tls = tls_config(RootCertStore::empty());
+        let e = key_exchange(
+            "127.0.0.1",
+            port,
+            tls,
+            &AeadAlgorithm::ALL,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, KeError::ClosedBeforeHandshake(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("closed the connection before the TLS handshake"),
+            "{msg}"
+        );
+        assert!(!msg.contains("tls handshake eof"), "{msg}");
+    }
 }

@@ -151,6 +151,25 @@ impl nts_ops::http::Observable for Health {
     }
 }
 
+/// This host's interface addresses (none when they cannot be read: then no
+/// time server is recognized as the host's own, which the log says).
+fn own_addresses() -> Vec<std::net::IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(list) => list
+            .filter_map(|i| i.address)
+            .filter_map(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list this host's addresses ({e}): a time server on this host will not be recognized as its own");
+            Vec::new()
+        }
+    }
+}
+
 fn run_agent(
     mut config: nts_client::config::Config,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -165,6 +184,8 @@ fn run_agent(
     // Capabilities are per thread: narrow them before the runtime starts any.
     // Keep CAP_SYS_TIME only to discipline; seccomp once started (NTS_SECCOMP=off: no filter).
     nts_client::association_file::prepare_state_dir(&config)?;
+    // Read before the sandbox (netlink): a time server at one of these is this host's own.
+    config.nts.own_addresses = own_addresses();
     let discipline = config.clock.mode == nts_client::config::ClockMode::Discipline
         && nts_client::system_clock::has_cap_sys_time();
     let keep: &[u32] = if discipline {

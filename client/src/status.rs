@@ -26,6 +26,9 @@ pub struct SourceReport {
     pub aead: Option<String>,
     /// Seconds since the last successful NTS-KE.
     pub ke_age: Option<f64>,
+    /// Seconds until the next NTS-KE attempt, when one is wanted (0: now).
+    #[serde(default)]
+    pub ke_next_in: Option<f64>,
     pub ke_ok: u64,
     pub ke_failures: u64,
     pub cookies: usize,
@@ -344,7 +347,7 @@ impl StatusReport {
                 s.naks,
                 s.auth_failures,
                 s.ignored,
-                s.last_error.as_deref().or(s.kiss.as_deref()).unwrap_or(""),
+                note_with_next_ke(s),
             ));
         }
         o
@@ -394,6 +397,17 @@ pub fn fetch(path: &Path) -> anyhow::Result<StatusReport> {
     serde_json::from_slice(&buf).context("malformed status from the agent")
 }
 
+/// The last error (or kiss), and when the next key exchange is due if the
+/// source is waiting for one.
+fn note_with_next_ke(s: &SourceReport) -> String {
+    let note = s.last_error.as_deref().or(s.kiss.as_deref()).unwrap_or("");
+    match s.ke_next_in {
+        Some(t) if t >= 0.5 && note.is_empty() => format!("next KE in {t:.0}s"),
+        Some(t) if t >= 0.5 => format!("{note} (next KE in {t:.0}s)"),
+        _ => note.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +438,26 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back.sources[0].cookies, 8);
+    }
+
+    #[test]
+    fn a_source_waiting_for_its_next_key_exchange_says_when() {
+        let mut s = SourceReport {
+            name: "ke.example:4460".into(),
+            ke_next_in: Some(37.2),
+            ..Default::default()
+        };
+        let r = |s: &SourceReport| {
+            StatusReport {
+                sources: vec![s.clone()],
+                ..Default::default()
+            }
+            .render()
+        };
+        assert!(r(&s).contains("next KE in 37s"), "{}", r(&s));
+        s.last_error = Some("ke.example closed the connection before the TLS handshake".into());
+        assert!(r(&s).contains("handshake (next KE in 37s)"), "{}", r(&s));
+        s.ke_next_in = Some(0.0);
+        assert!(!r(&s).contains("next KE"));
     }
 }

@@ -36,7 +36,7 @@ use crate::ntp_client::{
 };
 use crate::ntp_packet::NtpHeader;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 
 /// Cookies a source tries to hold (RFC 8915 section 6: eight).
@@ -330,6 +330,16 @@ impl NtsSource {
         self.ke_not_before
     }
 
+    /// Seconds until the next key exchange may start, when one is wanted (no
+    /// association yet, or a re-key is due); 0 when it may start now. What
+    /// `status` shows, so an operator sees a backoff instead of silence.
+    pub fn next_key_exchange_in(&self, now: f64) -> Option<f64> {
+        if self.stopped.is_some() || (self.rekey.is_none() && self.assoc.is_some()) {
+            return None;
+        }
+        Some((self.ke_not_before.max(self.hold_until) - now).max(0.0))
+    }
+
     fn refresh_rekey(&mut self, now: f64) {
         if self.rekey.is_none() {
             if self.cookies.is_empty() {
@@ -561,6 +571,40 @@ impl NtsSource {
             association: a.clone(),
             cookies: self.cookies.iter().cloned().collect(),
         })
+    }
+}
+
+/// Why a negotiated time server is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("NTS-KE sent this client to a time server on its own host ({0}): disciplining a clock from itself is a loop (nts.allow_own_host allows it)")]
+pub struct OwnHost(pub IpAddr);
+
+/// The negotiated time server's addresses this client may use: never one of
+/// its own host's addresses (`own`, loopback excluded: development stacks
+/// and tests run there), since a node's agent handed its node's own time
+/// server would steer its clock by itself. With `allow_own` everything goes.
+/// An error when nothing is left: the shell counts it as a failed key
+/// exchange, and the next one (round robin at the KE) names another server.
+pub fn usable_server_addresses(
+    addrs: Vec<SocketAddr>,
+    own: &[IpAddr],
+    allow_own: bool,
+) -> Result<Vec<SocketAddr>, OwnHost> {
+    if allow_own {
+        return Ok(addrs);
+    }
+    let is_own = |a: &SocketAddr| {
+        let ip = match a.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a.ip(), IpAddr::V4),
+            v4 => v4,
+        };
+        !ip.is_loopback() && own.contains(&ip)
+    };
+    let first_own = addrs.iter().find(|a| is_own(a)).map(SocketAddr::ip);
+    let usable: Vec<SocketAddr> = addrs.into_iter().filter(|a| !is_own(a)).collect();
+    match (usable.is_empty(), first_own) {
+        (true, Some(ip)) => Err(OwnHost(ip)),
+        _ => Ok(usable),
     }
 }
 
@@ -838,6 +882,53 @@ mod tests {
             .find(|f| f.field_type == crate::extension_field::field_type::NTS_COOKIE)
             .map(|f| f.body.to_vec())
             .unwrap()
+    }
+
+    #[test]
+    fn a_time_server_on_the_clients_own_host_is_not_used() {
+        let own: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            usable_server_addresses(vec![a("10.0.0.5:123")], &own, false),
+            Err(OwnHost("10.0.0.5".parse().unwrap()))
+        );
+        assert_eq!(
+            usable_server_addresses(vec![a("[::ffff:10.0.0.5]:123")], &own, false).map_err(|_| ()),
+            Err(())
+        );
+        // Another address of the same server is still fine; told to, everything is.
+        assert_eq!(
+            usable_server_addresses(vec![a("[fd00::5]:123"), a("10.0.0.9:123")], &own, false),
+            Ok(vec![a("10.0.0.9:123")])
+        );
+        assert_eq!(
+            usable_server_addresses(vec![a("10.0.0.5:123")], &own, true),
+            Ok(vec![a("10.0.0.5:123")])
+        );
+        // Loopback is never treated as the own host (development, tests).
+        let lo = vec!["127.0.0.1".parse().unwrap()];
+        assert!(usable_server_addresses(vec![a("127.0.0.1:4123")], &lo, false).is_ok());
+        assert_eq!(
+            usable_server_addresses(Vec::new(), &own, false),
+            Ok(Vec::new())
+        );
+    }
+
+    #[test]
+    fn the_next_key_exchange_is_announced_while_backing_off() {
+        let w = World::new();
+        let mut s = NtsSource::new(NtsSourceConfig::default(), 0.0, 0.0);
+        assert_eq!(s.next_key_exchange_in(0.0), Some(0.0), "due at once");
+        assert_eq!(s.next_step(0.0), Step::KeyExchange);
+        let next = s.ke_failed(0.0, 0.0);
+        assert!(next > 0.0);
+        assert_eq!(s.next_key_exchange_in(1.0), Some(next - 1.0));
+        s.ke_succeeded(w.assoc.clone(), w.cookies(8), next);
+        assert_eq!(
+            s.next_key_exchange_in(next),
+            None,
+            "none wanted with cookies"
+        );
     }
 
     #[test]
