@@ -391,7 +391,7 @@ async fn poll_source(
                     ))
                 }
                 Verdict::Kiss(code) => {
-                    let code_s = String::from_utf8_lossy(&code).to_string();
+                    let code_s = nts_proto::ntp_packet::kiss::text(&code);
                     tracing::warn!(source = %src.name, server = %addr, kiss = %code_s, "authenticated kiss-o'-death");
                     src.kiss = Some(code_s.clone());
                     if nts.stopped_by().is_some() {
@@ -527,7 +527,7 @@ fn plain_failure(src: &mut Source, e: ExchangeError) -> String {
             }
         }
         ExchangeError::Check(ResponseCheckError::Kiss(code)) => {
-            let code_s = String::from_utf8_lossy(code).to_string();
+            let code_s = nts_proto::ntp_packet::kiss::text(code);
             if code == b"DENY" || code == b"RSTR" {
                 src.denied = true;
             }

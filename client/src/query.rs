@@ -230,8 +230,8 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             }
             Ok((Verdict::Kiss(code), _)) => {
                 anyhow::bail!(
-                    "{addr} sent an authenticated kiss-o'-death {:?}",
-                    String::from_utf8_lossy(&code)
+                    "{addr} sent an authenticated kiss-o'-death {}",
+                    nts_proto::ntp_packet::kiss::text(&code)
                 )
             }
             Ok((Verdict::KeepWaiting(_), _)) => {}

@@ -182,11 +182,14 @@ impl Record {
             SERVER => {
                 let s = std::str::from_utf8(body)
                     .ok()
-                    .filter(|s| s.is_ascii() && !s.is_empty())
+                    // RFC 8915 4.1.7: an IP address or a fully qualified name;
+                    // nothing a peer sends may carry control characters into
+                    // logs (a newline, an ESC).
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()))
                     .ok_or(RecordError::BadBody {
                         record_type: rtype,
                         len,
-                        why: "server name must be non-empty ASCII",
+                        why: "server name must be non-empty printable ASCII",
                     })?;
                 Self::Server(s.to_string())
             }
@@ -272,6 +275,16 @@ mod tests {
         round_trip(Record::AeadAlgorithm(vec![17, 15]), false);
         round_trip(Record::NewCookie(vec![1; 100]), false);
         round_trip(Record::Server("time.example.net".into()), false);
+        // Control characters and spaces (log injection) are refused.
+        for bad in ["time.example\n ERROR forged", "a\u{1b}[31m", "two words"] {
+            let mut wire = vec![0x00, 0x06];
+            wire.extend_from_slice(&(bad.len() as u16).to_be_bytes());
+            wire.extend_from_slice(bad.as_bytes());
+            assert!(
+                matches!(Record::decode(&wire), Err(RecordError::BadBody { .. })),
+                "{bad:?}"
+            );
+        }
         round_trip(Record::Port(123), false);
         round_trip(
             Record::Unknown {

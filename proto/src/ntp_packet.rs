@@ -242,6 +242,30 @@ pub mod kiss {
     pub const DENY: [u8; 4] = *b"DENY";
     /// Access restricted.
     pub const RSTR: [u8; 4] = *b"RSTR";
+
+    /// A kiss code as text for logs and status: printable ASCII as it is,
+    /// anything else escaped (`\x0a`), since the code comes from whoever
+    /// sent the datagram and must not carry a newline or an ESC into a log.
+    pub fn text(code: &[u8; 4]) -> String {
+        let mut out = String::new();
+        for b in code {
+            if b.is_ascii_graphic() || *b == b' ' {
+                out.push(char::from(*b));
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod kiss_tests {
+    #[test]
+    fn kiss_codes_cannot_carry_control_characters() {
+        assert_eq!(super::kiss::text(b"RATE"), "RATE");
+        assert_eq!(super::kiss::text(b"A\nB\x1b"), "A\\x0aB\\x1b");
+    }
 }
 
 #[cfg(test)]
