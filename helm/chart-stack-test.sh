@@ -24,6 +24,9 @@
 #      2 -> 3, then keServer.keySync.port 4461 -> 4471; after each, within
 #      UPGRADE_TIMEOUT seconds, every KE replica (the new one too) Ready with
 #      every time server registered, every pod Ready, every client authenticated;
+#      then client.logLevel info -> debug: the clients roll, and each new agent
+#      resumes the NTS association its predecessor saved in the node's
+#      observe-mode state directory (client.state.observeOnHost), no key exchange;
 #   6. self-test: the same replicas upgrade with the old time-server checksum
 #      (of .Values.timeServer, which a replica count does not change) must
 #      leave the new replica unready: the time servers are not rolled, keep
@@ -71,6 +74,7 @@ render() {  # CHART OUT [--set ...]
 render "$CHART" "$OUT/rendered.yaml"
 render "$CHART" "$OUT/up-replicas.yaml" --set keServer.replicas=3
 render "$CHART" "$OUT/up-keysync-port.yaml" --set keServer.replicas=3 --set keServer.keySync.port=4471
+render "$CHART" "$OUT/up-client.yaml" --set keServer.replicas=3 --set keServer.keySync.port=4471 --set client.logLevel=debug
 stack() {  # PREFIX RENDERED.yaml [chart_stack.py options]
     local prefix="$1"; shift
     # The client's extra CA (client.extraCA.secretName) is the operator's copy of
@@ -80,7 +84,8 @@ stack() {  # PREFIX RENDERED.yaml [chart_stack.py options]
 }
 stack "$PREFIX" "$OUT/rendered.yaml" --upgrade-timeout "$UPGRADE_TIMEOUT" \
     --upgrade "keServer.replicas 2->3=$OUT/up-replicas.yaml" \
-    --upgrade "keServer.keySync.port 4461->4471=$OUT/up-keysync-port.yaml"
+    --upgrade "keServer.keySync.port 4461->4471=$OUT/up-keysync-port.yaml" \
+    --upgrade "client.logLevel info->debug=$OUT/up-client.yaml" --expect-resume "client.logLevel info->debug"
 echo "==> chart stack test passed in $((SECONDS - START))s"
 
 # The upgrade check must be able to fail: the chart as it was before time servers
