@@ -37,15 +37,27 @@ for f in "$CHART"/ci/*.yaml; do
     echo "  ok   lint with $(basename "$f")"
 done
 
-echo "==> values.schema.json refuses bad values"
+echo "==> values.schema.json (and the templates) refuse bad values"
+# (workers=0 without resources.limits.memory: the schema; phcDevices without
+# timestamping.interface: the template.)
 for bad in client.mode=disciplne keServer.replicaz=2 timeServer.port=70000 keServer.tls.source=file \
         keySyncPki.clientName=Time_Server 'keySyncPki.clientName=*.nts.svc' \
-        keySyncPki.clientName=a-name-longer-than-sixty-four-characters-which-no-x509-cn-may-hold; do
+        keySyncPki.clientName=a-name-longer-than-sixty-four-characters-which-no-x509-cn-may-hold \
+        timeServer.workers=0 'timeServer.timestamping.phcDevices={/dev/sda}' \
+        'timeServer.timestamping.phcDevices={/dev/ptp0}' priorityClasses.value=2000000000 \
+        client.state.hostPath=relative/dir; do
     if "$HELM" template t "$CHART" --set "$bad" >/dev/null 2>&1; then
         echo "  FAIL --set $bad was accepted" >&2; exit 1
     fi
     echo "  ok   --set $bad refused"
 done
+# ... and the same values made whole are accepted (the refusals above are not of everything).
+"$HELM" template t "$CHART" --set timeServer.workers=0 --set timeServer.resources.limits.memory=512Mi >/dev/null \
+    || { echo "  FAIL timeServer.workers=0 with resources.limits.memory refused" >&2; exit 1; }
+"$HELM" template t "$CHART" --set 'timeServer.timestamping.phcDevices={/dev/ptp0}' \
+    --set timeServer.timestamping.interface=eth0 >/dev/null \
+    || { echo "  FAIL phcDevices with an interface refused" >&2; exit 1; }
+echo "  ok   workers=0 with a memory limit, phcDevices with an interface accepted"
 
 for f in "$CHART"/ci/*.yaml; do
     name="$(basename "$f" .yaml)"

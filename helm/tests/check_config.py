@@ -11,15 +11,22 @@ the same paths with the same modes and fsGroup ownership, its user and added
 capabilities, a read-only root filesystem and no network. The pod-to-docker-run
 part is helm/tests/podrun.py, shared with the chart stack test (chart_stack.py).
 
+Time servers are also started for real (no network, /dev/null standing in
+for a PHC device the manifest mounts) and must still run after start-up:
+--check-config does not probe timestamping (a NIC or PHC that cannot be used
+stops `mode = "hardware"` only at start), and a values file should start.
+
 Usage: check_config.py IMAGE RENDERED.yaml [--self-test]
   --self-test: also break one rendered ConfigMap and require that to fail.
 """
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import yaml
 
@@ -54,12 +61,53 @@ class Fixtures:
 
 
 def check_container(image, pod, c, docs, fixtures, work, label):
-    opts, argv, _ = podrun.docker_args(pod, c, docs, fixtures.secret, work, FIELD_SAMPLES, label)
+    opts, argv, _ = podrun.docker_args(pod, c, docs, fixtures.secret, work, FIELD_SAMPLES, label,
+                                       stand_in_devices=True)
     # --check-config needs no network; the container is read-only whatever the manifest says.
     cmd = ["docker", "run", "--rm", "--network", "none", "--read-only"] + opts + [image] + argv + ["--check-config"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     out = (r.stdout + r.stderr).strip()
     return r.returncode == 0 and "configuration OK" in r.stdout, out, argv
+
+
+STARTED = "receive timestamps"
+
+
+def start_time_server(image, pod, c, docs, fixtures, work, label):
+    """Start the time server as the pod would (no network: key sync cannot connect,
+    which it survives) and require it to get past its start-up; (ok, output)."""
+    # The node's address is loopback here: nothing else exists without a network.
+    fields = dict(FIELD_SAMPLES, **{"status.hostIP": "127.0.0.1", "status.podIP": "127.0.0.1"})
+    opts, argv, _ = podrun.docker_args(pod, c, docs, fixtures.secret, work, fields, label + "-start",
+                                       stand_in_devices=True)
+    name = f"ntscc{os.getpid()}-{abs(hash(label)) % 10**8}"
+    cmd = ["docker", "run", "-d", "--name", name, "--network", "none", "--read-only",
+           "--sysctl", "net.ipv4.ip_unprivileged_port_start=1024"] + opts + ["--entrypoint", argv[0], image] + argv[1:]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return False, r.stderr.strip()
+    try:
+        out = ""
+        for _ in range(40):
+            time.sleep(0.25)
+            lr = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+            out = (lr.stdout + lr.stderr).strip()
+            state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
+                                   capture_output=True, text=True).stdout.strip()
+            if state != "true":
+                return False, out
+            if STARTED in out:
+                time.sleep(0.5)  # still running just after?
+                state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
+                                       capture_output=True, text=True).stdout.strip()
+                return state == "true", out
+        return False, out + "\n(no start-up line within 10 s)"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def is_time_server(c):
+    return (c.get("command") or [""])[0].endswith("nts-time-server")
 
 
 workloads = podrun.workloads
@@ -87,6 +135,26 @@ def self_tests(image, all_docs, docs, fixtures, work):
             c = pod["containers"][0]
             c["env"] = [e for e in c["env"] if e["name"] != "NTS_ADVERTISE"]
             cases.append(("time server without NTS_ADVERTISE", docs, d, pod))
+    # 3. Hardware timestamping on a NIC that cannot do it: --check-config passes, start-up must not.
+    for d, pod in workloads(all_docs):
+        if is_time_server(pod["containers"][0]):
+            broken = copy.deepcopy(docs)
+            name = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
+            cm = broken[("ConfigMap", name)]
+            key = next(iter(cm["data"]))
+            toml = cm["data"][key]
+            if "[timestamping]" not in toml:
+                raise SystemExit("self-test: no [timestamping] in the time-server ConfigMap")
+            cm["data"][key] = re.sub(r'(\[timestamping\]\n)mode = "[a-z]+"(\ninterface = "[^"]*")?',
+                                     r'\1mode = "hardware"\ninterface = "eth0"', toml, count=1)
+            ok, out = start_time_server(image, pod, pod["containers"][0], broken, fixtures, work,
+                                        f"self-test-hw-{d['metadata']['name']}")
+            if ok:
+                print("  FAIL self-test: a time server in hardware mode without a capable NIC started")
+                failures += 1
+            else:
+                print(f"  ok   self-test: hardware mode without a capable NIC does not start: "
+                      f"{out.splitlines()[-1].strip()[:110] if out else '(no output)'}")
     for what, broken_docs, d, pod in cases:
         ok, out, _ = check_container(image, pod, pod["containers"][0], broken_docs, fixtures, work,
                                      f"self-test-{abs(hash(what))}-{d['metadata']['name']}")
@@ -121,6 +189,14 @@ def main():
                 if not ok:
                     failures += 1
                     print("       " + out.replace("\n", "\n       "))
+                elif is_time_server(c):
+                    ok, out = start_time_server(image, pod, c, docs, fixtures, work, label)
+                    lines = [l for l in out.splitlines() if "timestamp" in l]
+                    print(f"  {'ok  ' if ok else 'FAIL'} {label}: starts (no network): "
+                          + (lines[-1].split("  ", 1)[-1].strip()[:120] if lines else "no timestamping line"))
+                    if not ok:
+                        failures += 1
+                        print("       " + out.replace("\n", "\n       "))
         if checked == 0:
             print("  no container rendered")
             failures += 1

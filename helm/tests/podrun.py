@@ -9,11 +9,19 @@ What a container gets here is what the kubelet would give it:
   - ConfigMap and Secret volumes laid out as the kubelet's atomic writer does
     (files are symlinks into a timestamped directory through `..data`), with
     defaultMode, group fsGroup and group read added; a subPath mount binds the
-    one file; emptyDir: an empty directory writable by fsGroup;
+    one file; emptyDir: root-owned, 0777, and with fsGroup its group and setgid
+    (2777), as the kubelet makes it; hostPath: a directory of the pod's node
+    (shared by every pod on that node, kept across pod re-creation), no fsGroup
+    applied: DirectoryOrCreate makes it root 0755 as the kubelet does,
+    Directory needs it made beforehand (NODE_PREPARED: what README.md tells
+    operators to create), CharDevice needs a character device at that path on
+    this machine (or /dev/null as a stand-in, when the caller allows it);
+  - resources.limits.memory as the container's memory limit (--memory);
   - runAsUser/runAsGroup, fsGroup as a supplementary group, capabilities
     (drop ALL, add what the manifest adds, never SYS_TIME: the clock is not
     namespaced), readOnlyRootFilesystem, allowPrivilegeEscalation=false as
-    no-new-privileges.
+    no-new-privileges. `privileged: true` is never granted (it would give
+    SYS_TIME): such a container runs with its listed capabilities only.
 Secrets that are not in the rendered manifests (operator-provided, or filled
 by cert-manager) come from a callback, so each caller decides their content.
 """
@@ -27,6 +35,18 @@ VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 # Capabilities a test never grants, whatever the manifest asks for.
 NEVER_CAPS = {"SYS_TIME"}
+# hostPath directories (type Directory) the README tells operators to create on
+# every node beforehand: path -> (uid, gid, mode).
+NODE_PREPARED = {"/var/lib/nts-client": (10001, 10001, 0o700)}
+UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def quantity_bytes(q):
+    """A Kubernetes memory quantity (64Mi, 1G, 1048576) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(|k|M|G|Ki|Mi|Gi)", str(q))
+    if not m:
+        raise SystemExit(f"memory quantity {q!r} is not supported here")
+    return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
 def expand(text, env):
@@ -137,9 +157,41 @@ def volume_files(vol, docs, external_secret):
     return data
 
 
-def docker_args(pod, c, docs, external_secret, workdir, fields, label):
+def host_path(vol, node_dir, label, stand_in_devices):
+    """The node-side path of a hostPath volume, made as the kubelet (or the operator) would."""
+    hp = vol["hostPath"]
+    path, kind = hp["path"], hp.get("type", "")
+    if kind == "CharDevice":
+        import stat
+        try:
+            if stat.S_ISCHR(os.stat(path).st_mode):
+                return path
+        except FileNotFoundError:
+            pass
+        if stand_in_devices:
+            return "/dev/null"
+        raise SystemExit(f"{label}: hostPath {path} (type CharDevice) is no character device on this node: "
+                         f"the kubelet would not start the pod")
+    host = os.path.join(node_dir, path.lstrip("/"))
+    if not os.path.isdir(host):
+        if kind == "DirectoryOrCreate":
+            os.makedirs(host)
+            os.chown(host, 0, 0)
+            os.chmod(host, 0o755)
+        elif kind == "Directory" and path in NODE_PREPARED:
+            uid, gid, mode = NODE_PREPARED[path]
+            os.makedirs(host)
+            os.chown(host, uid, gid)
+            os.chmod(host, mode)
+        else:
+            raise SystemExit(f"{label}: hostPath {path} (type {kind or 'unchecked'}) is not supported here")
+    return host
+
+
+def docker_args(pod, c, docs, external_secret, workdir, fields, label, node_dir=None, stand_in_devices=False):
     """`docker run` options (without network, name and image) that give container c
-    of pod what the kubelet would, its argv (expanded) and env.
+    of pod what the kubelet would, its argv (expanded) and env. node_dir: where
+    the pod's node keeps hostPath directories (default: one per container).
     Returns (options, argv, env)."""
     env = container_env(c, fields, label)
     argv = container_argv(c, env, label)
@@ -160,6 +212,9 @@ def docker_args(pod, c, docs, external_secret, workdir, fields, label):
         if cap in NEVER_CAPS:
             continue
         opts += ["--cap-add", cap]
+    memory = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    if memory:
+        opts += ["--memory", str(quantity_bytes(memory)), "--memory-swap", str(quantity_bytes(memory))]
     vols = {v["name"]: v for v in pod.get("volumes") or []}
     base = os.path.join(workdir, re.sub(r"[^A-Za-z0-9_.-]", "_", label))
     for i, m in enumerate(c.get("volumeMounts") or []):
@@ -176,11 +231,13 @@ def docker_args(pod, c, docs, external_secret, workdir, fields, label):
                 host = os.path.realpath(os.path.join(host, m["subPath"]))
                 if not os.path.isfile(host):
                     raise SystemExit(f"{label}: subPath {m['subPath']} is not in volume {m['name']}")
-        elif "emptyDir" in vol or "persistentVolumeClaim" in vol or "hostPath" in vol:
+        elif "hostPath" in vol:
+            host = host_path(vol, node_dir or os.path.join(base, "node"), label, stand_in_devices)
+        elif "emptyDir" in vol or "persistentVolumeClaim" in vol:
             os.makedirs(host)
             if fs_group is not None:
                 os.chown(host, 0, fs_group)
-            os.chmod(host, 0o2775 if fs_group is not None else 0o777)
+            os.chmod(host, 0o2777 if fs_group is not None else 0o777)
         else:
             raise SystemExit(f"{label}: volume {m['name']} has an unsupported type")
         opts += ["-v", f"{host}:{m['mountPath']}" + (":ro" if m.get("readOnly") else "")]

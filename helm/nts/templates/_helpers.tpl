@@ -106,3 +106,41 @@ seccompProfile:
 {{- $v := float64 . -}}
 {{- if eq $v (floor $v) -}}{{ printf "%.1f" $v }}{{- else -}}{{ $v }}{{- end -}}
 {{- end -}}
+
+{{/* The chart's PriorityClass (priorityClasses.create). */}}
+{{- define "nts.priorityClass" -}}
+{{- default (include "nts.fullname" .) .Values.priorityClasses.name -}}
+{{- end -}}
+
+{{/* A role's priorityClassName: its own value, else the chart's class when created, else none.
+Call with (dict "ctx" $ "name" .Values.ROLE.priorityClassName). */}}
+{{- define "nts.priorityClassName" -}}
+{{- if .name -}}
+{{- .name -}}
+{{- else if .ctx.Values.priorityClasses.create -}}
+{{- include "nts.priorityClass" .ctx -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Listen addresses of the time servers (server.listen). */}}
+{{- define "nts.timeServerListen" -}}
+{{- prepend .Values.timeServer.extraListen (printf "0.0.0.0:%d" (int .Values.timeServer.port)) | toJson -}}
+{{- end -}}
+
+{{/* The time servers' resources: limits.memory, when not given, is
+memoryLimit.baseMi + perWorkerAndAddressMi x workers x listen addresses (MiB, rounded up). */}}
+{{- define "nts.timeServerResources" -}}
+{{- $t := .Values.timeServer -}}
+{{- $r := deepCopy $t.resources -}}
+{{- $limits := default dict $r.limits -}}
+{{- if not $limits.memory -}}
+{{- if eq (int $t.workers) 0 -}}
+{{- fail "timeServer.workers=0 (one per core): set timeServer.resources.limits.memory for the largest node (README, \"Memory\")" -}}
+{{- end -}}
+{{- $addrs := add 1 (len $t.extraListen) -}}
+{{- $mi := addf $t.memoryLimit.baseMi (mulf $t.memoryLimit.perWorkerAndAddressMi (int $t.workers) $addrs) | ceil | int -}}
+{{- $_ := set $limits "memory" (printf "%dMi" $mi) -}}
+{{- end -}}
+{{- $_ := set $r "limits" $limits -}}
+{{- toYaml $r -}}
+{{- end -}}
