@@ -301,7 +301,16 @@ pub async fn serve(
                     }
                     Some(Ok(Err(e))) => {
                         metrics.key_sync_refused.inc();
-                        tracing::warn!(%peer, "key-sync peer refused: {e}");
+                        // A peer that closes before finishing costs nothing to repeat:
+                        // debug only, so an idle flood cannot flood the log too.
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        ) {
+                            tracing::debug!(%peer, "key-sync peer closed during the TLS handshake: {e}");
+                        } else {
+                            tracing::warn!(%peer, "key-sync peer refused: {e}");
+                        }
                     }
                     Some(Err(_)) => {
                         metrics.key_sync_refused.inc();
