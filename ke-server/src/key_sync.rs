@@ -9,6 +9,7 @@ use crate::registration::{self, RegistrationError};
 use crate::registry::Registry;
 use crate::server::unix_now;
 use anyhow::{Context, Result};
+use nts_proto::key_agreement::{RootFingerprint, TimeServerView};
 use nts_proto::key_ring::{KeyRing, KeySchedule};
 use nts_proto::key_sync::key_set;
 use nts_proto::key_sync::pb::key_sync_server::{KeySync, KeySyncServer};
@@ -36,6 +37,8 @@ pub struct KeySyncService {
     pub metrics: Arc<Metrics>,
     pub report_interval: Duration,
     pub expiry: Duration,
+    /// What the time servers say about this replica's key set (rule 7).
+    pub key_set: Arc<crate::key_set_status::KeySetStatus>,
 }
 
 impl KeySyncService {
@@ -120,12 +123,20 @@ impl KeySync for KeySyncService {
             .ok_or_else(|| Status::invalid_argument("info is required"))?;
         self.admit(&req, &info, "report")?;
         let r = req.into_inner();
+        let now = Instant::now();
+        let view = TimeServerView {
+            refused: r.key_set_refused,
+            serves: RootFingerprint::from_bytes(&r.served_fingerprint),
+        };
+        self.key_set.report(&info.server_id, view, now);
+        // A time server that refuses this replica's keys cannot open its
+        // cookies: it holds no keys as far as Server Negotiation is concerned.
         self.registry.report(
             info,
             r.requests_per_second,
-            r.has_keys,
+            r.has_keys && !r.key_set_refused,
             r.healthy,
-            Instant::now(),
+            now,
         );
         Ok(Response::new(ReportResponse {}))
     }
@@ -140,13 +151,14 @@ impl KeySync for KeySyncService {
         let id = req.into_inner().server_id;
         tracing::info!(server_id = %id, "time server watching keys");
         let period = self.schedule.rotation_period;
+        let fingerprint = self.key_set.own();
         let metrics = self.metrics.clone();
         metrics.key_watchers.inc();
         let guard = WatcherGuard(metrics.clone());
         let stream = tokio_stream::wrappers::WatchStream::new(self.ring.clone()).map(move |ring| {
             let _keep = &guard;
             metrics.key_sets_sent.inc();
-            Ok(key_set(&ring, unix_now(), period))
+            Ok(key_set(&ring, unix_now(), period, fingerprint))
         });
         Ok(Response::new(Box::pin(stream)))
     }

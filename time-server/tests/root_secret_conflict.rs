@@ -247,7 +247,29 @@ async fn a_replica_with_another_root_secret_is_refused_and_not_ready() {
     // Said once per change of state, not at every report.
     let said = b.d().guard.output().matches("root secret differs").count();
     assert_eq!(said, 1, "{}", b.d().guard.logs());
-    // The time server names the refused replica and the fingerprint it serves.
+    // The time server says which replica it refuses, naming both fingerprints, once.
+    let ts_log = ts.guard.output();
+    let refusals: Vec<&str> = ts_log
+        .lines()
+        .filter(|l| l.contains("key set refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{ts_log}");
+    assert!(
+        refusals[0].contains(&fa) && refusals[0].contains(&fb),
+        "{}",
+        refusals[0]
+    );
+    eprintln!("time server: {}", refusals[0]);
+    eprintln!(
+        "odd replica: {}",
+        b.d()
+            .guard
+            .output()
+            .lines()
+            .find(|l| l.contains("root secret differs"))
+            .unwrap_or("")
+    );
+    // It names the refused replica and the fingerprint it serves in its metrics.
     assert_eq!(
         ts.metric(&format!(
             "nts_time_key_sync_refused{{endpoint=\"127.0.0.1:{}\"}}",
