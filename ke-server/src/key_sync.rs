@@ -9,6 +9,7 @@ use crate::registration::{self, RegistrationError};
 use crate::registry::{Registry, TooManyForCertificate};
 use crate::server::unix_now;
 use anyhow::{Context, Result};
+use nts_proto::key_agreement::{RootFingerprint, TimeServerView};
 use nts_proto::key_ring::{KeyRing, KeySchedule};
 use nts_proto::key_sync::key_set;
 use nts_proto::key_sync::pb::key_sync_server::{KeySync, KeySyncServer};
@@ -40,6 +41,8 @@ pub struct KeySyncService {
     pub policy: registration::Policy,
     /// Open WatchKeys streams per server_id.
     pub watchers: Arc<crate::watchers::Watchers>,
+    /// What the time servers say about this replica's key set (rule 7).
+    pub key_set: Arc<crate::key_set_status::KeySetStatus>,
 }
 
 impl KeySyncService {
@@ -134,14 +137,22 @@ impl KeySync for KeySyncService {
         let certificate = self.admit(&req, &info, "report")?;
         let peer = req.remote_addr();
         let r = req.into_inner();
+        let now = Instant::now();
+        let view = TimeServerView {
+            refused: r.key_set_refused,
+            serves: RootFingerprint::from_bytes(&r.served_fingerprint),
+        };
+        self.key_set.report(&info.server_id, view, now);
+        // A time server that refuses this replica's keys cannot open its
+        // cookies: it holds no keys as far as Server Negotiation is concerned.
         self.registry
             .report(
                 info,
                 &certificate,
                 r.requests_per_second,
-                r.has_keys,
+                r.has_keys && !r.key_set_refused,
                 r.healthy,
-                Instant::now(),
+                now,
             )
             .map_err(|e| self.over_limit(peer, e))?;
         Ok(Response::new(ReportResponse {}))
@@ -163,13 +174,14 @@ impl KeySync for KeySyncService {
         let (watch, replaced_by, replaced) = self.watchers.open(&id);
         tracing::info!(server_id = %id, replaced, "time server watching keys");
         let period = self.schedule.rotation_period;
+        let fingerprint = self.key_set.own();
         let metrics = self.metrics.clone();
         metrics.key_watchers.inc();
         let guard = WatcherGuard(metrics.clone(), watch);
         let sets = tokio_stream::wrappers::WatchStream::new(self.ring.clone()).map(move |ring| {
             let _keep = &guard;
             metrics.key_sets_sent.inc();
-            Ok(key_set(&ring, unix_now(), period))
+            Ok(key_set(&ring, unix_now(), period, fingerprint))
         });
         let stream = futures_util::StreamExt::take_until(sets, replaced_by);
         Ok(Response::new(Box::pin(stream)))

@@ -7,6 +7,7 @@ pub mod certificate;
 pub mod check;
 pub mod config;
 pub mod dev_pki;
+pub mod key_set_status;
 pub mod key_sync;
 pub mod metrics;
 pub mod registration;
@@ -22,6 +23,7 @@ use certificate::{ReloadOutcome, ReloadingCert};
 use config::{Config, Settings};
 use metrics::Metrics;
 use nts_proto::ke_server::{NtpTarget, ALPN};
+use nts_proto::key_agreement::RootFingerprint;
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 use server::{unix_now, KeService};
 use std::net::SocketAddr;
@@ -156,6 +158,10 @@ async fn watch_certificate(cert: Arc<ReloadingCert>, every: Duration, metrics: A
 struct Health {
     metrics: Arc<Metrics>,
     ring: Arc<ArcSwap<KeyRing>>,
+    /// Fingerprint of the root secret, for `nts_ke_root_secret_info`.
+    fingerprint: RootFingerprint,
+    /// With key sync: whether the time servers refuse this replica's key set.
+    key_set: Option<Arc<key_set_status::KeySetStatus>>,
     registry: Option<Arc<registry::Registry>>,
     /// `ntp.server` is set: with key sync, the explicit fallback.
     has_fallback: bool,
@@ -200,6 +206,23 @@ impl nts_ops::http::Observable for Health {
             );
             out.push_str(&e.finish());
         }
+        {
+            let mut e = nts_ops::metrics::Exposition::new();
+            let fp = self.fingerprint.to_string();
+            e.gauges(
+                "nts_ke_root_secret_info",
+                "1, labelled with the fingerprint of the cookie root secret (a one-way value): equal on replicas that share it.",
+                &[(&[("fingerprint", fp.as_str())], 1.0)],
+            );
+            if let Some(k) = &self.key_set {
+                e.gauge(
+                    "nts_ke_key_set_refused",
+                    "Live time servers that refuse this replica's key set (they serve keys of another root secret).",
+                    k.refusing(std::time::Instant::now()),
+                );
+            }
+            out.push_str(&e.finish());
+        }
         if let Some(r) = &self.registry {
             let view = r.view(std::time::Instant::now());
             let mut e = nts_ops::metrics::Exposition::new();
@@ -239,6 +262,14 @@ impl nts_ops::http::Observable for Health {
     fn readiness(&self) -> Result<(), String> {
         if self.metrics.draining.get() != 0 {
             return Err("draining: shutting down (SIGTERM)".into());
+        }
+        // Next: it explains why no time server would be live for this replica.
+        if let Some(why) = self
+            .key_set
+            .as_ref()
+            .and_then(|k| k.standing(std::time::Instant::now()).not_ready_reason())
+        {
+            return Err(why);
         }
         if let Some(r) = &self.registry {
             if !self.has_fallback && !r.has_live(std::time::Instant::now()) {
@@ -413,6 +444,19 @@ pub async fn start_with(
             "created a new cookie root secret; every replica behind the same name needs a copy of this file"
         );
     }
+    let fingerprint = RootFingerprint::of(&root);
+    // Not secret: replicas and time servers holding the same root secret show the same value.
+    tracing::info!(
+        %fingerprint,
+        file = %cfg.cookie_keys.root_secret_file.display(),
+        "cookie root secret loaded, fingerprint {fingerprint}"
+    );
+    let key_set = cfg.key_sync.as_ref().map(|_| {
+        Arc::new(key_set_status::KeySetStatus::new(
+            fingerprint,
+            settings.expiry,
+        ))
+    });
     let initial = Arc::new(KeyRing::derive(&root, &settings.schedule, unix_now()));
     let ring = Arc::new(ArcSwap::new(initial.clone()));
     let (ring_tx, ring_rx) = tokio::sync::watch::channel(initial);
@@ -507,6 +551,9 @@ pub async fn start_with(
             policy: settings.registration_policy.clone(),
             // One watch per KE replica, and one more while a reconnect overlaps.
             watchers: watchers::Watchers::new(2),
+            key_set: key_set
+                .clone()
+                .context("key-set status exists with key_sync")?,
         };
         if settings.registration_policy.allows_any_address() {
             tracing::warn!("key_sync.advertise_networks and advertise_domains are empty: a time-server certificate may advertise any address to clients (besides its own names); set them to the networks and domains your time servers live on");
@@ -574,6 +621,8 @@ pub async fn start_with(
         let health = Arc::new(Health {
             metrics: metrics.clone(),
             ring,
+            fingerprint,
+            key_set,
             registry,
             has_fallback: cfg.ntp.server.is_some(),
             file_certs,

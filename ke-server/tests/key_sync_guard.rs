@@ -167,6 +167,7 @@ async fn report(client: &mut KeySyncClient<tonic::transport::Channel>, i: &TimeS
             requests_per_second: 0.0,
             has_keys: true,
             healthy: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -218,6 +219,7 @@ async fn registration_is_bound_to_the_certificate_and_checked() {
             requests_per_second: 0.0,
             has_keys: true,
             healthy: true,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -556,6 +558,7 @@ async fn one_certificate_cannot_register_without_bounds_or_anywhere() {
             requests_per_second: 0.0,
             has_keys: true,
             healthy: true,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -568,6 +571,7 @@ async fn one_certificate_cannot_register_without_bounds_or_anywhere() {
             requests_per_second: 0.0,
             has_keys: true,
             healthy: true,
+            ..Default::default()
         })
         .await
         .unwrap_err();

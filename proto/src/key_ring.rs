@@ -21,7 +21,7 @@ pub const COOKIE_KEY_ALGORITHM: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
 pub const MAX_PAST_EPOCHS: u64 = 1000;
 /// Length of the root secret.
 pub const ROOT_SECRET_LEN: usize = 32;
-const HKDF_SALT: &[u8] = b"nts-cookie-key/v1";
+pub(crate) const HKDF_SALT: &[u8] = b"nts-cookie-key/v1";
 
 /// Identifies the key a cookie was sealed with; travels in clear at the start of the cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,27 +2,29 @@
 //!
 //! One task per ke-server endpoint: connect, register, watch the key set,
 //! report load. Every endpoint's latest set is kept; the ring in service is
-//! their union (replicas derive identical keys, so this only matters while one
-//! is unreachable or misconfigured), minus keys whose window has ended. When
+//! the union of the sets that agree (replicas derive identical keys, so this
+//! only matters while one is unreachable or misconfigured), minus keys whose
+//! window has ended. Sets from another root secret are refused, never mixed
+//! (`nts_proto::key_agreement::choose`), and each ke-server is told in its
+//! reports whether its set is refused. When
 //! links are down the server keeps serving with what it has, pruning keys as
 //! they expire, and reconnects with exponential backoff and jitter.
 
+use crate::key_merge::Merger;
 use crate::keys::{unix_now, KeyStore};
 use crate::metrics::Metrics;
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
 use nts_ops::file_reader::FileReader;
-use nts_proto::key_ring::{find_conflict, CookieKey, KeyId, KeyRing};
-use nts_proto::key_sync::keys_from_set;
 use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
 use nts_proto::key_sync::pb::{LoadReport, RegisterRequest, TimeServerInfo, WatchKeysRequest};
+use nts_proto::key_sync::{keys_from_set, set_fingerprint};
 use rand::Rng;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the client needs to know.
@@ -41,59 +43,6 @@ pub struct KeySyncClientSettings {
     /// user switch); they are read again at every reconnection, so a renewed
     /// client certificate is used without a restart.
     pub reader: Arc<FileReader>,
-}
-
-/// Per-endpoint latest key sets, merged into the ring in service.
-struct Merger {
-    sets: Mutex<HashMap<String, Vec<CookieKey>>>,
-    store: Arc<KeyStore>,
-}
-
-impl Merger {
-    /// Take `endpoint`'s latest set, unless a key in it contradicts a key held
-    /// for the same id (ke-server replicas with different root secrets): then
-    /// the whole set is refused and the first contradicting key id returned.
-    fn update(&self, endpoint: &str, keys: Vec<CookieKey>) -> Result<(), KeyId> {
-        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = unix_now();
-        // Held: what is in service, and every other endpoint's unexpired set.
-        let ring = self.store.load();
-        let others: Vec<CookieKey> = sets
-            .iter()
-            .filter(|(ep, _)| ep.as_str() != endpoint)
-            .flat_map(|(_, set)| set.iter())
-            .filter(|k| now < k.not_after)
-            .cloned()
-            .collect();
-        if let Some(id) = find_conflict(ring.keys(), &keys).or(find_conflict(&others, &keys)) {
-            return Err(id);
-        }
-        sets.insert(endpoint.to_string(), keys);
-        self.publish(&sets, true);
-        Ok(())
-    }
-
-    /// Rebuild the ring from every endpoint's latest set, dropping expired keys.
-    fn publish(&self, sets: &HashMap<String, Vec<CookieKey>>, fresh: bool) {
-        let now = unix_now();
-        let all: Vec<CookieKey> = sets
-            .values()
-            .flatten()
-            .filter(|k| now < k.not_after)
-            .cloned()
-            .collect();
-        let ring = KeyRing::from_keys(all);
-        if fresh {
-            self.store.store(ring, now);
-        } else if ring.keys().len() != self.store.load().keys().len() {
-            self.store.replace(ring);
-        }
-    }
-
-    fn prune(&self) {
-        let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&sets, false);
-    }
 }
 
 pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>> {
@@ -147,10 +96,11 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let tls = client_tls(&settings)?;
-    let merger = Arc::new(Merger {
-        sets: Mutex::new(HashMap::new()),
+    let merger = Arc::new(Merger::new(
+        settings.endpoints.clone(),
         store,
-    });
+        metrics.clone(),
+    ));
     let handle = std::thread::Builder::new()
         .name("key-sync".into())
         .spawn(move || {
@@ -347,9 +297,8 @@ async fn session(
         .into_inner();
     metrics.key_sync_link_up(index, true);
     tracing::info!(endpoint = %endpoint, "key-sync link up");
-    // Whether this endpoint's latest set was taken, and the key id it was refused for.
-    let mut accepted = false;
-    let mut refused_id: Option<KeyId> = None;
+    // A set arrived on this stream (then "not refused" means its keys are served).
+    let mut got_set = false;
     let mut last_count = metrics.requests_received();
     let mut last_at = std::time::Instant::now();
     let mut tick = tokio::time::interval(report_every);
@@ -357,7 +306,7 @@ async fn session(
     // Health changes are reported at once, not at the next interval.
     let mut health_tick = tokio::time::interval(HEALTH_CHECK);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported_healthy: Option<bool> = None;
+    let mut reported: Option<(bool, bool)> = None;
     loop {
         let report_now = tokio::select! {
             msg = stream.message() => {
@@ -365,22 +314,9 @@ async fn session(
                 let keys = keys_from_set(&set).context("malformed key set")?;
                 tracing::debug!(endpoint = %endpoint, keys = keys.len(), "key set received");
                 metrics.key_sets_received.fetch_add(1, Ordering::Relaxed);
-                match merger.update(endpoint, keys) {
-                    Ok(()) => {
-                        accepted = true;
-                        if refused_id.take().is_some() {
-                            tracing::info!(endpoint = %endpoint, "key set from this ke-server agrees with the keys held again");
-                        }
-                        merger.store.confirm(unix_now());
-                    }
-                    Err(id) => {
-                        accepted = false;
-                        metrics.key_conflicts.fetch_add(1, Ordering::Relaxed);
-                        if refused_id != Some(id) {
-                            tracing::warn!(endpoint = %endpoint, key_id = %id, "key set refused: its key {id} differs from the key held under that id (ke-server replicas with different root secrets?); serving with the keys held");
-                            refused_id = Some(id);
-                        }
-                    }
+                got_set = true;
+                if merger.update(index, set_fingerprint(&set), keys) {
+                    merger.store.confirm(unix_now());
                 }
                 let first = !*got_keys;
                 *got_keys = true;
@@ -388,13 +324,17 @@ async fn session(
                 first
             }
             _ = tick.tick() => true,
+            // A change of health, or of whether this ke-server's set is served
+            // (another endpoint's set can change that), is reported at once.
             _ = health_tick.tick() => {
-                reported_healthy.is_some_and(|h| h != crate::health(metrics, &merger.store).is_ok())
+                let now = (crate::health(metrics, &merger.store).is_ok(), merger.refused(index));
+                reported.is_some_and(|r| r != now)
             }
         };
         if report_now {
             let healthy = crate::health(metrics, &merger.store).is_ok();
-            reported_healthy = Some(healthy);
+            let refused = merger.refused(index);
+            reported = Some((healthy, refused));
             let count = metrics.requests_received();
             let secs = last_at.elapsed().as_secs_f64().max(1e-3);
             let rps = count.saturating_sub(last_count) as f64 / secs;
@@ -405,6 +345,11 @@ async fn session(
                 requests_per_second: rps,
                 has_keys: merger.store.has_keys(unix_now()),
                 healthy,
+                key_set_refused: refused,
+                served_fingerprint: merger
+                    .served_fingerprint()
+                    .map(|f| f.as_bytes().to_vec())
+                    .unwrap_or_default(),
             });
             // A report that cannot get through in one interval means the link is gone.
             tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)
@@ -413,7 +358,7 @@ async fn session(
                 .context("report")?;
             // The watch stream is up and the ke-server answered: it would have pushed
             // any change, so the keys held from it are current as of now.
-            if accepted {
+            if got_set && !refused {
                 merger.store.confirm(unix_now());
             }
         }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod clock_state;
 pub mod coalesce;
 pub mod config;
+pub mod key_merge;
 pub mod key_sync_client;
 pub mod keys;
 pub mod metrics;

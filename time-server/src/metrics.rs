@@ -2,6 +2,7 @@
 //! between cores), summed when Prometheus scrapes.
 
 use nts_ops::metrics::{Counter, Exposition, Gauge};
+use nts_proto::key_agreement::RootFingerprint;
 use nts_proto::ntp_server::DropReason;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 
@@ -75,8 +76,12 @@ pub struct Metrics {
     pub key_sync_endpoints: Vec<(String, AtomicBool)>,
     pub key_sync_reconnects: AtomicU64,
     pub key_sets_received: AtomicU64,
-    /// Key sets refused because a key contradicted the key held under its id.
+    /// Key sets refused: another root secret than the one served (by keys or fingerprint).
     pub key_conflicts: AtomicU64,
+    /// By key-sync endpoint: its latest key set is refused now.
+    key_sync_refused: Vec<AtomicBool>,
+    /// Fingerprint of the root secret whose keys are served (None: unknown).
+    pub served_fingerprint: std::sync::Mutex<Option<RootFingerprint>>,
     /// Client addresses are steered to workers by a reuseport BPF program.
     pub steering: AtomicBool,
     /// Set by SIGTERM: unhealthy for the KE replicas and /readyz, still answering.
@@ -93,6 +98,11 @@ impl Metrics {
             key_sync_reconnects: AtomicU64::new(0),
             key_sets_received: AtomicU64::new(0),
             key_conflicts: AtomicU64::new(0),
+            key_sync_refused: key_sync_endpoints
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            served_fingerprint: std::sync::Mutex::new(None),
             steering: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             workers: (0..workers).map(|_| WorkerMetrics::default()).collect(),
@@ -109,6 +119,13 @@ impl Metrics {
     pub fn key_sync_link_up(&self, index: usize, up: bool) {
         if let Some((_, flag)) = self.key_sync_endpoints.get(index) {
             flag.store(up, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether endpoint `index`'s latest key set is refused now.
+    pub fn key_sync_refused(&self, index: usize, refused: bool) {
+        if let Some(flag) = self.key_sync_refused.get(index) {
+            flag.store(refused, Ordering::Relaxed);
         }
     }
 
@@ -321,9 +338,31 @@ impl Metrics {
             );
             e.counter(
                 "nts_time_key_conflicts_total",
-                "Key sets refused because a key contradicted the key held under the same id (replicas with different root secrets).",
+                "Key sets refused because they derive from another root secret than the keys served (a key differing under the same id, or another fingerprint).",
                 self.key_conflicts.load(Ordering::Relaxed),
             );
+            let refused: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&self.key_sync_refused)
+                .map(|(l, r)| (&l[..], r.load(Ordering::Relaxed) as u8 as f64))
+                .collect();
+            e.gauges(
+                "nts_time_key_sync_refused",
+                "1 while this ke-server's latest key set is refused (another root secret than the one served); the ke-server is told in every report.",
+                &refused,
+            );
+            let served = *self
+                .served_fingerprint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(fp) = served {
+                let fp = fp.to_string();
+                e.gauges(
+                    "nts_time_root_secret_info",
+                    "1, labelled with the fingerprint of the root secret whose cookie keys are served (compare with nts_ke_root_secret_info).",
+                    &[(&[("fingerprint", fp.as_str())], 1.0)],
+                );
+            }
         }
         e.finish()
     }

@@ -336,7 +336,17 @@ async fn conflicting_key_sets_are_refused() {
         .collect();
     assert_eq!(warnings.len(), 1, "one warning line:\n{logs}");
     assert!(warnings[0].contains(&endpoint), "{}", warnings[0]);
-    assert!(warnings[0].contains("key_id="), "{}", warnings[0]);
+    // It names both fingerprints (one-way values), as B and A export them.
+    for ke in [&b, &a] {
+        let (_, body) = stack::http_get(ke.d.metrics, "/metrics").unwrap();
+        let fp = body
+            .lines()
+            .find_map(|l| l.strip_prefix("nts_ke_root_secret_info{fingerprint=\""))
+            .and_then(|r| r.split_once('"'))
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_else(|| panic!("no fingerprint in\n{body}"));
+        assert!(warnings[0].contains(&fp), "{fp}: {}", warnings[0]);
+    }
     assert!(warnings[0].len() < 400, "{}", warnings[0]);
     assert!(
         !root_b_hex_in(&root_b, &logs),
