@@ -113,6 +113,9 @@ impl KeySync for KeySyncService {
         self.registry
             .register(info.clone(), &certificate, Instant::now())
             .map_err(|e| self.over_limit(req.remote_addr(), e))?;
+        if let Some(peer) = req.remote_addr() {
+            self.registry.note_peer(&info.server_id, peer.ip());
+        }
         tracing::info!(
             server_id = %info.server_id,
             ntp = %format!("{}:{}", info.ntp_host, info.ntp_port),

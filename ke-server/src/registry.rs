@@ -21,6 +21,8 @@ struct Entry {
     info: TimeServerInfo,
     /// The certificate name the registration is bound to.
     certificate: String,
+    /// Where its key-sync connection comes from (its host, on a host network).
+    peer: Option<IpAddr>,
     last_seen: Instant,
     requests_per_second: f64,
     has_keys: bool,
@@ -41,6 +43,23 @@ pub struct EntryView {
     pub address: String,
     pub alive: bool,
     pub requests_per_second: f64,
+}
+
+/// IPv4-mapped IPv6 as the IPv4 address it carries.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether the time server of `e` runs on the host at `client`.
+fn on_host(e: &Entry, client: IpAddr) -> bool {
+    e.peer == Some(client)
+        || std::iter::once(e.info.ntp_host.as_str())
+            .chain(e.info.alternates.iter().map(|a| a.host.as_str()))
+            .filter_map(|h| h.parse::<IpAddr>().ok())
+            .any(|ip| canonical(ip) == client)
 }
 
 /// Whether `host` is an IP literal of the same family as `client`.
@@ -153,6 +172,7 @@ impl Registry {
         let entry = e.entry(info.server_id.clone()).or_insert(Entry {
             info: info.clone(),
             certificate: certificate.into(),
+            peer: None,
             last_seen: now,
             requests_per_second: 0.0,
             has_keys: false,
@@ -182,11 +202,13 @@ impl Registry {
         } else {
             0.0
         };
+        let peer = e.get(&info.server_id).and_then(|v| v.peer);
         e.insert(
             info.server_id.clone(),
             Entry {
                 info,
                 certificate: certificate.into(),
+                peer,
                 last_seen: now,
                 requests_per_second: rps,
                 has_keys,
@@ -202,6 +224,13 @@ impl Registry {
             && e.healthy
             && !e.info.ntp_host.is_empty()
             && e.info.ntp_port != 0
+    }
+
+    /// Where `server_id`'s key-sync connection comes from.
+    pub fn note_peer(&self, server_id: &str, peer: IpAddr) {
+        if let Some(v) = self.lock().get_mut(server_id) {
+            v.peer = Some(canonical(peer));
+        }
     }
 
     /// Whether `server_id` registered (and was not forgotten since).
@@ -225,6 +254,16 @@ impl Registry {
         let mut live: Vec<&Entry> = e.values().filter(|v| self.eligible(v, now)).collect();
         if live.is_empty() {
             return None;
+        }
+        // A client on a time server's own host (it advertises the client's
+        // address, or its key-sync link comes from it) is sent elsewhere: a
+        // node's agent steering its clock by its own node's server is a loop.
+        // When no other server is live, it gets that one (and may refuse it).
+        if let Some(c) = client.map(canonical) {
+            let elsewhere: Vec<&Entry> = live.iter().copied().filter(|v| !on_host(v, c)).collect();
+            if !elsewhere.is_empty() {
+                live = elsewhere;
+            }
         }
         live.sort_by(|a, b| a.info.server_id.cmp(&b.info.server_id));
         let chosen = match self.selection {
@@ -368,6 +407,32 @@ mod tests {
         r.report(info("a:1", 1, 1), "a", 0.0, true, true, later)
             .unwrap();
         r.register(info("a:3", 3, 1), "a", later).unwrap();
+    }
+
+    #[test]
+    fn a_client_is_not_sent_to_the_time_server_on_its_own_host() {
+        let r = Registry::new(Duration::from_secs(10), Selection::RoundRobin, 16);
+        let t = Instant::now();
+        let mut a = info("node-a", 123, 1);
+        a.ntp_host = "10.0.0.1".into();
+        let mut b = info("node-b", 123, 1);
+        b.ntp_host = "time-b.example.net".into();
+        r.report(a, "c", 0.0, true, true, t).unwrap();
+        r.report(b, "c", 0.0, true, true, t).unwrap();
+        r.note_peer("node-b", "::ffff:10.0.0.2".parse().unwrap());
+        let on_a: IpAddr = "10.0.0.1".parse().unwrap();
+        let on_b: IpAddr = "10.0.0.2".parse().unwrap();
+        // Round robin would alternate; a client on either node never gets its own.
+        for _ in 0..6 {
+            assert_eq!(r.pick(t, Some(on_a)).unwrap().host, "time-b.example.net");
+            assert_eq!(r.pick(t, Some(on_b)).unwrap().host, "10.0.0.1");
+        }
+        // The only live server is the client's own: it gets it (and may refuse it).
+        let r1 = Registry::new(Duration::from_secs(10), Selection::RoundRobin, 16);
+        let mut only = info("node-a", 123, 1);
+        only.ntp_host = "10.0.0.1".into();
+        r1.report(only, "c", 0.0, true, true, t).unwrap();
+        assert_eq!(r1.pick(t, Some(on_a)).unwrap().host, "10.0.0.1");
     }
 
     #[test]
