@@ -722,6 +722,14 @@ def upgrade(st, label, rendered, limit, expect_resume=False):
         before = st.docs.get(("Certificate", c["metadata"]["name"]))
         if before is None or before["spec"] != c["spec"]:
             raise Fail(f"upgrade {label}: Certificate {c['metadata']['name']} is new or changed: not simulated")
+    # `helm upgrade` renders with `lookup`, which `helm template` cannot: a
+    # Secret the chart keeps (helm.sh/resource-policy: keep, the cookie root
+    # secret) is rendered with the data the cluster already holds.
+    for d in docs:
+        kept = (d["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep"
+        before = st.docs.get(("Secret", d["metadata"]["name"])) if d["kind"] == "Secret" else None
+        if kept and before is not None:
+            d["data"] = before.get("data")
     # The API server now holds the new ConfigMaps and Secrets; running pods keep their files.
     st.all_docs, st.docs = docs, podrun.index(docs)
     # Pods expected to survive: those of unchanged templates (minus StatefulSet ordinals scaled away).
