@@ -480,6 +480,21 @@ fn default_algorithms() -> Vec<String> {
     vec!["AES-SIV-CMAC-256".into(), "AES-SIV-CMAC-512".into()]
 }
 
+/// The slots one client address may hold of `total` (the key `KEY`):
+/// `KEY_per_address`, or `default` (at most `total`) when absent.
+fn per_address_share(
+    total_key: &str,
+    total: usize,
+    configured: Option<usize>,
+    default: usize,
+) -> Result<usize> {
+    let share = configured.unwrap_or(default.min(total));
+    if share == 0 || share > total {
+        bail!("{total_key}_per_address = {share}: must be between 1 and {total_key} ({total})");
+    }
+    Ok(share)
+}
+
 /// The checked registration policy of `[key_sync]`.
 fn registration_policy_of(k: &KeySyncSection) -> Result<crate::registration::Policy> {
     if k.max_registrations_per_certificate == 0 || k.max_registrations_per_certificate > 65_536 {
@@ -567,15 +582,12 @@ impl Config {
                 s.max_connections
             );
         }
-        let per_address = s
-            .max_connections_per_address
-            .unwrap_or(DEFAULT_CONNECTIONS_PER_ADDRESS.min(s.max_connections));
-        if per_address == 0 || per_address > s.max_connections {
-            bail!(
-                "server.max_connections_per_address = {per_address}: must be between 1 and server.max_connections ({})",
-                s.max_connections
-            );
-        }
+        let per_address = per_address_share(
+            "server.max_connections",
+            s.max_connections,
+            s.max_connections_per_address,
+            DEFAULT_CONNECTIONS_PER_ADDRESS,
+        )?;
         let prefixes = PrefixLengths::new(s.ipv4_prefix_length, s.ipv6_prefix_length).map_err(
             |e| match e {
                 PrefixLengthError::V4(_) => anyhow::anyhow!("server.ipv4_prefix_length: {e}"),
@@ -682,15 +694,12 @@ impl Config {
                         k.max_handshakes
                     );
                 }
-                let per_address = k
-                    .max_handshakes_per_address
-                    .unwrap_or(DEFAULT_HANDSHAKES_PER_ADDRESS.min(k.max_handshakes));
-                if per_address == 0 || per_address > k.max_handshakes {
-                    bail!(
-                        "key_sync.max_handshakes_per_address = {per_address}: must be between 1 and key_sync.max_handshakes ({})",
-                        k.max_handshakes
-                    );
-                }
+                let per_address = per_address_share(
+                    "key_sync.max_handshakes",
+                    k.max_handshakes,
+                    k.max_handshakes_per_address,
+                    DEFAULT_HANDSHAKES_PER_ADDRESS,
+                )?;
                 if k.max_streams_per_connection == 0 || k.max_streams_per_connection > 1024 {
                     bail!(
                         "key_sync.max_streams_per_connection = {}: must be between 1 and 1024 (a time server uses 2)",

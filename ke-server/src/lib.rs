@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod registration;
 pub mod registry;
 pub mod root_secret;
+pub mod running;
 pub mod server;
 pub mod slots;
 pub mod watchers;
@@ -25,8 +26,8 @@ use metrics::Metrics;
 use nts_proto::ke_server::{NtpTarget, ALPN};
 use nts_proto::key_agreement::RootFingerprint;
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
+pub use running::Running;
 use server::{unix_now, KeService};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,51 +289,6 @@ impl nts_ops::http::Observable for Health {
             Some(_) => Ok(()),
             None => Err("no current cookie key".into()),
         }
-    }
-}
-
-/// A started server: its bound addresses, metrics, and its NTS-KE listeners.
-pub struct Running {
-    pub ke_addrs: Vec<SocketAddr>,
-    pub metrics_addr: Option<SocketAddr>,
-    pub metrics: Arc<Metrics>,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
-    drain_delay: Duration,
-    /// Longest a connection in flight can still take.
-    in_flight_limit: Duration,
-}
-
-impl Running {
-    /// Leave gracefully (after SIGTERM): turn not ready at once, keep serving
-    /// for `server.drain_delay` (clients the load balancer still sends here
-    /// are answered), stop accepting, and wait for the connections in flight
-    /// (at most a handshake and a request timeout). `abort` (a second
-    /// signal) cuts the wait short.
-    pub async fn drain(self, abort: impl std::future::Future<Output = ()>) {
-        self.metrics.draining.set(1);
-        tracing::info!(
-            delay_s = self.drain_delay.as_secs_f64(),
-            "draining: not ready, serving until the load balancer has moved clients away"
-        );
-        tokio::pin!(abort);
-        let waited = async {
-            tokio::time::sleep(self.drain_delay).await;
-            for l in &self.listeners {
-                l.abort();
-            }
-            let t0 = tokio::time::Instant::now();
-            while self.metrics.active_connections.get() > 0 && t0.elapsed() < self.in_flight_limit {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::select! {
-            () = waited => {}
-            () = &mut abort => tracing::info!("second signal: leaving without finishing the drain"),
-        }
-        tracing::info!(
-            unfinished = self.metrics.active_connections.get(),
-            "drained: no longer accepting; exiting"
-        );
     }
 }
 
