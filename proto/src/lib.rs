@@ -27,3 +27,4 @@ pub mod nts_fields;
 pub mod nts_source;
 pub mod rate_limit;
 mod siv;
+pub mod time;
