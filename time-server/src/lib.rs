@@ -155,8 +155,13 @@ pub fn start(settings: Settings) -> Result<Running> {
     // workers of an address share the port.
     let mut sockets = Vec::new();
     let mut addrs = Vec::new();
-    // Rate limiting per address needs all of an address's datagrams on one worker.
-    let steer = cfg.rate_limit.enabled && workers > 1;
+    // Rate limiting and interleaved mode keep per-client state in a worker:
+    // all of an address's datagrams must reach that worker.
+    let steer = steering::needed(
+        workers,
+        cfg.rate_limit.enabled,
+        cfg.server.interleaved_slots > 0,
+    );
     let key = steering::SteeringKey::from_random(&mut |b| {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b)
     });
@@ -177,10 +182,11 @@ pub fn start(settings: Settings) -> Result<Running> {
             let program = steering::program(bound.is_ipv6(), &key, workers as u32);
             steering::attach(&sockets[group].1, &program).with_context(|| {
                 format!(
-                    "rate_limit: cannot attach the reuseport BPF program that steers each client \
-                     address to one worker on {bound} (needs Linux 4.6+); without it a client \
-                     changing source ports is limited once per worker. Set server.workers = 1 \
-                     or disable rate_limit"
+                    "cannot attach the reuseport BPF program that steers each client address to \
+                     one worker on {bound} (needs Linux 4.6+); without it a client changing \
+                     source ports is rate-limited once per worker and loses interleaved mode. \
+                     Set server.workers = 1, or both rate_limit.enabled = false and \
+                     server.interleaved_slots = 0"
                 )
             })?;
         }

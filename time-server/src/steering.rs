@@ -117,6 +117,14 @@ fn mix(a: u32, key: &SteeringKey, workers: u32) -> u32 {
     a % workers.max(1)
 }
 
+/// Whether client addresses must be steered to one worker each: wherever a
+/// worker keeps per-client state, which is the rate limiter's table and the
+/// interleaved-mode table (a client's next request must find its previous
+/// transmit timestamp). One worker needs no steering.
+pub fn needed(workers: usize, rate_limit: bool, interleaved: bool) -> bool {
+    workers > 1 && (rate_limit || interleaved)
+}
+
 /// The worker [`program`] sends `addr` to (IPv4-mapped IPv6 counts as IPv4).
 pub fn steer(addr: IpAddr, key: &SteeringKey, workers: u32) -> u32 {
     let v4 = |a: u32| (a ^ key.xor[0]).wrapping_mul(key.mul[0]);
@@ -171,6 +179,14 @@ pub fn attach(sock: &socket2::Socket, program: &[Insn]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steering_follows_per_worker_client_state() {
+        assert!(!needed(1, true, true));
+        assert!(needed(2, true, false));
+        assert!(needed(2, false, true));
+        assert!(!needed(4, false, false));
+    }
 
     /// Runs the instructions [`program`] uses over an IP header.
     fn run(p: &[Insn], ip_header: &[u8]) -> u32 {
