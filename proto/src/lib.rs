@@ -25,6 +25,7 @@ pub mod ntp_packet;
 pub mod ntp_server;
 pub mod nts_fields;
 pub mod nts_source;
+pub mod proxy_protocol;
 pub mod rate_limit;
 mod siv;
 pub mod time;
