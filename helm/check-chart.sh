@@ -15,14 +15,19 @@
 #      the real binary in the real image with --check-config (helm/tests/check_config.py);
 #   6. each workload's checksum/config changes exactly when a ConfigMap its pods
 #      mount changes (helm/tests/check_checksums.py: replicas, key-sync port,
-#      per-component settings, update strategies), with a self-test.
+#      per-component settings, update strategies), with a self-test;
+#   7. the PrometheusRule as rendered passes `promtool check rules` and the
+#      promtool unit tests of every alert (helm/tests/check_alerts.py,
+#      helm/tests/alerts_test.yaml), and the dashboard is valid JSON.
 # The chart stack test (helm/chart-stack-test.sh) runs the rendered pods together.
 # Usage: helm/check-chart.sh [IMAGE]   (default $NTS_IMAGE or nts:dev; built when missing)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CHART="$ROOT/helm/nts"
 IMAGE="${1:-${NTS_IMAGE:-nts:dev}}"
-HELM="$("$ROOT/docker/test/install-deps.sh" | sed -n 's/^HELM=//p')"
+DEPS="$("$ROOT/docker/test/install-deps.sh")"
+HELM="$(sed -n 's/^HELM=//p' <<<"$DEPS")"
+PROMTOOL="$(sed -n 's/^PROMTOOL=//p' <<<"$DEPS")"
 [ -x "$HELM" ] || { echo "check-chart: no helm" >&2; exit 1; }
 [ -n "$(docker image ls -q "$IMAGE")" ] || "$ROOT/docker/build-images.sh" "$IMAGE"
 OUT="$(mktemp -d /tmp/nts-chart.XXXXXX)"
@@ -120,4 +125,6 @@ if python3 "$ROOT/helm/tests/check_checksums.py" "$HELM" "$OUT/sum-chart" "$CHAR
     echo "  FAIL self-test: a time-server checksum of .Values.timeServer passed the checksum check" >&2; exit 1
 fi
 echo "  ok   self-test: a time-server checksum of .Values.timeServer (the old one) fails the checksum check"
+echo "==> alerts: promtool check rules and promtool test rules on the rendered PrometheusRule"
+python3 "$ROOT/helm/tests/check_alerts.py" "$HELM" "$PROMTOOL" "$CHART"
 echo "==> chart checks passed"

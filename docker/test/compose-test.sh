@@ -14,6 +14,10 @@
 #      reconnected: handed out again (the time this took is printed);
 #   5. every container restarted: cookies chrony held from before still work
 #      (no new key exchange by chrony);
+#   3b. monitoring: a real Prometheus scrapes every daemon; each dashboard
+#      query of the chart returns data, each alert expression evaluates, finds
+#      its metrics and is quiet on the healthy stack, and the key-sync alert's
+#      expression sees the links down in step 4;
 #   6. graceful drain: a KE rolling restart (SIGTERM, 2 s of endpoint lag
 #      during which clients are still sent to the stopping replica) fails no
 #      key exchange; a time server sent SIGTERM is no longer handed out
@@ -54,6 +58,7 @@ cleanup() {
     local rc=$?
     dc down -v --remove-orphans -t 3 >/dev/null 2>&1 || true
     docker rm -f "$NTS_PROJECT-privtest" >/dev/null 2>&1 || true
+    [ -n "${PROM_PID:-}" ] && { kill "$PROM_PID" 2>/dev/null; wait "$PROM_PID" 2>/dev/null; }
     rm -rf "$NTS_WORK"
     exit $rc
 }
@@ -314,6 +319,35 @@ for c in client1 client2; do
     client_auth_sources "$c" | while read -r _ a; do case "$a" in "$IP_ts1":*|"$IP_ts2":*|"$IP_ts1"|"$IP_ts2") ;; *) fail "$c measures against $a";; esac; done
 done
 
+# ---------------------------------------------------------------- 3b. monitoring
+DEPS="$("$HERE/install-deps.sh")"
+PROMETHEUS="$(sed -n 's/^PROMETHEUS=//p' <<<"$DEPS")"; HELM="$(sed -n 's/^HELM=//p' <<<"$DEPS")"
+PROM_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PROM="http://127.0.0.1:$PROM_PORT"
+cat > "$NTS_WORK/prometheus.yml" <<EOF
+global: {scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}
+scrape_configs:
+  - job_name: ke-server
+    static_configs: [{targets: ["$IP_ke1:9460", "$IP_ke2:9460"]}]
+  - job_name: time-server
+    static_configs: [{targets: ["$IP_ts1:9461", "$IP_ts2:9461"]}]
+  - job_name: client
+    static_configs: [{targets: ["$NTS_NET.31:9462", "$NTS_NET.32:9462"]}]
+EOF
+# On the host, listening on loopback only; it reaches the containers over the internal network's bridge.
+"$PROMETHEUS" --config.file="$NTS_WORK/prometheus.yml" --storage.tsdb.path="$NTS_WORK/prometheus" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$NTS_WORK/prometheus.log" 2>&1 &
+PROM_PID=$!
+prom_targets_up() {
+    curl -sf "$PROM/api/v1/query?query=count(up%3D%3D1)" 2>/dev/null | grep -q '"value":\[[0-9.]*,"6"\]'
+}
+wait_for 30 "Prometheus scraping all 6 daemons" prom_targets_up
+sleep 5   # two samples in every rate window the dashboard uses
+python3 "$ROOT/helm/tests/check_live_queries.py" "$PROM" "$HELM" "$ROOT/helm/nts" healthy \
+    --absent-ok nts_ke_acme_consecutive_failures \
+    | sed 's/^/  /' || fail "monitoring expressions against the running stack (Prometheus log: $(tail -3 "$NTS_WORK/prometheus.log"))"
+log "  Prometheus: every chart dashboard query has data, every alert expression is quiet on the healthy stack (ACME metrics absent: no ACME here)"
+
 # ---------------------------------------------------------------- 4. KE replicas stop
 log "stopping ke1: nothing is lost"
 docker stop -t 3 "$NTS_PROJECT-ke1" >/dev/null
@@ -336,6 +370,8 @@ clients_ok || fail "clients lost authenticated time without KE replicas"
 up1="$(metric ts1 9461 'nts_time_key_sync_link_up{endpoint="ke1:4461"}')"
 log "  no KE running: $served NTS responses in 8 s, both time servers ready, key-sync link to ke1 up=$up1, clients still authenticated"
 [ "$up1" = 0 ] || fail "ts1 reports its link to a stopped KE as up"
+python3 "$ROOT/helm/tests/check_live_queries.py" "$PROM" "$HELM" "$ROOT/helm/nts" firing NtsKeySyncLinkDown 4 \
+    | sed 's/^/  /' || fail "the key-sync alert's expression does not see 4 links down"
 docker start "$NTS_PROJECT-ke1" "$NTS_PROJECT-ke2" >/dev/null
 wait_for 30 "both time servers registered again on ke1" alive_on ke1 2
 wait_for 30 "both time servers registered again on ke2" alive_on ke2 2

