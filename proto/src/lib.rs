@@ -14,6 +14,7 @@ pub mod cookie;
 pub mod extension_field;
 pub mod interleaved;
 pub mod ke_client;
+pub mod ke_discovery;
 pub mod ke_record;
 pub mod ke_server;
 pub mod key_agreement;
