@@ -107,7 +107,7 @@ pub fn root_store(
 
 /// TLS 1.3-only client configuration with ALPN `ntske/1`.
 pub fn tls_config(roots: RootCertStore) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")

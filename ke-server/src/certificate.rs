@@ -272,7 +272,7 @@ mod tests {
     }
 
     fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        nts_ops::tls_provider::provider()
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn problems(settings: &Settings) -> Vec<String> {
     let cfg = &settings.config;
     let mut out = Vec::new();
     let reader = FileReader::direct();
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = nts_ops::tls_provider::provider();
     out.extend(nts_ops::privileges::check_user(
         cfg.server.user.as_deref(),
         cfg.server.group.as_deref(),

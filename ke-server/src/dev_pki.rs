@@ -169,7 +169,7 @@ mod tests {
 
         // The server certificate verifies against the CA for all three names.
         use rustls::client::danger::ServerCertVerifier;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let provider = nts_ops::tls_provider::provider();
         let mut roots = rustls::RootCertStore::empty();
         use rustls_pki_types::pem::PemObject;
         for c in rustls_pki_types::CertificateDer::pem_file_iter(&p.ca_cert).unwrap() {

@@ -352,7 +352,7 @@ pub async fn start_with(
     }
     let settings = Arc::new(settings);
     let cfg = &settings.config;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let metrics = Arc::new(Metrics::default());
     // The certificate: files on disk ([tls]) or ACME ([acme]); validate() made sure of one.
     let (file_cert, acme) = match (&cfg.tls, &settings.acme) {
@@ -455,7 +455,7 @@ pub async fn start_with(
     // re-read through `reader` when renewed).
     let key_sync_tls = match &cfg.key_sync {
         Some(k) => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = nts_ops::tls_provider::provider();
             let ks_cert = Arc::new(
                 ReloadingCert::load_with(
                     reader.clone(),

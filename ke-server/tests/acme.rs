@@ -168,7 +168,7 @@ fn https_get(port: u16, path: &str, ca: &Path) -> String {
     use std::io::{Read, Write};
     let roots = nts_client::ke::root_store(&[ca], false).unwrap();
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -618,7 +618,7 @@ async fn refusing_directory(pki: &TestPki) -> (u16, tokio::task::JoinHandle<()>)
     let ck = nts_ke_server::certificate::certified_key_from_pem(
         std::fs::read(pki.chain_path()).unwrap().as_slice(),
         std::fs::read(pki.key_path()).unwrap().as_slice(),
-        &rustls::crypto::ring::default_provider(),
+        &rustls::crypto::aws_lc_rs::default_provider(),
     )
     .unwrap();
     #[derive(Debug)]
@@ -632,7 +632,7 @@ async fn refusing_directory(pki: &TestPki) -> (u16, tokio::task::JoinHandle<()>)
         }
     }
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -214,7 +214,7 @@ async fn battery_of_bad_requests() {
 
     // TLS 1.2 only: the handshake fails.
     let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .unwrap()

@@ -110,7 +110,7 @@ fn client_tls(pki: &DevPki, names: &[&str]) -> Arc<rustls::ClientConfig> {
     for c in CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -640,7 +640,7 @@ async fn a_revoked_certificate_is_refused() {
     for c in CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

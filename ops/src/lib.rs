@@ -10,6 +10,7 @@ pub mod open_files;
 pub mod privileges;
 pub mod sandbox;
 pub mod socket_timestamps;
+pub mod tls_provider;
 
 /// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.
 pub fn init_logging(level: &str) {

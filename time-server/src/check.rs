@@ -62,7 +62,7 @@ fn pair_matches_and_is_valid(chain: &Path, key: &Path) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = nts_ops::tls_provider::provider();
     let leaf = chain.first().cloned().ok_or("no certificate")?;
     let ck = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| format!("private key does not match the certificate ({e})"))?;

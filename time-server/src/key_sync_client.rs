@@ -78,7 +78,7 @@ pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .with_context(|| format!("key_sync.private_key {}", s.private_key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)

@@ -434,7 +434,7 @@ async fn peers_without_a_trusted_certificate_get_nothing() {
     let (pki, root) = setup(tmp.path());
     let ke = start_ke(tmp.path(), "ke", &pki, &root, 3600, 1);
     let endpoint = format!("127.0.0.1:{}", ke.ks_port);
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = nts_ops::tls_provider::provider();
     let roots = {
         let mut r = rustls::RootCertStore::empty();
         use rustls_pki_types::pem::PemObject;

@@ -402,10 +402,9 @@ mod tests {
     #[test]
     fn thumbprint_matches_rustls_acme() {
         let der = Account::generate_key_pair();
-        let key_pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        let key_pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &der,
-            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
         let directory: Directory = serde_json::from_str(
@@ -485,7 +484,7 @@ mod tests {
 
     #[test]
     fn bundle_parses_with_dates() {
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2030, 1, 1);

@@ -51,7 +51,7 @@ pub(super) fn problem(p: &Option<Problem>) -> String {
 
 /// RFC 7638 thumbprint of the account's P-256 key, base64url.
 pub(super) fn jwk_thumbprint(account: &Account) -> String {
-    use ring::signature::KeyPair as _;
+    use aws_lc_rs::signature::KeyPair as _;
     let pk = account.key_pair.public_key().as_ref();
     let (x, y) = pk[1..].split_at(32);
     let jwk = format!(
