@@ -2,6 +2,7 @@
 //! HTTP endpoint, logging set-up and dropping privileges after binding.
 
 pub mod atomic_file;
+pub mod batch_socket;
 pub mod config;
 pub mod file_reader;
 pub mod http;
