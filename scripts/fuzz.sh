@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz nts-proto's parsers and cookie opening with cargo-fuzz (libFuzzer).
+# Fuzz nts-proto's parsers (wire formats and state files) and cookie opening
+# with cargo-fuzz (libFuzzer). Targets are those of proto/fuzz/Cargo.toml.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 20)
 #

@@ -6,8 +6,6 @@ use nts_proto::ke_client::{build_request, check_algorithm, ResponseDecoder, Resp
 use nts_proto::ke_server::{exporter_context, ALPN, EXPORTER_LABEL};
 use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,13 +69,8 @@ fn handshake_error(target: &str, e: std::io::Error) -> KeError {
     }
 }
 
-#[derive(Debug, Error)]
-pub enum TrustError {
-    #[error("cannot read CA file {0}: {1}")]
-    Read(String, String),
-    #[error("CA file {0} holds no usable certificate")]
-    Empty(String),
-}
+/// A CA file given in the configuration that yields no trust anchor.
+pub type TrustError = nts_ops::trust_store::TrustStoreError;
 
 /// Trust anchors: the system's roots (when `system_roots`) plus PEM files.
 pub fn root_store(
@@ -92,15 +85,7 @@ pub fn root_store(
         }
     }
     for path in extra_ca_files {
-        let name = path.display().to_string();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| TrustError::Read(name.clone(), e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TrustError::Read(name.clone(), e.to_string()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(TrustError::Empty(name));
-        }
+        nts_ops::trust_store::add_pem_file(&mut roots, path)?;
     }
     Ok(roots)
 }

@@ -72,6 +72,13 @@ pub fn render(r: &StatusReport) -> String {
             .map(|(l, s)| (&l[..], f(s)))
             .collect()
     };
+    let counter = |f: &dyn Fn(&crate::status::SourceReport) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+        labels
+            .iter()
+            .zip(&r.sources)
+            .map(|(l, s)| (&l[..], f(s)))
+            .collect()
+    };
     e.gauges(
         "nts_client_source_offset_seconds",
         "Filtered offset per source.",
@@ -101,35 +108,76 @@ pub fn render(r: &StatusReport) -> String {
         "NTS cookies held per source.",
         &gauge(&|s| s.cookies as f64),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_naks_total",
         "NTS NAKs per source.",
-        &gauge(&|s| s.naks as f64),
+        &counter(&|s| s.naks),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_auth_failures_total",
         "Datagrams whose NTS authenticator failed (forged or corrupted), per source.",
-        &gauge(&|s| s.auth_failures as f64),
+        &counter(&|s| s.auth_failures),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_ignored_total",
         "Datagrams ignored while waiting for an answer (forged, stray, replayed, unauthenticated, garbage), per source.",
-        &gauge(&|s| s.ignored as f64),
+        &counter(&|s| s.ignored),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_key_exchanges_total",
         "Successful NTS key exchanges per source.",
-        &gauge(&|s| s.ke_ok as f64),
+        &counter(&|s| s.ke_ok),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_ke_failures_total",
         "Failed NTS key exchanges per source.",
-        &gauge(&|s| s.ke_failures as f64),
+        &counter(&|s| s.ke_failures),
     );
-    e.gauges(
+    e.counters(
         "nts_client_source_timeouts_total",
         "Unanswered requests per source.",
-        &gauge(&|s| s.timeouts as f64),
+        &counter(&|s| s.timeouts),
     );
     e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family the agent exports (with an offset and a source, so all
+    /// are rendered) and every `nts_client_*` name in its sources is
+    /// documented in docs/client.md; per-source counts are counters.
+    #[test]
+    fn every_metric_is_documented_and_counts_are_counters() {
+        let r = StatusReport {
+            offset: Some(0.001),
+            sources: vec![crate::status::SourceReport {
+                name: "time.example".into(),
+                naks: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("# TYPE nts_client_source_naks_total counter\nnts_client_source_naks_total{source=\"time.example\"} 2\n"),
+            "{text}"
+        );
+        for name in nts_ops::metrics::family_names(&text) {
+            let kind = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))
+                .unwrap_or_default();
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name} is a {kind}"
+            );
+        }
+        let docs = include_str!("../../docs/client.md");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let missing = nts_ops::metrics::missing_from_docs(&text, &src, "nts_client_", docs);
+        assert!(missing.is_empty(), "not in docs/client.md: {missing:?}");
+    }
 }

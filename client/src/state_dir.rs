@@ -12,10 +12,11 @@
 //! are written atomically: temporary file (`O_EXCL`, mode set), fsync,
 //! rename, fsync of the directory.
 
+use nts_ops::atomic_file::Replace;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -284,11 +285,11 @@ impl StateDir {
         Ok(Some(text))
     }
 
-    /// Replace `name` with `data` atomically: `NAME.tmp` created fresh
-    /// (`O_EXCL`, never through a link), mode set, fsync, rename, fsync of
-    /// the directory. A link where either file goes refuses the write.
+    /// Replace `name` with `data` atomically through `NAME.tmp`
+    /// (`nts_ops::atomic_file`: created fresh with `O_EXCL`, never through a
+    /// link, mode set, fsync, rename, fsync of the directory). A link where
+    /// either file goes refuses the write.
     pub fn write(&self, name: &str, data: &[u8], access: Access) -> Result<(), StateDirError> {
-        let path = self.child(name);
         let tmp = format!("{name}.tmp");
         self.refuse_link(name)?;
         self.refuse_link(&tmp)?;
@@ -296,28 +297,16 @@ impl StateDir {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(io_err(&self.child(&tmp), "remove", e)),
         }
-        let result = self.write_tmp(&tmp, data, access).and_then(|()| {
-            rfs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
-                .map_err(|e| io_err(&path, "rename", e))
-        });
-        if result.is_err() {
-            let _ = rfs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
-            return result;
-        }
-        rfs::fsync(&self.fd).map_err(|e| io_err(&self.path, "sync", e))
-    }
-
-    fn write_tmp(&self, tmp: &str, data: &[u8], access: Access) -> Result<(), StateDirError> {
-        let path = self.child(tmp);
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mode = Mode::from_raw_mode(access.mode());
-        let fd = rfs::openat(&self.fd, tmp, flags, mode).map_err(|e| io_err(&path, "create", e))?;
-        // The umask may have taken bits off the mode given to open().
-        rfs::fchmod(&fd, mode).map_err(|e| io_err(&path, "chmod", e))?;
-        let mut f = std::fs::File::from(fd);
-        f.write_all(data).map_err(|e| io_err(&path, "write", e))?;
-        f.sync_all().map_err(|e| io_err(&path, "sync", e))
+        let at = nts_ops::atomic_file::AtDir {
+            dir: self.fd.as_fd(),
+            dir_path: &self.path,
+        };
+        at.write(name, &tmp, data, access.mode(), Replace::Always)
+            .map_err(|e| StateDirError::Io {
+                path: e.path,
+                action: e.action,
+                source: e.source,
+            })
     }
 
     fn refuse_link(&self, name: &str) -> Result<(), StateDirError> {

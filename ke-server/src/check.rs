@@ -9,8 +9,6 @@
 use crate::certificate::check_pair;
 use crate::config::Settings;
 use nts_ops::file_reader::FileReader;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use std::path::Path;
 
 /// Descriptors the configured limits can hold open at once, and the keys
@@ -65,16 +63,13 @@ pub fn problems(settings: &Settings) -> Vec<String> {
             out.push(format!("{e:#}"));
         }
         if let Err(why) = ca_file(&k.client_ca) {
-            out.push(format!(
-                "key_sync.client_ca {}: {why}",
-                k.client_ca.display()
-            ));
+            out.push(format!("key_sync.client_ca: {why}"));
         }
     }
     if let Some(a) = &settings.acme {
         for f in &a.ca_roots {
             if let Err(why) = ca_file(f) {
-                out.push(format!("acme.ca_roots {}: {why}", f.display()));
+                out.push(format!("acme.ca_roots: {why}"));
             }
         }
         if a.cache_dir.exists() && !a.cache_dir.is_dir() {
@@ -110,16 +105,9 @@ pub fn problems(settings: &Settings) -> Vec<String> {
     out
 }
 
-/// A PEM file holding at least one parsable certificate.
+/// A PEM file holding at least one parsable certificate (the error names the file).
 pub fn ca_file(path: &Path) -> Result<(), String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "not PEM".to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err("no usable CA certificate".into());
-    }
-    Ok(())
+    nts_ops::trust_store::from_pem_file(path)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -8,8 +8,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Paths of the development PKI inside a state directory.
@@ -139,18 +137,8 @@ pub fn issue(
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    use nts_ops::atomic_file::{write, Replace};
+    Ok(write(path, data, mode, Replace::Always)?)
 }
 
 #[cfg(test)]
@@ -170,11 +158,8 @@ mod tests {
         // The server certificate verifies against the CA for all three names.
         use rustls::client::danger::ServerCertVerifier;
         let provider = nts_ops::tls_provider::provider();
-        let mut roots = rustls::RootCertStore::empty();
+        let roots = nts_ops::trust_store::from_pem_file(&p.ca_cert).unwrap();
         use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&p.ca_cert).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
         let verifier =
             rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
                 .build()

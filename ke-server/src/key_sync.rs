@@ -18,8 +18,6 @@ use nts_proto::key_sync::pb::{
     WatchKeysRequest,
 };
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -205,18 +203,7 @@ pub fn mtls_config(
     client_ca: &Path,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<rustls::ServerConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(client_ca)
-        .with_context(|| format!("key_sync.client_ca {}", client_ca.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("key_sync.client_ca {}: not PEM", client_ca.display()))?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        anyhow::bail!(
-            "key_sync.client_ca {}: no usable CA certificate",
-            client_ca.display()
-        );
-    }
+    let roots = nts_ops::trust_store::from_pem_file(client_ca).context("key_sync.client_ca")?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .context("key_sync.client_ca: building the client verifier")?;

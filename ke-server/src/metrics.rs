@@ -330,3 +330,29 @@ impl Metrics {
         e.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family of the KE server's registry, and every `nts_ke_*` name in
+    /// its sources (the families the endpoint adds for certificates, the root
+    /// secret and the time-server registry included), is documented in
+    /// docs/ke-server.md; adding a metric without documenting it fails here.
+    #[test]
+    fn every_metric_is_documented() {
+        let m = Metrics::default();
+        m.cut_off(CutOff::NoAlpn);
+        m.request_error("bad_request");
+        m.registration_refused("identity");
+        let text = m.render();
+        assert!(
+            text.contains("nts_ke_connections_cut_off_total{reason=\"no_alpn\"} 1\n"),
+            "{text}"
+        );
+        let docs = include_str!("../../docs/ke-server.md");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let missing = nts_ops::metrics::missing_from_docs(&text, &src, "nts_ke_", docs);
+        assert!(missing.is_empty(), "not in docs/ke-server.md: {missing:?}");
+    }
+}

@@ -6,9 +6,9 @@
 //! (group read is allowed: a Kubernetes Secret mounted with `fsGroup`).
 
 use anyhow::{bail, Context, Result};
+use nts_ops::atomic_file;
 use nts_proto::key_ring::RootSecret;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Why the root secret file cannot be used; messages name the key.
@@ -60,10 +60,9 @@ pub fn load(path: &Path, create_if_missing: bool) -> Result<(RootSecret, bool)> 
 }
 
 /// Create the file atomically, so a kill at any moment leaves either no
-/// file or a whole one: a temporary file in the same directory (0600, unique
-/// name), written and fsynced, then hard-linked into place (which, unlike a
-/// rename, never replaces a secret another replica created meanwhile), then
-/// the directory fsynced. Temporary files a killed creation left are removed.
+/// file or a whole one (`nts_ops::atomic_file`, 0600), hard-linked into place
+/// so that it never replaces a secret another replica created meanwhile.
+/// Temporary files a killed creation left are removed first.
 fn write_new(path: &Path, secret: &RootSecret) -> Result<()> {
     let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
         (Some(d), Some(n)) => (
@@ -80,43 +79,14 @@ fn write_new(path: &Path, secret: &RootSecret) -> Result<()> {
         ),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let prefix = format!(".{name}.");
-    remove_stale_temporaries(dir, &prefix);
-    let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        // open() applies the umask; the mode must be exactly 0600.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(secret.to_file_text().as_bytes())?;
-        f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
-            .with_context(|| format!("creating cookie_keys.root_secret_file {}", path.display()))?;
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// Remove `PREFIX*.tmp` files (left by a creation that was killed).
-fn remove_stale_temporaries(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        if n.starts_with(prefix) && n.ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    atomic_file::remove_stale_temporaries(dir, name);
+    atomic_file::write(
+        path,
+        secret.to_file_text().as_bytes(),
+        atomic_file::PRIVATE,
+        atomic_file::Replace::Never,
+    )
+    .context("creating cookie_keys.root_secret_file")
 }
 
 #[cfg(test)]

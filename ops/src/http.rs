@@ -1,4 +1,5 @@
-//! The operations endpoint every daemon exposes: `/metrics` (Prometheus text),
+//! The operations endpoint every daemon exposes: `/metrics` (Prometheus text
+//! format 0.0.4, encoded by prometheus-client),
 //! `/healthz` (the process is up) and `/readyz` (it can do its job).
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ fn route(obs: &dyn Observable, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
             obs.render_metrics(),
         ),
         "/healthz" | "/livez" => respond(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -1,6 +1,8 @@
 //! Operational plumbing shared by the NTS daemons: the Prometheus and health
 //! HTTP endpoint, logging set-up and dropping privileges after binding.
 
+pub mod atomic_file;
+pub mod batch_socket;
 pub mod config;
 pub mod file_reader;
 pub mod http;
@@ -11,6 +13,7 @@ pub mod privileges;
 pub mod sandbox;
 pub mod socket_timestamps;
 pub mod tls_provider;
+pub mod trust_store;
 
 /// Start logging through `tracing`. `RUST_LOG` wins over `level` when set.
 pub fn init_logging(level: &str) {

@@ -54,14 +54,7 @@ pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>
     let ca_pem = read("key_sync.ca", &s.ca)?;
     let chain_pem = read("key_sync.certificate_chain", &s.certificate_chain)?;
     let key_pem = read("key_sync.private_key", &s.private_key)?;
-    let mut roots = rustls::RootCertStore::empty();
-    let cas = CertificateDer::pem_slice_iter(&ca_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("key_sync.ca {}: not PEM", s.ca.display()))?;
-    let (added, _) = roots.add_parsable_certificates(cas);
-    if added == 0 {
-        anyhow::bail!("key_sync.ca {}: no usable CA certificate", s.ca.display());
-    }
+    let roots = nts_ops::trust_store::from_pem(&s.ca, &ca_pem).context("key_sync.ca")?;
     let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| {

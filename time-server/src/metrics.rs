@@ -367,3 +367,50 @@ impl Metrics {
         e.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family the time server exports (all of them rendered: key sync
+    /// configured, a fingerprint known) and every `nts_time_*` name in its
+    /// sources is documented in docs/time-server.md; adding a metric without
+    /// documenting it fails here.
+    #[test]
+    fn every_metric_is_documented() {
+        let m = Metrics::new(2, &["ke.example:4461".to_string()]);
+        *m.served_fingerprint.lock().unwrap() =
+            Some(nts_proto::key_agreement::RootFingerprint::of(
+                &nts_proto::key_ring::RootSecret::from_bytes(&[7; 32]).unwrap(),
+            ));
+        let text = m.render();
+        assert!(text.contains("nts_time_root_secret_info{"), "{text}");
+        let docs = include_str!("../../docs/time-server.md");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let missing = nts_ops::metrics::missing_from_docs(&text, &src, "nts_time_", docs);
+        assert!(
+            missing.is_empty(),
+            "not in docs/time-server.md: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn workers_are_summed_into_counters() {
+        let m = Metrics::new(2, &[]);
+        m.workers[0].received.add(3);
+        m.workers[1].received.inc();
+        m.workers[1].nak("bad_tag");
+        m.workers[0].rate_overflowed.set(5);
+        let text = m.render();
+        assert!(text.contains("# TYPE nts_time_requests_received_total counter\nnts_time_requests_received_total 4\n"), "{text}");
+        assert!(
+            text.contains("nts_time_nts_nak_total{reason=\"bad_tag\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nts_time_responses_total{kind=\"nts_nak\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE nts_time_rate_limit_overflow_total counter\nnts_time_rate_limit_overflow_total 5\n"), "{text}");
+    }
+}

@@ -1,5 +1,5 @@
 //! One worker: a thread that owns one `SO_REUSEPORT` socket and moves
-//! datagrams in batches (`recvmmsg`/`sendmmsg`). Buffers are allocated once;
+//! datagrams in batches (`recvmmsg`/`sendmmsg`, `nts_ops::batch_socket`). Buffers are allocated once;
 //! the loop itself does not allocate or lock: keys and clock state are read
 //! through `ArcSwap`, counters are this worker's own atomics.
 
@@ -10,6 +10,7 @@ use crate::metrics::WorkerMetrics;
 use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
 use crate::tx_timestamps::{write_request, ErrorQueue, SentStamp};
 use arc_swap::ArcSwap;
+use nts_ops::batch_socket::{RxBatch, TxBatch};
 use nts_proto::interleaved::{mark_receive, ClientAddress, Decision, TransmitTable};
 use nts_proto::ntp_packet::{NtpHeader, NtpTimestamp};
 use nts_proto::ntp_server::{
@@ -18,9 +19,8 @@ use nts_proto::ntp_server::{
 };
 use nts_proto::rate_limit::{RateLimiter, Verdict};
 use rand::{RngCore, SeedableRng};
-use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,49 +131,11 @@ pub fn run(
         .set(limiter.as_ref().map_or(0, |l| l.memory_bytes() as i64));
     let started = Instant::now();
 
-    let mut rx = vec![[0u8; MAX_REQUEST_LEN]; batch];
-    let mut tx = vec![[0u8; MAX_REQUEST_LEN]; batch];
-    let mut rx_ctrl = vec![[0u8; RX_CTRL]; batch];
-    let mut tx_ctrl = vec![[0u8; TX_CTRL]; batch];
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut rx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut tx_addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut rx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut tx_iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut rx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut tx_hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
+    let mut rx = RxBatch::new(batch, MAX_REQUEST_LEN, RX_CTRL);
+    let mut tx = TxBatch::new(batch, MAX_REQUEST_LEN, TX_CTRL);
 
     while !shared.stop.load(Ordering::Relaxed) {
-        for i in 0..batch {
-            rx_iov[i] = libc::iovec {
-                iov_base: rx[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: MAX_REQUEST_LEN,
-            };
-            let h = &mut rx_hdr[i].msg_hdr;
-            h.msg_name = &mut rx_addr[i] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut rx_iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = rx_ctrl[i].as_mut_ptr() as *mut libc::c_void;
-            h.msg_controllen = RX_CTRL;
-            h.msg_flags = 0;
-            rx_hdr[i].msg_len = 0;
-        }
-        // SAFETY: every header points into buffers owned by this frame, sized as declared.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                rx_hdr.as_mut_ptr(),
-                batch as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
+        let n = rx.recv(sock.as_fd()).unwrap_or(0); // 0: timeout (stop check) or EINTR
         if stamps_until != 0 {
             let now = now_nanos();
             drain_stamps(&mut errqueue, fd, &shared, &mut table, metrics);
@@ -181,8 +143,8 @@ pub fn run(
                 stamps_until = 0;
             }
         }
-        if n <= 0 {
-            continue; // timeout (stop check) or EINTR
+        if n == 0 {
+            continue;
         }
         let batch_time = now_nanos();
         let keys = shared.keys.load();
@@ -190,16 +152,14 @@ pub fn run(
         let phc = **shared.phc.load();
         let unix_now = batch_time / 1_000_000_000;
         let mono_ns = started.elapsed().as_nanos() as u64;
-        let mut out = 0usize;
-        for i in 0..n as usize {
+        for i in 0..n {
             metrics.received.inc();
-            let h = &rx_hdr[i];
-            let len = (h.msg_len as usize).min(MAX_REQUEST_LEN);
-            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            let d = rx.get(i);
+            if d.truncated {
                 metrics.dropped(DropReason::TooLong);
                 continue;
             }
-            let meta = parse_control(&rx_ctrl[i][..h.msg_hdr.msg_controllen.min(RX_CTRL)]);
+            let meta = parse_control(d.control);
             let ts = match pick(&meta, shared.source, &phc) {
                 Some(t) => t,
                 None => {
@@ -213,7 +173,7 @@ pub fn run(
                 metrics.dropped(DropReason::TooOld);
                 continue;
             }
-            let Some(ip) = peer_ip(&rx_addr[i]) else {
+            let Some(ip) = peer_ip(d.peer) else {
                 continue;
             };
             let verdict = match limiter.as_mut() {
@@ -222,15 +182,14 @@ pub fn run(
             };
             match verdict {
                 Verdict::Drop => {
-                    metrics.dropped(over_rate_reason(&rx[i][..len], &shared.policy));
+                    metrics.dropped(over_rate_reason(d.data, &shared.policy));
                     continue;
                 }
                 Verdict::Allow | Verdict::Kiss => {}
             }
             let client = ClientAddress::from(ip);
             let decision = if table.enabled() {
-                NtpHeader::parse(&rx[i][..len])
-                    .map_or(Decision::BASIC, |(h, _)| table.decide(&h, client))
+                NtpHeader::parse(d.data).map_or(Decision::BASIC, |(h, _)| table.decide(&h, client))
             } else {
                 Decision::BASIC
             };
@@ -243,10 +202,11 @@ pub fn run(
                 rate_kiss: verdict == Verdict::Kiss,
                 previous_transmit: decision.previous_transmit,
             };
+            let (tx_buf, tx_ctrl) = tx.next_slot();
             let result = respond(
-                &rx[i][..len],
+                d.data,
                 &ctx,
-                &mut tx[out],
+                tx_buf,
                 &mut |b| rng.fill_bytes(b),
                 &mut now_ntp,
             );
@@ -286,57 +246,29 @@ pub fn run(
                 table.track(mark_receive(nanos_to_ntp(ts)), client);
                 metrics.interleaved_tracked.inc();
             }
-            tx_addr[out] = rx_addr[i];
-            tx_iov[out] = libc::iovec {
-                iov_base: tx[out].as_mut_ptr() as *mut libc::c_void,
-                iov_len: resp.len(),
-            };
             let mut ctrl_len = if use_pktinfo {
-                write_pktinfo(&meta, &mut tx_ctrl[out])
+                write_pktinfo(&meta, tx_ctrl)
             } else {
                 0
             };
             if stamp {
-                ctrl_len += write_request(hardware_tx, &mut tx_ctrl[out][ctrl_len..]);
+                ctrl_len += write_request(hardware_tx, &mut tx_ctrl[ctrl_len..]);
                 stamps_until = batch_time + STAMP_WAIT_NS;
             }
-            let th = &mut tx_hdr[out].msg_hdr;
-            th.msg_name = &mut tx_addr[out] as *mut _ as *mut libc::c_void;
-            th.msg_namelen = rx_hdr[i].msg_hdr.msg_namelen;
-            th.msg_iov = &mut tx_iov[out];
-            th.msg_iovlen = 1;
-            th.msg_control = if ctrl_len > 0 {
-                tx_ctrl[out].as_mut_ptr() as *mut libc::c_void
-            } else {
-                std::ptr::null_mut()
-            };
-            th.msg_controllen = ctrl_len;
-            th.msg_flags = 0;
-            out += 1;
+            tx.queue(resp.len(), ctrl_len, d.peer, d.peer_len);
         }
         drop(keys);
         drop(clock);
         if let Some(l) = &limiter {
             metrics.rate_overflowed.set(l.overflowed() as i64);
         }
-        let mut sent = 0usize;
-        while sent < out {
-            // SAFETY: headers [sent, out) point into live buffers set up above.
-            let r =
-                unsafe { libc::sendmmsg(fd, tx_hdr[sent..].as_mut_ptr(), (out - sent) as u32, 0) };
-            if r <= 0 {
-                // Skip the datagram the kernel refused (e.g. unreachable destination).
-                metrics.send_errors.inc();
-                sent += 1;
-            } else {
-                sent += r as usize;
-            }
-        }
+        let sent = tx.send(sock.as_fd());
+        metrics.send_errors.add(sent.errors as u64);
         if stamps_until != 0 {
             // Software stamps are made while sendmmsg runs: read them now.
             drain_stamps(&mut errqueue, fd, &shared, &mut table, metrics);
         }
-        let wait = coalescer.after_batch(n as usize, started.elapsed().as_nanos() as u64);
+        let wait = coalescer.after_batch(n, started.elapsed().as_nanos() as u64);
         if wait > 0 {
             metrics.batch_waits.inc();
             std::thread::sleep(std::time::Duration::from_nanos(wait));

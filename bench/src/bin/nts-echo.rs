@@ -1,15 +1,16 @@
 //! `nts-echo`: the baseline. The same socket set-up as `nts-time-server`
 //! (one `SO_REUSEPORT` socket and thread per worker, 4 MiB receive buffer,
 //! `SO_TIMESTAMPING` software receive timestamps, blocking `recvmmsg` with
-//! `MSG_WAITFORONE` and a 200 ms timeout, batched `sendmmsg`), but every
+//! `MSG_WAITFORONE` and a 200 ms timeout, batched `sendmmsg`, through the
+//! same `nts_ops::batch_socket` as the time server's workers), but every
 //! datagram goes back unchanged: the cost of moving packets, without NTP.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nts_bench::sys::setsockopt_int;
-use std::mem::{size_of, zeroed};
+use nts_ops::batch_socket::{RxBatch, TxBatch};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,64 +62,23 @@ fn bind(addr: SocketAddr, timestamping: bool) -> Result<socket2::Socket> {
 }
 
 fn worker(sock: socket2::Socket, batch: usize, stop: &AtomicBool, count: &AtomicU64) {
-    let fd = sock.as_raw_fd();
-    let mut buf = vec![[0u8; MAX_LEN]; batch];
-    let mut ctrl = vec![[0u8; RX_CTRL]; batch];
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut addr: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; batch];
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut hdr: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; batch];
+    // The time server's batch I/O, so the baseline measures the same path.
+    let mut rx = RxBatch::new(batch, MAX_LEN, RX_CTRL);
+    let mut tx = TxBatch::new(batch, MAX_LEN, 0);
     while !stop.load(Ordering::Relaxed) {
-        for i in 0..batch {
-            iov[i] = libc::iovec {
-                iov_base: buf[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: MAX_LEN,
-            };
-            let h = &mut hdr[i].msg_hdr;
-            h.msg_name = &mut addr[i] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = ctrl[i].as_mut_ptr() as *mut libc::c_void;
-            h.msg_controllen = RX_CTRL;
-            h.msg_flags = 0;
-            hdr[i].msg_len = 0;
-        }
-        // SAFETY: every header points into buffers owned by this frame, sized as declared.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdr.as_mut_ptr(),
-                batch as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n <= 0 {
+        let n = rx.recv(sock.as_fd()).unwrap_or(0);
+        if n == 0 {
             continue;
         }
-        let n = n as usize;
         count.fetch_add(n as u64, Ordering::Relaxed);
-        // Send back what came in, in place: same buffer, same length, to the sender.
+        // Send back what came in: same bytes, to the sender.
         for i in 0..n {
-            iov[i].iov_len = hdr[i].msg_len as usize;
-            let h = &mut hdr[i].msg_hdr;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            let d = rx.get(i);
+            let (buf, _) = tx.next_slot();
+            buf[..d.data.len()].copy_from_slice(d.data);
+            tx.queue(d.data.len(), 0, d.peer, d.peer_len);
         }
-        let mut sent = 0;
-        while sent < n {
-            // SAFETY: headers [sent, n) point into live buffers set up above.
-            let r = unsafe { libc::sendmmsg(fd, hdr[sent..].as_mut_ptr(), (n - sent) as u32, 0) };
-            if r <= 0 {
-                sent += 1;
-            } else {
-                sent += r as usize;
-            }
-        }
+        tx.send(sock.as_fd());
     }
 }
 

@@ -26,34 +26,11 @@ pub fn account_cache_path(cache_dir: &Path, directory: &str) -> PathBuf {
     cache_dir.join(format!("account-{}.pem", short_hash(&[directory])))
 }
 
-/// Write `bytes` to `path` with mode 0600, atomically (temporary file in the same
-/// directory, fsync, rename), so that readers never see half a file.
+/// Write `bytes` to `path` with mode 0600, atomically (`nts_ops::atomic_file`:
+/// a unique temporary file per writer, as replicas share the directory), so
+/// that readers never see half a file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok::<(), std::io::Error>(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    Ok(nts_ops::atomic_file::write_private(path, bytes)?)
 }
 
 pub(super) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {

@@ -50,7 +50,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -127,13 +126,7 @@ fn directory_client(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for f in &s.ca_roots {
-        let certs = CertificateDer::pem_file_iter(f)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow!("acme.ca_roots: cannot read {}: {e}", f.display()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            bail!("acme.ca_roots: {} holds no usable certificate", f.display());
-        }
+        nts_ops::trust_store::add_pem_file(&mut roots, f).context("acme.ca_roots")?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -13,13 +13,17 @@ use std::sync::OnceLock;
 
 pub mod aead_siv;
 pub mod cookie_open;
+pub mod drift_record;
 pub mod ke_record;
 pub mod ke_request;
 pub mod ke_response;
+pub mod leap_list;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
 pub mod nts_source;
+pub mod root_secret;
+pub mod saved_association;
 pub mod seeds;
 
 /// The Unix time at which every target runs (the ring is derived for it).
@@ -101,6 +105,18 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "nts_source" => {
             nts_source::check(data);
+        }
+        "leap_list" => {
+            leap_list::check(data);
+        }
+        "drift_record" => {
+            drift_record::check(data);
+        }
+        "saved_association" => {
+            saved_association::check(data);
+        }
+        "root_secret" => {
+            root_secret::check(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }

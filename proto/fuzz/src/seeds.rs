@@ -14,6 +14,9 @@ use nts_proto::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpT
 
 pub type Seed = (&'static str, Vec<u8>);
 
+mod state_files;
+pub use state_files::{drift_record, leap_list, root_secret, saved_association};
+
 fn records(list: &[(Record, bool)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (r, c) in list {
@@ -472,6 +475,10 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("ntp_client", ntp_client()),
         ("nts_source", nts_source()),
         ("aead_siv", aead_siv()),
+        ("leap_list", leap_list()),
+        ("drift_record", drift_record()),
+        ("saved_association", saved_association()),
+        ("root_secret", root_secret()),
     ]
 }
 
@@ -529,6 +536,24 @@ mod tests {
                 o.plaintext_len > 0 || name.starts_with("authenticator"),
                 "{name}: {o:?}"
             );
+        }
+        for (name, data) in leap_list() {
+            let o = crate::leap_list::check(&data);
+            assert!(o.accepted, "{name}: {o:?}");
+            assert_eq!(o.rehashed, name == "bad_hash", "{name}: {o:?}");
+        }
+        for (name, data) in drift_record() {
+            assert_eq!(
+                crate::drift_record::check(&data),
+                name != "extra_line",
+                "{name}"
+            );
+        }
+        for (name, data) in root_secret() {
+            assert_eq!(crate::root_secret::check(&data), name != "short", "{name}");
+        }
+        for (name, data) in saved_association() {
+            assert!(crate::saved_association::check(&data), "{name}");
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
         for (target, seeds) in all() {

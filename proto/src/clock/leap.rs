@@ -109,10 +109,13 @@ pub enum LeapListError {
     HashMismatch { expected: String, actual: String },
 }
 
+/// A time or offset field: digits only, and no more than i64 seconds (the
+/// queries convert to signed Unix time).
 fn number(field: &str) -> Option<u64> {
     (!field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()))
         .then(|| field.parse().ok())
         .flatten()
+        .filter(|v| i64::try_from(*v).is_ok())
 }
 
 impl LeapSecondsList {
@@ -444,6 +447,31 @@ mod tests {
 #
 #h\t49db2447 571e5e1b 2f002a53 9c8da8e4 39b8e49e
 ";
+
+    /// A time past i64 seconds (with a hash that matches, so the list would
+    /// be accepted) is refused: `expires_unix` and the queries do signed
+    /// arithmetic on it, which overflowed (found by the leap_list fuzz target).
+    #[test]
+    fn times_beyond_i64_seconds_are_refused() {
+        for (updated, expires, entry) in [
+            ("1", "9223372036854775808", "100"),
+            ("1", "2", "18446744073709551615"),
+        ] {
+            let mut h = Sha1::new();
+            h.update(format!("{updated}{expires}{entry}10").as_bytes());
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let groups: Vec<&str> = (0..5).map(|i| &hex[i * 8..i * 8 + 8]).collect();
+            let text = format!(
+                "#$ {updated}\n#@ {expires}\n{entry} 10\n#h {}\n",
+                groups.join(" ")
+            );
+            let e = LeapSecondsList::parse(&text);
+            assert!(
+                matches!(e, Err(LeapListError::BadLine { .. })),
+                "{text}: {e:?}"
+            );
+        }
+    }
 
     #[test]
     fn parses_and_verifies_the_real_list() {
