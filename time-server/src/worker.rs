@@ -10,11 +10,11 @@ use crate::metrics::WorkerMetrics;
 use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, TimestampSource};
 use crate::tx_timestamps::{write_request, ErrorQueue, SentStamp};
 use arc_swap::ArcSwap;
-use nts_proto::interleaved::{mark_receive, ClientAddress, Decision, TransmitTable};
-use nts_proto::ntp_packet::{NtpHeader, NtpTimestamp};
+use nts_proto::interleaved::{mark_receive, ClientAddress, TransmitTable};
+use nts_proto::ntp_packet::NtpTimestamp;
 use nts_proto::ntp_server::{
-    over_rate_reason, respond, DropReason, RequestContext, Response, ServerClock, ServerPolicy,
-    MAX_REQUEST_LEN,
+    over_rate_reason_of, parse_request, respond_to, DropReason, RequestContext, Response,
+    ServerClock, ServerPolicy, MAX_REQUEST_LEN,
 };
 use nts_proto::rate_limit::{RateLimiter, Verdict};
 use rand::{RngCore, SeedableRng};
@@ -216,24 +216,26 @@ pub fn run(
             let Some(ip) = peer_ip(&rx_addr[i]) else {
                 continue;
             };
+            // Parsed once: the rate limit's label, the interleaved table and
+            // the answer all read this view.
+            let parsed = parse_request(&rx[i][..len], &shared.policy);
             let verdict = match limiter.as_mut() {
                 Some(l) => l.check(ip, mono_ns),
                 None => Verdict::Allow,
             };
-            match verdict {
-                Verdict::Drop => {
-                    metrics.dropped(over_rate_reason(&rx[i][..len], &shared.policy));
+            if verdict == Verdict::Drop {
+                metrics.dropped(over_rate_reason_of(&parsed));
+                continue;
+            }
+            let request = match parsed {
+                Ok(r) => r,
+                Err(why) => {
+                    metrics.dropped(why);
                     continue;
                 }
-                Verdict::Allow | Verdict::Kiss => {}
-            }
-            let client = ClientAddress::from(ip);
-            let decision = if table.enabled() {
-                NtpHeader::parse(&rx[i][..len])
-                    .map_or(Decision::BASIC, |(h, _)| table.decide(&h, client))
-            } else {
-                Decision::BASIC
             };
+            let client = ClientAddress::from(ip);
+            let decision = table.decide(&request.header, client);
             let ctx = RequestContext {
                 receive_timestamp: nanos_to_ntp(ts),
                 unix_now,
@@ -243,8 +245,8 @@ pub fn run(
                 rate_kiss: verdict == Verdict::Kiss,
                 previous_transmit: decision.previous_transmit,
             };
-            let result = respond(
-                &rx[i][..len],
+            let result = respond_to(
+                &request,
                 &ctx,
                 &mut tx[out],
                 &mut |b| rng.fill_bytes(b),
