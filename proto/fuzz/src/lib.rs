@@ -19,6 +19,7 @@ pub mod ke_response;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
+pub mod nts_roles;
 pub mod nts_source;
 pub mod seeds;
 
@@ -101,6 +102,9 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "nts_source" => {
             nts_source::check(data);
+        }
+        "nts_roles" => {
+            nts_roles::check(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }
