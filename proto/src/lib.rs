@@ -18,6 +18,7 @@ pub mod ke_client;
 pub mod ke_record;
 pub mod ke_server;
 pub mod key_agreement;
+pub mod key_merge;
 pub mod key_ring;
 #[cfg(feature = "grpc")]
 pub mod key_sync;
