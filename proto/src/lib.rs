@@ -29,5 +29,6 @@ pub mod nts_fields;
 pub mod nts_source;
 pub mod placement;
 pub mod rate_limit;
+pub mod server_clock;
 mod siv;
 pub mod time;
