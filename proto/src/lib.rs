@@ -12,6 +12,7 @@ pub mod client_prefix;
 pub mod clock;
 pub mod cookie;
 pub mod extension_field;
+pub mod health;
 pub mod interleaved;
 pub mod ke_answer;
 pub mod ke_client;

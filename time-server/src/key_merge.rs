@@ -17,15 +17,23 @@ pub struct Merger {
     state: Mutex<KeyMerge>,
     endpoints: Vec<String>,
     pub store: Arc<KeyStore>,
+    /// With the store, what health is decided from (key sync reports it).
+    pub serving: Arc<crate::ServingState>,
     metrics: Arc<Metrics>,
 }
 
 impl Merger {
-    pub fn new(endpoints: Vec<String>, store: Arc<KeyStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        endpoints: Vec<String>,
+        store: Arc<KeyStore>,
+        serving: Arc<crate::ServingState>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             state: Mutex::new(KeyMerge::new(endpoints.len())),
             endpoints,
             store,
+            serving,
             metrics,
         }
     }
@@ -144,6 +152,7 @@ mod tests {
         let m = Merger::new(
             vec!["a:1".into(), "b:1".into()],
             store.clone(),
+            Default::default(),
             metrics.clone(),
         );
         let ((f1, k1), (f2, k2)) = (set(1), set(2));

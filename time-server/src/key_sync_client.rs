@@ -93,12 +93,14 @@ pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>
 pub fn spawn(
     settings: KeySyncClientSettings,
     store: Arc<KeyStore>,
+    serving: Arc<crate::ServingState>,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let tls = client_tls(&settings)?;
     let merger = Arc::new(Merger::new(
         settings.endpoints.clone(),
         store,
+        serving,
         metrics.clone(),
     ));
     let handle = std::thread::Builder::new()
@@ -327,12 +329,12 @@ async fn session(
             // A change of health, or of whether this ke-server's set is served
             // (another endpoint's set can change that), is reported at once.
             _ = health_tick.tick() => {
-                let now = (crate::health(metrics, &merger.store).is_ok(), merger.refused(index));
+                let now = (crate::health(&merger.serving, &merger.store).is_ok(), merger.refused(index));
                 reported.is_some_and(|r| r != now)
             }
         };
         if report_now {
-            let healthy = crate::health(metrics, &merger.store).is_ok();
+            let healthy = crate::health(&merger.serving, &merger.store).is_ok();
             let refused = merger.refused(index);
             reported = Some((healthy, refused));
             let count = metrics.requests_received();

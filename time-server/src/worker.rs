@@ -36,6 +36,8 @@ pub struct Shared {
     pub source: TimestampSource,
     pub phc: ArcSwap<PhcConversion>,
     pub stop: AtomicBool,
+    /// What health is decided from.
+    pub serving: Arc<crate::ServingState>,
 }
 
 /// Per-worker rate limit settings.
