@@ -14,7 +14,7 @@ use nts_proto::ke_server::{
 };
 use nts_proto::key_ring::KeyRing;
 use nts_proto::rate_limit::RateLimiter;
-use nts_proto::time::UnixTime;
+use nts_proto::time::{MonoTime, UnixTime};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -95,11 +95,11 @@ impl KeService {
             };
             self.metrics.connections_accepted.inc();
             if let Some(limiter) = &self.limiter {
-                let now_ms = self.epoch.elapsed().as_millis() as u64;
+                let now = MonoTime::from_duration(self.epoch.elapsed());
                 let allowed = limiter
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .allow(peer.ip(), now_ms);
+                    .allow(peer.ip(), now);
                 if !allowed {
                     self.metrics.refused_rate_limited.inc();
                     tracing::debug!(%peer, "connection refused: rate limit");

@@ -17,6 +17,7 @@ use nts_proto::ntp_server::{
     ServerClock, ServerPolicy, MAX_REQUEST_LEN,
 };
 use nts_proto::rate_limit::{RateLimiter, Verdict};
+use nts_proto::time::MonoTime;
 use rand::{RngCore, SeedableRng};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -126,8 +127,10 @@ pub fn run(
     let mut stamps_until = 0u64;
     let fd = sock.as_raw_fd();
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut limiter = rate
-        .map(|r| RateLimiter::new(r.slots, r.rate, r.burst).with_kiss_interval(r.kiss_interval_ms));
+    let mut limiter = rate.map(|r| {
+        RateLimiter::new(r.slots, r.rate, r.burst)
+            .with_kiss_interval(std::time::Duration::from_millis(r.kiss_interval_ms))
+    });
     metrics
         .rate_limit_table_bytes
         .set(limiter.as_ref().map_or(0, |l| l.memory_bytes() as i64));
@@ -191,7 +194,7 @@ pub fn run(
         let clock = shared.clock.load();
         let phc = **shared.phc.load();
         let unix_now = batch_time / 1_000_000_000;
-        let mono_ns = started.elapsed().as_nanos() as u64;
+        let mono = MonoTime::from_duration(started.elapsed());
         let mut out = 0usize;
         for i in 0..n as usize {
             metrics.received.inc();
@@ -222,7 +225,7 @@ pub fn run(
             // the answer all read this view.
             let parsed = parse_request(&rx[i][..len], &shared.policy);
             let verdict = match limiter.as_mut() {
-                Some(l) => l.check(ip, mono_ns),
+                Some(l) => l.check(ip, mono),
                 None => Verdict::Allow,
             };
             if verdict == Verdict::Drop {
