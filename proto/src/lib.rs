@@ -23,6 +23,7 @@ pub mod key_merge;
 pub mod key_ring;
 #[cfg(feature = "grpc")]
 pub mod key_sync;
+pub mod key_sync_report;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
