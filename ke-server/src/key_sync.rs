@@ -17,6 +17,7 @@ use nts_proto::key_sync::pb::{
     KeySet, LoadReport, RegisterRequest, RegisterResponse, ReportResponse, TimeServerInfo,
     WatchKeysRequest,
 };
+use nts_proto::placement::Load;
 use rustls::server::WebPkiClientVerifier;
 use std::path::Path;
 use std::pin::Pin;
@@ -150,9 +151,11 @@ impl KeySync for KeySyncService {
             .report(
                 info,
                 &certificate,
-                r.requests_per_second,
-                r.has_keys && !r.key_set_refused,
-                r.healthy,
+                Load {
+                    requests_per_second: r.requests_per_second,
+                    has_keys: r.has_keys && !r.key_set_refused,
+                    healthy: r.healthy,
+                },
                 now,
             )
             .map_err(|e| self.over_limit(peer, e))?;

@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use certificate::{ReloadOutcome, ReloadingCert};
 use config::{Config, Settings};
 use metrics::Metrics;
+use nts_proto::health::{ke_server_readiness, KeServerSnapshot};
 use nts_proto::ke_server::{NtpTarget, ALPN};
 use nts_proto::key_agreement::RootFingerprint;
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
@@ -158,6 +159,8 @@ async fn watch_certificate(cert: Arc<ReloadingCert>, every: Duration, metrics: A
 
 struct Health {
     metrics: Arc<Metrics>,
+    /// Set by SIGTERM ([`Running::drain`]).
+    draining: Arc<std::sync::atomic::AtomicBool>,
     ring: Arc<ArcSwap<KeyRing>>,
     /// Fingerprint of the root secret, for `nts_ke_root_secret_info`.
     fingerprint: RootFingerprint,
@@ -261,33 +264,24 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        if self.metrics.draining.get() != 0 {
-            return Err("draining: shutting down (SIGTERM)".into());
-        }
-        // Next: it explains why no time server would be live for this replica.
-        if let Some(why) = self
-            .key_set
-            .as_ref()
-            .and_then(|k| k.standing(std::time::Instant::now()).not_ready_reason())
-        {
-            return Err(why);
-        }
-        if let Some(r) = &self.registry {
-            if !self.has_fallback && !r.has_live(std::time::Instant::now()) {
-                return Err(
-                    "no live time server registered over key sync, and no ntp.server fallback"
-                        .into(),
-                );
-            }
-        }
-        if let Some(a) = &self.acme {
-            if !a.has_certificate() {
-                return Err("no certificate yet (ACME)".into());
-            }
-        }
-        match self.ring.load().current(unix_now()) {
-            Some(_) => Ok(()),
-            None => Err("no current cookie key".into()),
+        ke_server_readiness(&self.snapshot()).map_err(|e| e.to_string())
+    }
+}
+
+impl Health {
+    /// What readiness depends on, read from the state itself.
+    fn snapshot(&self) -> KeServerSnapshot {
+        let now = std::time::Instant::now();
+        KeServerSnapshot {
+            draining: self.draining.load(std::sync::atomic::Ordering::Relaxed),
+            key_set_refused: self
+                .key_set
+                .as_ref()
+                .and_then(|k| k.standing(now).not_ready_reason()),
+            no_live_time_server: self.registry.as_ref().is_some_and(|r| !r.has_live(now)),
+            has_fallback: self.has_fallback,
+            awaiting_certificate: self.acme.as_ref().is_some_and(|a| !a.has_certificate()),
+            has_current_key: self.ring.load().current(unix_now()).is_some(),
         }
     }
 }
@@ -573,9 +567,11 @@ pub async fn start_with(
         tokio::spawn(a.clone().run());
     }
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(l) = metrics_listener {
         let health = Arc::new(Health {
             metrics: metrics.clone(),
+            draining: draining.clone(),
             ring,
             fingerprint,
             key_set,
@@ -590,6 +586,7 @@ pub async fn start_with(
         ke_addrs,
         metrics_addr,
         metrics,
+        draining,
         listeners: listener_tasks,
         drain_delay: settings.drain_delay,
         in_flight_limit: settings.handshake_timeout + settings.request_timeout,

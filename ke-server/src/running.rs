@@ -2,6 +2,7 @@
 
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ pub struct Running {
     pub ke_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// Read by readiness: not ready from SIGTERM on.
+    pub(crate) draining: Arc<AtomicBool>,
     pub(crate) listeners: Vec<tokio::task::JoinHandle<()>>,
     pub(crate) drain_delay: Duration,
     /// Longest a connection in flight can still take.
@@ -23,6 +26,7 @@ impl Running {
     /// (at most a handshake and a request timeout). `abort` (a second
     /// signal) cuts the wait short.
     pub async fn drain(self, abort: impl std::future::Future<Output = ()>) {
+        self.draining.store(true, Ordering::Relaxed);
         self.metrics.draining.set(1);
         tracing::info!(
             delay_s = self.drain_delay.as_secs_f64(),

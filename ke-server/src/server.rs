@@ -6,15 +6,15 @@ use crate::config::Settings;
 use crate::metrics::{CutOff, Metrics};
 use crate::slots::Slots;
 use arc_swap::ArcSwap;
-use nts_proto::aead::AeadKey;
-use nts_proto::ke_record::ErrorCode;
+use nts_proto::aead::{AeadAlgorithm, AeadKey};
+use nts_proto::ke_answer::{self, AnswerInput, ExportedKeys, KeAnswer, KeOutcome};
 use nts_proto::ke_server::{
-    self, encode_error, encode_response, exporter_context, make_cookies, negotiate, Negotiation,
-    NtpTarget, RequestDecoder, RequestLimits, ServerNegotiation, TargetSource,
-    COOKIES_PER_RESPONSE, EXPORTER_LABEL,
+    self, exporter_context, NtpTarget, RequestDecoder, RequestLimits, ServerNegotiation,
+    TargetSource, EXPORTER_LABEL,
 };
 use nts_proto::key_ring::KeyRing;
 use nts_proto::rate_limit::RateLimiter;
+use nts_proto::time::{MonoTime, UnixTime};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -95,11 +95,11 @@ impl KeService {
             };
             self.metrics.connections_accepted.inc();
             if let Some(limiter) = &self.limiter {
-                let now_ms = self.epoch.elapsed().as_millis() as u64;
+                let now = MonoTime::from_duration(self.epoch.elapsed());
                 let allowed = limiter
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .allow(peer.ip(), now_ms);
+                    .allow(peer.ip(), now);
                 if !allowed {
                     self.metrics.refused_rate_limited.inc();
                     tracing::debug!(%peer, "connection refused: rate limit");
@@ -184,7 +184,8 @@ impl KeService {
         tracing::debug!(%peer, reason = why.label(), "{msg}");
     }
 
-    /// Read the request and produce the bytes to answer with.
+    /// Read the request over TLS, export the keys and let
+    /// [`ke_answer::answer`] decide the bytes to answer with.
     async fn exchange(
         &self,
         tls: &mut TlsStream<TcpStream>,
@@ -202,103 +203,107 @@ impl KeService {
                 if decoder.bytes_received() == 0 {
                     return Err(CutOff::ClosedEarly);
                 }
-                // The client closed its side mid-request: tell it why nothing follows.
-                self.metrics.request_error("bad_request");
                 tracing::info!(%peer, "refusing NTS-KE request: truncated before End of Message");
-                return Ok(encode_error(ErrorCode::BadRequest));
+                return Ok(self.record(ke_answer::truncated(), peer));
             }
             match decoder.feed(&buf[..n]) {
                 Ok(None) => continue,
                 Ok(Some(req)) => break req,
                 Err(e) => {
-                    self.metrics.request_error(e.reason());
                     tracing::info!(%peer, "refusing NTS-KE request: {e}");
-                    return Ok(encode_error(e.error_code()));
+                    return Ok(self.record(ke_answer::refuse(&e), peer));
                 }
             }
         };
         if !request.warnings.is_empty() {
             tracing::info!(%peer, warnings = ?request.warnings, "client sent warnings");
         }
-        let neg = negotiate(&request, &self.settings.algorithms);
-        let alg = match neg {
-            Negotiation::Ntpv4(alg) => alg,
-            Negotiation::NoProtocol => {
-                self.metrics.no_common_protocol.inc();
-                return Ok(encode_response(neg, &[], &self.target));
-            }
-            Negotiation::NoAlgorithm => {
-                self.metrics.no_common_algorithm.inc();
-                return Ok(encode_response(neg, &[], &self.target));
-            }
+        let keys = ke_answer::keys_needed(&request, &self.settings.algorithms)
+            .and_then(|alg| export_keys(tls.get_ref().1, alg));
+        let ring = self.ring.load();
+        let input = AnswerInput {
+            keys,
+            ring: &ring,
+            now: UnixTime::from_system_time(SystemTime::now()),
+            negotiation: &self.negotiation,
         };
-        let conn = tls.get_ref().1;
-        let mut c2s = [0u8; 64];
-        let mut s2c = [0u8; 64];
-        let kl = alg.key_len();
-        let exported = conn
-            .export_keying_material(
-                &mut c2s[..kl],
-                EXPORTER_LABEL,
-                Some(&exporter_context(alg, false)),
-            )
-            .is_ok()
-            && conn
-                .export_keying_material(
-                    &mut s2c[..kl],
-                    EXPORTER_LABEL,
-                    Some(&exporter_context(alg, true)),
-                )
-                .is_ok();
-        let cookies = exported.then(|| {
-            let c2s = AeadKey::new(alg, &c2s[..kl]).ok()?;
-            let s2c = AeadKey::new(alg, &s2c[..kl]).ok()?;
-            let ring = self.ring.load();
-            make_cookies(
-                &ring,
-                unix_now(),
-                &c2s,
-                &s2c,
-                COOKIES_PER_RESPONSE,
-                &mut rand::rngs::OsRng,
-            )
-            .ok()
-        });
-        let cookies = cookies.flatten();
-        c2s.fill(0);
-        s2c.fill(0);
-        match cookies {
-            Some(cookies) => {
-                let registered = self
-                    .registry
-                    .as_ref()
-                    .and_then(|r| r.pick(Instant::now(), Some(peer.ip())))
-                    .map(|t| (t.host, t.port));
-                let target = match self.negotiation.choose(registered) {
-                    Ok((target, TargetSource::Registry)) => {
-                        self.metrics.negotiated_registered.inc();
-                        target
-                    }
-                    Ok((target, TargetSource::Fallback)) => {
-                        self.metrics.negotiated_fallback.inc();
-                        target
-                    }
-                    Err(code) => {
-                        self.metrics.negotiated_none.inc();
-                        tracing::info!(%peer, "no live time server and no ntp.server fallback: answering Internal Server Error");
-                        return Ok(encode_error(code));
-                    }
-                };
-                self.metrics.key_exchanges_ok.inc();
-                self.metrics.cookies_issued.add(cookies.len() as u64);
-                tracing::debug!(%peer, aead = %alg, ntp = ?target, "key exchange completed");
-                Ok(encode_response(neg, &cookies, &target))
-            }
-            None => {
-                self.metrics.internal_errors.inc();
-                tracing::error!(%peer, "cannot issue cookies: key export failed or no current cookie key");
-                Ok(encode_error(ErrorCode::InternalServerError))
-            }
-        }
+        let mut place = || {
+            self.registry
+                .as_ref()
+                .and_then(|r| r.pick(Instant::now(), Some(peer.ip())))
+                .map(|t| (t.host, t.port))
+        };
+        let answer = ke_answer::answer(
+            &request,
+            &self.settings.algorithms,
+            input,
+            &mut place,
+            &mut rand::rngs::OsRng,
+        );
+        Ok(self.record(answer, peer))
     }
+
+    /// Count and log what an answer did; hand back its bytes.
+    fn record(&self, answer: KeAnswer, peer: SocketAddr) -> Vec<u8> {
+        let m = &self.metrics;
+        match &answer.outcome {
+            KeOutcome::Issued {
+                alg,
+                cookies,
+                source,
+                server,
+                port,
+            } => {
+                match source {
+                    TargetSource::Registry => m.negotiated_registered.inc(),
+                    TargetSource::Fallback => m.negotiated_fallback.inc(),
+                }
+                m.key_exchanges_ok.inc();
+                m.cookies_issued.add(*cookies as u64);
+                tracing::debug!(%peer, aead = %alg, ?server, ?port, "key exchange completed");
+            }
+            KeOutcome::NoProtocol => m.no_common_protocol.inc(),
+            KeOutcome::NoAlgorithm => m.no_common_algorithm.inc(),
+            KeOutcome::NoTimeServer => {
+                m.negotiated_none.inc();
+                tracing::info!(%peer, "no live time server and no ntp.server fallback: answering Internal Server Error");
+            }
+            KeOutcome::CannotIssue => {
+                m.internal_errors.inc();
+                tracing::error!(%peer, "cannot issue cookies: key export failed or no current cookie key");
+            }
+            KeOutcome::Refused(reason) => m.request_error(reason),
+        }
+        answer.bytes
+    }
+}
+
+/// The session keys for `alg` from the TLS exporter (RFC 8915 section 5.1).
+fn export_keys(conn: &rustls::ServerConnection, alg: AeadAlgorithm) -> Option<ExportedKeys> {
+    let kl = alg.key_len();
+    let mut c2s = [0u8; 64];
+    let mut s2c = [0u8; 64];
+    let ok = conn
+        .export_keying_material(
+            &mut c2s[..kl],
+            EXPORTER_LABEL,
+            Some(&exporter_context(alg, false)),
+        )
+        .is_ok()
+        && conn
+            .export_keying_material(
+                &mut s2c[..kl],
+                EXPORTER_LABEL,
+                Some(&exporter_context(alg, true)),
+            )
+            .is_ok();
+    let keys = ok.then(|| {
+        Some(ExportedKeys {
+            c2s: AeadKey::new(alg, &c2s[..kl]).ok()?,
+            s2c: AeadKey::new(alg, &s2c[..kl]).ok()?,
+        })
+    });
+    c2s.fill(0);
+    s2c.fill(0);
+    keys.flatten()
 }

@@ -12,8 +12,10 @@ use crate::cookie::{self, CookieError, COOKIE_NONCE_LEN};
 use crate::extension_field::{field_type, Authenticator, ExtensionFields, FieldWriter, NONCE_LEN};
 use crate::interleaved::{mark_receive, mark_transmit};
 use crate::key_ring::KeyRing;
-use crate::ntp_packet::{kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp, HEADER_LEN};
-use crate::nts_fields::{self, NtsFields, NtsFieldsError};
+use crate::ntp_packet::{
+    kiss, LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp, PacketError, HEADER_LEN,
+};
+use crate::nts_fields::{self, NtsFieldsError, NtsPacket};
 
 /// Largest datagram the server looks at; longer ones are dropped.
 pub const MAX_REQUEST_LEN: usize = 2048;
@@ -166,12 +168,32 @@ impl Response {
     }
 }
 
-/// The NTS parts of a request, under the rules both roles share.
-fn scan<'a>(req: &'a [u8], policy: &ServerPolicy) -> Result<NtsFields<'a>, DropReason> {
-    nts_fields::scan(req, policy.max_extension_fields).map_err(|e| match e {
+/// A request parsed once ([`parse_request`]): header and NTS parts.
+pub type Request<'a> = NtsPacket<'a>;
+
+/// Parse a datagram once into the view every decision on it reads: the
+/// length limit, the header (version 1-4, client mode) and the NTS fields
+/// under the rules both roles share.
+pub fn parse_request<'a>(req: &'a [u8], policy: &ServerPolicy) -> Result<Request<'a>, DropReason> {
+    if req.len() > MAX_REQUEST_LEN {
+        return Err(DropReason::TooLong);
+    }
+    let (header, _) = NtpHeader::parse(req).map_err(|e| match e {
+        PacketError::TooShort(_) => DropReason::TooShort,
+        PacketError::UnsupportedVersion(_) => DropReason::BadVersion,
+    })?;
+    if header.mode != Mode::Client {
+        return Err(DropReason::NotClientMode);
+    }
+    let fields = nts_fields::scan(req, policy.max_extension_fields).map_err(|e| match e {
         NtsFieldsError::TooMany => DropReason::TooManyExtensions,
         NtsFieldsError::Malformed => DropReason::MalformedExtensions,
         _ => DropReason::MalformedNts,
+    })?;
+    Ok(NtsPacket {
+        bytes: req,
+        header,
+        fields,
     })
 }
 
@@ -193,17 +215,29 @@ fn response_header(req: &NtpHeader, clock: &ServerClock, recv: NtpTimestamp) -> 
     }
 }
 
-/// Why an over-rate request is dropped, without answering it: a look at its
-/// extension fields (no cryptography) tells NTS from plain NTP for the metrics.
-pub fn over_rate_reason(req: &[u8], policy: &ServerPolicy) -> DropReason {
-    let nts = req.len() > HEADER_LEN
-        && req.len() <= MAX_REQUEST_LEN
-        && scan(req, policy).map_or(true, |n| n.any_nts);
+/// Why an over-rate request is dropped, without answering it: its parsed
+/// view (no cryptography) tells NTS from plain NTP for the metrics. A request
+/// whose extension fields are broken counts as NTS: only NTS sends them.
+pub fn over_rate_reason_of(parsed: &Result<Request<'_>, DropReason>) -> DropReason {
+    let nts = match parsed {
+        Ok(r) => r.fields.any_nts,
+        Err(e) => matches!(
+            e,
+            DropReason::MalformedNts
+                | DropReason::MalformedExtensions
+                | DropReason::TooManyExtensions
+        ),
+    };
     if nts {
         DropReason::RateLimitedNts
     } else {
         DropReason::RateLimited
     }
+}
+
+/// [`over_rate_reason_of`] on a datagram not parsed yet.
+pub fn over_rate_reason(req: &[u8], policy: &ServerPolicy) -> DropReason {
+    over_rate_reason_of(&parse_request(req, policy))
 }
 
 /// Inputs that vary per request.
@@ -224,9 +258,7 @@ pub struct RequestContext<'a> {
     pub previous_transmit: Option<NtpTimestamp>,
 }
 
-/// Answer `req` into `out`. `out` must be at least as long as `req` (the response
-/// never exceeds it). `fill_random` supplies nonces; `transmit_time` is read as
-/// late as possible, just before sealing.
+/// Parse `req` ([`parse_request`]) and answer it ([`respond_to`]).
 pub fn respond(
     req: &[u8],
     ctx: &RequestContext<'_>,
@@ -234,19 +266,23 @@ pub fn respond(
     fill_random: &mut dyn FnMut(&mut [u8]),
     transmit_time: &mut dyn FnMut() -> NtpTimestamp,
 ) -> Result<Response, DropReason> {
-    if req.len() > MAX_REQUEST_LEN {
-        return Err(DropReason::TooLong);
-    }
-    let (header, _) = NtpHeader::parse(req).map_err(|e| match e {
-        crate::ntp_packet::PacketError::TooShort(_) => DropReason::TooShort,
-        crate::ntp_packet::PacketError::UnsupportedVersion(_) => DropReason::BadVersion,
-    })?;
-    if header.mode != Mode::Client {
-        return Err(DropReason::NotClientMode);
-    }
-    let nts = scan(req, ctx.policy)?;
+    let parsed = parse_request(req, ctx.policy)?;
+    respond_to(&parsed, ctx, out, fill_random, transmit_time)
+}
+
+/// Answer a parsed request into `out`. `out` must be at least as long as the
+/// request (the response never exceeds it). `fill_random` supplies nonces;
+/// `transmit_time` is read as late as possible, just before sealing.
+pub fn respond_to(
+    parsed: &Request<'_>,
+    ctx: &RequestContext<'_>,
+    out: &mut [u8],
+    fill_random: &mut dyn FnMut(&mut [u8]),
+    transmit_time: &mut dyn FnMut() -> NtpTimestamp,
+) -> Result<Response, DropReason> {
+    let (req, header, nts) = (parsed.bytes, &parsed.header, &parsed.fields);
     let out = out.get_mut(..req.len()).ok_or(DropReason::Internal)?;
-    let mut resp = response_header(&header, ctx.clock, mark_receive(ctx.receive_timestamp));
+    let mut resp = response_header(header, ctx.clock, mark_receive(ctx.receive_timestamp));
     // Basic mode: the transmit timestamp is read as late as possible. Interleaved
     // mode: the previous response's, taken after it left, and the origin is the
     // request's receive field, which is how the client tells the two apart.

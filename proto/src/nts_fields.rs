@@ -11,7 +11,7 @@
 use crate::extension_field::{
     field_type, ExtensionFieldError, ExtensionFields, MAX_UNIQUE_ID_LEN, MIN_UNIQUE_ID_LEN,
 };
-use crate::ntp_packet::HEADER_LEN;
+use crate::ntp_packet::{NtpHeader, PacketError, HEADER_LEN};
 
 /// Extension fields a packet may carry by default (both roles); a genuine
 /// request has the UID, a cookie, at most 7 placeholders and the authenticator.
@@ -95,6 +95,46 @@ pub fn scan(packet: &[u8], max_fields: usize) -> Result<NtsFields<'_>, NtsFields
     Ok(nts)
 }
 
+/// An NTP packet parsed once: its header and where its NTS parts are, all
+/// borrowed from the datagram. The server builds one per request and every
+/// decision on that request (rate limit label, interleaved mode, the answer)
+/// reads it; nothing parses the datagram a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NtsPacket<'a> {
+    /// The whole datagram, header included (what the authenticator covers starts here).
+    pub bytes: &'a [u8],
+    pub header: NtpHeader,
+    pub fields: NtsFields<'a>,
+}
+
+/// Why a datagram is not a packet [`NtsPacket::parse`] can describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PacketParseError {
+    #[error(transparent)]
+    Header(#[from] PacketError),
+    #[error(transparent)]
+    Fields(#[from] NtsFieldsError),
+}
+
+impl<'a> NtsPacket<'a> {
+    /// Parse the header and walk the extension fields under [`scan`]'s rules.
+    pub fn parse(bytes: &'a [u8], max_fields: usize) -> Result<Self, PacketParseError> {
+        let (header, _) = NtpHeader::parse(bytes)?;
+        let fields = scan(bytes, max_fields)?;
+        Ok(Self {
+            bytes,
+            header,
+            fields,
+        })
+    }
+
+    /// What the authenticator covers: every byte before its field.
+    pub fn authenticated_part(&self) -> Option<&'a [u8]> {
+        let (at, _) = self.fields.authenticator?;
+        self.bytes.get(..at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +165,30 @@ mod tests {
         assert!(n.any_nts);
         assert!(!scan(&packet(&[]), 16).unwrap().any_nts);
         assert!(!scan(&[0u8; 10], 16).unwrap().any_nts);
+    }
+
+    #[test]
+    fn packet_view_is_header_plus_fields() {
+        let p = packet(&[
+            (field_type::UNIQUE_IDENTIFIER, vec![1; 32]),
+            (field_type::NTS_AUTHENTICATOR, vec![0; 40]),
+        ]);
+        let v = NtsPacket::parse(&p, DEFAULT_MAX_FIELDS).unwrap();
+        assert_eq!(v.header, NtpHeader::parse(&p).unwrap().0);
+        assert_eq!(v.fields, scan(&p, DEFAULT_MAX_FIELDS).unwrap());
+        assert_eq!(v.authenticated_part(), Some(&p[..p.len() - 44]));
+        assert_eq!(
+            NtsPacket::parse(&p[..40], 16),
+            Err(PacketParseError::Header(PacketError::TooShort(40)))
+        );
+        let dup = packet(&[
+            (field_type::UNIQUE_IDENTIFIER, vec![1; 32]),
+            (field_type::UNIQUE_IDENTIFIER, vec![1; 32]),
+        ]);
+        assert_eq!(
+            NtsPacket::parse(&dup, 16),
+            Err(PacketParseError::Fields(NtsFieldsError::DuplicateUniqueId))
+        );
     }
 
     #[test]

@@ -21,9 +21,11 @@
 //! are dropped, never kissed (there is no per-address kiss state there).
 
 use crate::client_prefix::PrefixLengths;
+use crate::time::MonoTime;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Entries per bucket (one cache line).
 pub const WAYS: usize = 4;
@@ -143,7 +145,8 @@ impl RateLimiter {
     }
 
     /// Send a client at most one RATE kiss per `ms` milliseconds (default 10 s).
-    pub fn with_kiss_interval(mut self, ms: u64) -> Self {
+    pub fn with_kiss_interval(mut self, interval: Duration) -> Self {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.kiss_interval_ms = ms.min(u32::MAX as u64 / 2) as u32;
         self
     }
@@ -164,14 +167,15 @@ impl RateLimiter {
         self.overflowed
     }
 
-    /// Take one token for `addr` at monotonic time `now_ms`; false when the client is over its rate.
-    pub fn allow(&mut self, addr: IpAddr, now_ms: u64) -> bool {
-        self.check(addr, now_ms.saturating_mul(1_000_000)).allowed()
+    /// Take one token for `addr` at monotonic time `now`; false when the client is over its rate.
+    pub fn allow(&mut self, addr: IpAddr, now: MonoTime) -> bool {
+        self.check(addr, now).allowed()
     }
 
-    /// Take one token for `addr` at monotonic time `now_ns`; when none is left,
+    /// Take one token for `addr` at monotonic time `now`; when none is left,
     /// decide between a kiss and a silent drop.
-    pub fn check(&mut self, addr: IpAddr, now_ns: u64) -> Verdict {
+    pub fn check(&mut self, addr: IpAddr, now: MonoTime) -> Verdict {
+        let now_ns = now.as_nanos();
         let h = self.hasher.hash_one(self.prefixes.prefix_of(addr).key());
         let tag = ((h >> 32) as u32 & TAG_MASK) | 1;
         let now_ms = (now_ns / 1_000_000) as u32;
@@ -237,16 +241,24 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    fn ns(n: u64) -> MonoTime {
+        MonoTime::from_nanos(n)
+    }
+
+    fn ms(n: u64) -> MonoTime {
+        MonoTime::from_nanos(n * MS)
+    }
+
     #[test]
     fn burst_then_rate() {
         let mut rl = RateLimiter::new(1024, 1.0, 5.0);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let allowed = (0..10).filter(|_| rl.allow(a, 0)).count();
+        let allowed = (0..10).filter(|_| rl.allow(a, ms(0))).count();
         assert_eq!(allowed, 5);
-        assert!(!rl.allow(a, 500));
-        assert!(rl.allow(a, 1600));
+        assert!(!rl.allow(a, ms(500)));
+        assert!(rl.allow(a, ms(1600)));
         // Another address is independent.
-        assert!(rl.allow("192.0.2.2".parse().unwrap(), 0));
+        assert!(rl.allow("192.0.2.2".parse().unwrap(), ms(0)));
     }
 
     #[test]
@@ -255,34 +267,34 @@ mod tests {
         let mut rl = RateLimiter::new(64, 2.0, 4.0);
         let a: IpAddr = "198.51.100.3".parse().unwrap();
         let allowed = (0..10_000u64)
-            .filter(|t| rl.check(a, t * MS).allowed())
+            .filter(|t| rl.check(a, ns(t * MS)).allowed())
             .count();
         assert!((23..=25).contains(&allowed), "{allowed}");
     }
 
     #[test]
     fn kisses_are_occasional() {
-        let mut rl = RateLimiter::new(16, 1e-6, 1.0).with_kiss_interval(1000);
+        let mut rl = RateLimiter::new(16, 1e-6, 1.0).with_kiss_interval(Duration::from_secs(1));
         let a: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(rl.check(a, 5 * MS), Verdict::Allow);
-        assert_eq!(rl.check(a, 6 * MS), Verdict::Kiss);
+        assert_eq!(rl.check(a, ns(5 * MS)), Verdict::Allow);
+        assert_eq!(rl.check(a, ns(6 * MS)), Verdict::Kiss);
         for t in 7..1000 {
-            assert_eq!(rl.check(a, t * MS), Verdict::Drop);
+            assert_eq!(rl.check(a, ns(t * MS)), Verdict::Drop);
         }
-        assert_eq!(rl.check(a, 1006 * MS), Verdict::Kiss);
+        assert_eq!(rl.check(a, ns(1006 * MS)), Verdict::Kiss);
     }
 
     #[test]
     fn ipv6_prefix_shares_a_bucket() {
         let mut rl = RateLimiter::new(1024, 1e-6, 2.0);
-        assert!(rl.allow("2001:db8::1".parse().unwrap(), 0));
-        assert!(rl.allow("2001:db8::2".parse().unwrap(), 0));
-        assert!(!rl.allow("2001:db8::3".parse().unwrap(), 0));
-        assert!(rl.allow("2001:db8:0:1::1".parse().unwrap(), 0));
+        assert!(rl.allow("2001:db8::1".parse().unwrap(), ms(0)));
+        assert!(rl.allow("2001:db8::2".parse().unwrap(), ms(0)));
+        assert!(!rl.allow("2001:db8::3".parse().unwrap(), ms(0)));
+        assert!(rl.allow("2001:db8:0:1::1".parse().unwrap(), ms(0)));
         // IPv4-mapped addresses count as their IPv4 address.
-        assert!(rl.allow("::ffff:192.0.2.9".parse().unwrap(), 0));
-        assert!(rl.allow("192.0.2.9".parse().unwrap(), 0));
-        assert!(!rl.allow("192.0.2.9".parse().unwrap(), 0));
+        assert!(rl.allow("::ffff:192.0.2.9".parse().unwrap(), ms(0)));
+        assert!(rl.allow("192.0.2.9".parse().unwrap(), ms(0)));
+        assert!(!rl.allow("192.0.2.9".parse().unwrap(), ms(0)));
     }
 
     #[test]
@@ -294,7 +306,7 @@ mod tests {
         assert_eq!(rl.capacity(), 128);
         assert_eq!(rl.memory_bytes(), 128 * 24);
         for i in 0..100_000u32 {
-            rl.allow(IpAddr::V4(i.into()), 0);
+            rl.allow(IpAddr::V4(i.into()), ms(0));
         }
         assert_eq!(rl.capacity(), 128);
     }
@@ -302,19 +314,19 @@ mod tests {
     #[test]
     fn spoofed_flood_cannot_reset_an_abuser() {
         // A tiny table (4 buckets of 4) so the flood hits the abuser's bucket constantly.
-        let mut rl = RateLimiter::new(16, 1.0, 3.0).with_kiss_interval(u64::MAX);
+        let mut rl = RateLimiter::new(16, 1.0, 3.0).with_kiss_interval(Duration::MAX);
         let abuser: IpAddr = "203.0.113.66".parse().unwrap();
         let mut allowed = 0;
         let mut spoofed = 0u32;
         for t in 0..20_000u64 {
             // The abuser asks every 10 ms, 100 spoofed addresses arrive in between.
-            if rl.check(abuser, t * 10 * MS).allowed() {
+            if rl.check(abuser, ns(t * 10 * MS)).allowed() {
                 allowed += 1;
             }
             for j in 0..100 {
                 spoofed += 1;
                 let at = t * 10 * MS + 1 + j * 50_000;
-                rl.check(IpAddr::V4((0x0a00_0000 + spoofed).into()), at);
+                rl.check(IpAddr::V4((0x0a00_0000 + spoofed).into()), ns(at));
             }
         }
         // 200 s at 1/s plus a burst of 3.
@@ -326,16 +338,16 @@ mod tests {
         let mut rl = RateLimiter::new(4, 1.0, 2.0);
         // Fill the only bucket with live entries.
         for i in 0..4u32 {
-            assert!(rl.allow(IpAddr::V4((0x0a00_0000 + i).into()), 0));
+            assert!(rl.allow(IpAddr::V4((0x0a00_0000 + i).into()), ms(0)));
         }
         let newcomer: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(rl.check(newcomer, 10 * MS), Verdict::Allow);
-        assert_eq!(rl.check(newcomer, 11 * MS), Verdict::Allow);
+        assert_eq!(rl.check(newcomer, ns(10 * MS)), Verdict::Allow);
+        assert_eq!(rl.check(newcomer, ns(11 * MS)), Verdict::Allow);
         // Limited by the sketch, dropped without a kiss.
-        assert_eq!(rl.check(newcomer, 12 * MS), Verdict::Drop);
+        assert_eq!(rl.check(newcomer, ns(12 * MS)), Verdict::Drop);
         assert_eq!(rl.overflowed(), 3);
         // Once the bucket's entries refill, the newcomer gets an entry of its own.
-        assert_eq!(rl.check(newcomer, 1001 * MS), Verdict::Allow);
+        assert_eq!(rl.check(newcomer, ns(1001 * MS)), Verdict::Allow);
         assert_eq!(rl.overflowed(), 3);
     }
 }

@@ -5,10 +5,14 @@
 
 use nts_proto::aead::{AeadAlgorithm, AeadKey};
 use nts_proto::cookie::{self, CookieContents};
+use nts_proto::interleaved::{ClientAddress, TransmitTable};
 use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 use nts_proto::ntp_client::build_request;
 use nts_proto::ntp_packet::{LeapIndicator, NtpShort, NtpTimestamp};
-use nts_proto::ntp_server::{respond, RequestContext, Response, ServerClock, ServerPolicy};
+use nts_proto::ntp_server::{
+    over_rate_reason_of, parse_request, respond, respond_to, RequestContext, Response, ServerClock,
+    ServerPolicy,
+};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -70,6 +74,8 @@ fn respond_allocates_nothing() {
         reference_timestamp: NtpTimestamp(5),
     };
     let policy = ServerPolicy::default();
+    let table = TransmitTable::new(64);
+    let client = ClientAddress::from(std::net::IpAddr::from([127, 0, 0, 1]));
     for alg in AeadAlgorithm::ALL {
         let c2s = AeadKey::new(alg, &vec![0x11; alg.key_len()]).unwrap();
         let s2c = AeadKey::new(alg, &vec![0x22; alg.key_len()]).unwrap();
@@ -117,6 +123,26 @@ fn respond_allocates_nothing() {
                 assert_eq!(
                     n, 0,
                     "{alg:?} {want} rate_kiss={rate_kiss}: {result:?} allocated {n} times"
+                );
+                // The worker's path: one parse, read by the rate-limit label,
+                // the interleaved table and the answer.
+                let mut again = None;
+                let n = allocations(|| {
+                    let parsed = parse_request(req, &policy);
+                    std::hint::black_box(over_rate_reason_of(&parsed));
+                    again = Some(parsed.and_then(|p| {
+                        std::hint::black_box(table.decide(&p.header, client));
+                        respond_to(&p, &ctx, &mut out, &mut fill, &mut || NtpTimestamp(200))
+                    }));
+                });
+                assert_eq!(
+                    n, 0,
+                    "{alg:?} {want}: parse + respond_to allocated {n} times"
+                );
+                assert_eq!(
+                    again,
+                    Some(result),
+                    "{alg:?} {want}: one parse, same answer"
                 );
                 if !rate_kiss {
                     let got = match result {

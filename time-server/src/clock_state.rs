@@ -1,28 +1,15 @@
-//! What the server announces about its clock, taken from the kernel's NTP
-//! state (`adjtimex` with no modes: read-only). A server never claims a
-//! synchronization the kernel does not have, unless configured as a local
-//! reference.
+//! Where the server's clock state comes from: the kernel's NTP state
+//! (`adjtimex` with no modes: read-only) or the test hook's file, and the
+//! system clock reads. What it announces from that state is decided in
+//! [`nts_proto::server_clock`].
 
 use crate::config::ClockSection;
-use nts_proto::ntp_packet::{LeapIndicator, NtpShort, NtpTimestamp};
+use nts_proto::ntp_packet::NtpTimestamp;
 use nts_proto::ntp_server::ServerClock;
+use nts_proto::server_clock::{ClockPolicy, STA_UNSYNC, TIME_ERROR};
+use nts_proto::time::Seconds;
 
-const STA_INS: i32 = 0x0010;
-const STA_DEL: i32 = 0x0020;
-const STA_UNSYNC: i32 = 0x0040;
-/// adjtimex return value meaning the clock is not synchronized.
-const TIME_ERROR: i32 = 5;
-
-/// The parts of `struct timex` this server uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelState {
-    /// adjtimex return value (TIME_OK, TIME_INS, ..., TIME_ERROR).
-    pub state: i32,
-    pub status: i32,
-    /// Maximum error in microseconds (the sync daemon keeps it near the root distance).
-    pub maxerror_us: i64,
-    pub esterror_us: i64,
-}
+pub use nts_proto::server_clock::{kernel_synchronized, KernelState};
 
 /// Read the kernel state without changing anything (modes = 0).
 pub fn read_kernel() -> std::io::Result<KernelState> {
@@ -95,12 +82,8 @@ impl ClockStateSource {
     }
 }
 
-/// Is the kernel clock synchronized?
-pub fn kernel_synchronized(k: &KernelState) -> bool {
-    k.status & STA_UNSYNC == 0 && k.state != TIME_ERROR
-}
-
-/// The clock fields of every response, from the kernel state and configuration.
+/// The clock fields of every response: [`nts_proto::server_clock::server_clock`]
+/// with the configured policy.
 pub fn server_clock(
     kernel: Option<&KernelState>,
     cfg: &ClockSection,
@@ -108,41 +91,14 @@ pub fn server_clock(
     precision: i8,
     now: NtpTimestamp,
 ) -> ServerClock {
-    let leap_from = |k: &KernelState| {
-        if k.status & STA_INS != 0 {
-            LeapIndicator::InsertSecond
-        } else if k.status & STA_DEL != 0 {
-            LeapIndicator::DeleteSecond
-        } else {
-            LeapIndicator::NoWarning
-        }
+    let policy = ClockPolicy {
+        local_reference: cfg.local_reference,
+        stratum: cfg.stratum,
+        root_delay: Seconds::new(cfg.root_delay),
+        reference_id,
+        precision,
     };
-    if cfg.local_reference {
-        return ServerClock {
-            leap: kernel.map_or(LeapIndicator::NoWarning, leap_from),
-            stratum: cfg.stratum,
-            precision,
-            root_delay: NtpShort::from_seconds(cfg.root_delay),
-            // This host is the reference: its error is its own precision, not the kernel's guess.
-            root_dispersion: NtpShort::from_seconds(2f64.powi(precision as i32)),
-            reference_id,
-            reference_timestamp: now,
-        };
-    }
-    match kernel {
-        Some(k) if kernel_synchronized(k) => ServerClock {
-            leap: leap_from(k),
-            stratum: cfg.stratum,
-            precision,
-            root_delay: NtpShort::from_seconds(cfg.root_delay),
-            // The sync daemon sets maxerror to its root distance and the kernel grows it
-            // by 500 ppm of elapsed time: the honest bound on our error.
-            root_dispersion: NtpShort::from_seconds(k.maxerror_us.max(0) as f64 * 1e-6),
-            reference_id,
-            reference_timestamp: now,
-        },
-        _ => ServerClock::unsynchronized(precision),
-    }
+    nts_proto::server_clock::server_clock(kernel, &policy, now)
 }
 
 /// Precision of the system clock as log2 seconds: the smallest step seen between two reads.
@@ -180,6 +136,7 @@ pub fn now_ntp() -> NtpTimestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nts_proto::ntp_packet::LeapIndicator;
 
     fn cfg(local: bool) -> ClockSection {
         ClockSection {
@@ -188,67 +145,19 @@ mod tests {
         }
     }
 
-    const SYNCED: KernelState = KernelState {
-        state: 0,
-        status: 0x2001,
-        maxerror_us: 2500,
-        esterror_us: 10,
-    };
-
     #[test]
-    fn unsynchronized_kernel_means_alarm() {
-        let k = KernelState {
-            state: TIME_ERROR,
-            status: STA_UNSYNC,
-            maxerror_us: 16_000_000,
-            esterror_us: 16_000_000,
-        };
-        let c = server_clock(Some(&k), &cfg(false), *b"KERN", -20, NtpTimestamp(1));
-        assert_eq!(c.leap, LeapIndicator::Unsynchronized);
-        assert_eq!(c.stratum, 16);
-        let c = server_clock(None, &cfg(false), *b"KERN", -20, NtpTimestamp(1));
-        assert_eq!(c.leap, LeapIndicator::Unsynchronized);
-    }
-
-    #[test]
-    fn synchronized_kernel_follows_its_state() {
-        let c = server_clock(Some(&SYNCED), &cfg(false), *b"KERN", -20, NtpTimestamp(7));
-        assert_eq!(c.leap, LeapIndicator::NoWarning);
-        assert_eq!(c.stratum, 2);
-        assert!((c.root_dispersion.to_seconds() - 0.0025).abs() < 1e-4);
-        assert_eq!(c.reference_timestamp, NtpTimestamp(7));
-        let ins = KernelState {
-            status: STA_INS,
-            ..SYNCED
-        };
-        assert_eq!(
-            server_clock(Some(&ins), &cfg(false), *b"KERN", -20, NtpTimestamp(7)).leap,
-            LeapIndicator::InsertSecond
-        );
-        let del = KernelState {
-            status: STA_DEL,
-            ..SYNCED
-        };
-        assert_eq!(
-            server_clock(Some(&del), &cfg(false), *b"KERN", -20, NtpTimestamp(7)).leap,
-            LeapIndicator::DeleteSecond
-        );
-    }
-
-    #[test]
-    fn local_reference_ignores_unsync() {
-        let k = KernelState {
-            state: TIME_ERROR,
-            status: STA_UNSYNC,
-            maxerror_us: 16_000_000,
-            esterror_us: 0,
-        };
+    fn configuration_reaches_the_policy() {
         let mut c = cfg(true);
         c.stratum = 1;
-        let s = server_clock(Some(&k), &c, *b"LOCL", -20, NtpTimestamp(1));
+        c.root_delay = 0.5;
+        let u = parse_test_state("unsynchronized").unwrap();
+        let s = server_clock(Some(&u), &c, *b"LOCL", -20, NtpTimestamp(1));
         assert_eq!(s.leap, LeapIndicator::NoWarning);
         assert_eq!(s.stratum, 1);
         assert_eq!(&s.reference_id, b"LOCL");
+        assert!((s.root_delay.to_seconds() - 0.5).abs() < 1e-3);
+        let s = server_clock(Some(&u), &cfg(false), *b"KERN", -20, NtpTimestamp(1));
+        assert_eq!(s.leap, LeapIndicator::Unsynchronized);
     }
 
     #[test]
@@ -258,8 +167,6 @@ mod tests {
         let u = parse_test_state("unsynchronized").unwrap();
         assert!(!kernel_synchronized(&u));
         assert!(parse_test_state("maybe").is_err());
-        let c = server_clock(Some(&u), &cfg(false), *b"KERN", -20, NtpTimestamp(1));
-        assert_eq!(c.leap, LeapIndicator::Unsynchronized);
     }
 
     #[test]

@@ -1,54 +1,44 @@
-//! Which ke-servers' key sets a time server serves. Every endpoint's latest
-//! set is kept, accepted or not; the ring in service is the union of the sets
-//! [`nts_proto::key_agreement::choose`] serves: sets from another root secret
-//! are refused, never mixed (rule 7), and the choice is made again whenever a
-//! set arrives or keys expire.
+//! Which ke-servers' key sets a time server serves: the rules are
+//! [`nts_proto::key_merge::KeyMerge`] (sets from another root secret are
+//! refused, never mixed: rule 7); this shell holds it behind a lock, reads
+//! the clock, stores the ring it chooses and logs and exports what changed.
 
 use crate::keys::{unix_now, KeyStore};
 use crate::metrics::Metrics;
-use nts_proto::key_agreement::{choose, Offer, RootFingerprint};
-use nts_proto::key_ring::{CookieKey, KeyRing};
+use nts_proto::key_agreement::RootFingerprint;
+use nts_proto::key_merge::{KeyMerge, MergeStep};
+use nts_proto::key_ring::CookieKey;
+use nts_proto::time::UnixTime;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Every endpoint's latest key set, accepted or not, and which are served.
-#[derive(Default)]
-struct MergeState {
-    /// By endpoint index: the fingerprint it named and its unexpired keys.
-    offers: Vec<Option<(Option<RootFingerprint>, Vec<CookieKey>)>>,
-    /// By endpoint index: its latest set is held but not served.
-    refused: Vec<bool>,
-    /// The root secret whose keys are served, when a served ke-server named it.
-    served: Option<RootFingerprint>,
-}
-
-/// Per-endpoint latest key sets, merged into the ring in service by
-/// [`nts_proto::key_agreement::choose`]: ke-servers that disagree about the
-/// root secret are never mixed; the sets of the others are refused.
+/// Per-endpoint latest key sets, merged into the ring in service.
 pub struct Merger {
-    state: Mutex<MergeState>,
+    state: Mutex<KeyMerge>,
     endpoints: Vec<String>,
     pub store: Arc<KeyStore>,
+    /// With the store, what health is decided from (key sync reports it).
+    pub serving: Arc<crate::ServingState>,
     metrics: Arc<Metrics>,
 }
 
 impl Merger {
-    pub fn new(endpoints: Vec<String>, store: Arc<KeyStore>, metrics: Arc<Metrics>) -> Self {
-        let n = endpoints.len();
-        let state = MergeState {
-            offers: vec![None; n],
-            refused: vec![false; n],
-            served: None,
-        };
+    pub fn new(
+        endpoints: Vec<String>,
+        store: Arc<KeyStore>,
+        serving: Arc<crate::ServingState>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            state: Mutex::new(state),
+            state: Mutex::new(KeyMerge::new(endpoints.len())),
             endpoints,
             store,
+            serving,
             metrics,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MergeState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyMerge> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -59,82 +49,64 @@ impl Merger {
         fingerprint: Option<RootFingerprint>,
         keys: Vec<CookieKey>,
     ) -> bool {
+        let now = unix_now();
         let mut st = self.lock();
-        if let Some(slot) = st.offers.get_mut(index) {
-            *slot = Some((fingerprint, keys));
-        }
-        let served = self.decide(&mut st);
-        let accepted = served.get(index).copied().unwrap_or(false);
+        let step = st.offer(
+            index,
+            fingerprint,
+            keys,
+            &self.store.load(),
+            UnixTime::from_secs(now as i64),
+        );
+        let accepted = step.accepted.get(index).copied().unwrap_or(false);
         if !accepted {
             self.metrics.key_conflicts.fetch_add(1, Ordering::Relaxed);
         }
-        self.publish(&st, &served, accepted);
+        self.apply(&st, step, accepted, now);
         accepted
     }
 
     /// Endpoint `index`'s latest set is held but refused.
     pub fn refused(&self, index: usize) -> bool {
-        self.lock().refused.get(index).copied().unwrap_or(false)
+        self.lock().refused(index)
     }
 
     pub fn served_fingerprint(&self) -> Option<RootFingerprint> {
-        self.lock().served
+        self.lock().served()
     }
 
-    /// Drop expired keys, choose whose sets are served, and log and export
-    /// what changed. Returns, by endpoint, whether its keys are served.
-    fn decide(&self, st: &mut MergeState) -> Vec<bool> {
+    /// Drop expired keys (which may change whose sets are served).
+    pub fn prune(&self) {
         let now = unix_now();
-        for slot in st.offers.iter_mut() {
-            if let Some((_, keys)) = slot {
-                keys.retain(|k| now < k.not_after);
-                if keys.is_empty() {
-                    *slot = None;
-                }
+        let mut st = self.lock();
+        let step = st.prune(&self.store.load(), UnixTime::from_secs(now as i64));
+        self.apply(&st, step, false, now);
+    }
+
+    /// Log and export what a choice changed and store its ring; `fresh`
+    /// counts the ring as a refresh.
+    fn apply(&self, st: &KeyMerge, step: MergeStep, fresh: bool, now: u64) {
+        for r in &step.refusals {
+            if let Some(endpoint) = self.endpoints.get(r.endpoint) {
+                self.log_refusal(endpoint, r.refused, r.theirs, st.served());
             }
+            self.metrics.key_sync_refused(r.endpoint, r.refused);
         }
-        let ring = self.store.load();
-        let held = (!ring.is_empty()).then(|| Offer {
-            fingerprint: st.served,
-            keys: ring.keys(),
-        });
-        let offers: Vec<Option<Offer<'_>>> = st
-            .offers
-            .iter()
-            .map(|o| {
-                o.as_ref().map(|(fingerprint, keys)| Offer {
-                    fingerprint: *fingerprint,
-                    keys,
-                })
-            })
-            .collect();
-        let choice = choose(held, &offers);
-        let served_fp = choice.fingerprint;
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
-            let now_refused = offers[i].is_some() && !choice.accepted[i];
-            if now_refused != st.refused[i] {
-                self.log_refusal(
-                    endpoint,
-                    now_refused,
-                    offers[i].and_then(|o| o.fingerprint),
-                    served_fp,
-                );
-            }
-            st.refused[i] = now_refused;
-            self.metrics.key_sync_refused(i, now_refused);
-        }
-        if served_fp != st.served {
-            if let Some(fp) = served_fp {
+        if let Some(served) = step.served_changed {
+            if let Some(fp) = served {
                 tracing::info!(fingerprint = %fp, "serving the cookie keys of root secret {fp}");
             }
-            st.served = served_fp;
             *self
                 .metrics
                 .served_fingerprint
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = served_fp;
+                .unwrap_or_else(|p| p.into_inner()) = served;
         }
-        choice.accepted
+        if fresh {
+            self.store.store(step.ring, now);
+        } else if **self.store.load() != step.ring {
+            self.store.replace(step.ring);
+        }
     }
 
     /// Said once per change: a refusal names both fingerprints.
@@ -160,40 +132,12 @@ impl Merger {
             tracing::info!(endpoint = %endpoint, "key set from this ke-server agrees with the keys served again");
         }
     }
-
-    /// Rebuild the ring from the served endpoints' sets; `fresh` counts it as a refresh.
-    fn publish(&self, st: &MergeState, served: &[bool], fresh: bool) {
-        let now = unix_now();
-        let all: Vec<CookieKey> = st
-            .offers
-            .iter()
-            .zip(served)
-            .filter(|(_, s)| **s)
-            .filter_map(|(o, _)| o.as_ref())
-            .flat_map(|(_, keys)| keys.iter())
-            .filter(|k| now < k.not_after)
-            .cloned()
-            .collect();
-        let ring = KeyRing::from_keys(all);
-        if fresh {
-            self.store.store(ring, now);
-        } else if **self.store.load() != ring {
-            self.store.replace(ring);
-        }
-    }
-
-    /// Drop expired keys (which may change whose sets are served).
-    pub fn prune(&self) {
-        let mut st = self.lock();
-        let served = self.decide(&mut st);
-        self.publish(&st, &served, false);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nts_proto::key_ring::{KeySchedule, RootSecret};
+    use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 
     fn set(b: u8) -> (Option<RootFingerprint>, Vec<CookieKey>) {
         let root = RootSecret::from_bytes(&[b; 32]).unwrap();
@@ -208,6 +152,7 @@ mod tests {
         let m = Merger::new(
             vec!["a:1".into(), "b:1".into()],
             store.clone(),
+            Default::default(),
             metrics.clone(),
         );
         let ((f1, k1), (f2, k2)) = (set(1), set(2));

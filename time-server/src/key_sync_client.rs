@@ -19,6 +19,8 @@ use nts_ops::file_reader::FileReader;
 use nts_proto::key_sync::pb::key_sync_client::KeySyncClient;
 use nts_proto::key_sync::pb::{LoadReport, RegisterRequest, TimeServerInfo, WatchKeysRequest};
 use nts_proto::key_sync::{keys_from_set, set_fingerprint};
+use nts_proto::key_sync_report::{ReportSchedule, Standing};
+use nts_proto::time::MonoTime;
 use rand::Rng;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -86,12 +88,14 @@ pub fn client_tls(s: &KeySyncClientSettings) -> Result<Arc<rustls::ClientConfig>
 pub fn spawn(
     settings: KeySyncClientSettings,
     store: Arc<KeyStore>,
+    serving: Arc<crate::ServingState>,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let tls = client_tls(&settings)?;
     let merger = Arc::new(Merger::new(
         settings.endpoints.clone(),
         store,
+        serving,
         metrics.clone(),
     ));
     let handle = std::thread::Builder::new()
@@ -290,16 +294,18 @@ async fn session(
         .into_inner();
     metrics.key_sync_link_up(index, true);
     tracing::info!(endpoint = %endpoint, "key-sync link up");
-    // A set arrived on this stream (then "not refused" means its keys are served).
-    let mut got_set = false;
-    let mut last_count = metrics.requests_received();
-    let mut last_at = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mono = || MonoTime::from_duration(started.elapsed());
+    let mut schedule = ReportSchedule::new(metrics.requests_received(), mono());
+    let standing = |merger: &Merger| Standing {
+        healthy: crate::health(&merger.serving, &merger.store).is_ok(),
+        refused: merger.refused(index),
+    };
     let mut tick = tokio::time::interval(report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Health changes are reported at once, not at the next interval.
     let mut health_tick = tokio::time::interval(HEALTH_CHECK);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported: Option<(bool, bool)> = None;
     loop {
         let report_now = tokio::select! {
             msg = stream.message() => {
@@ -307,51 +313,36 @@ async fn session(
                 let keys = keys_from_set(&set).context("malformed key set")?;
                 tracing::debug!(endpoint = %endpoint, keys = keys.len(), "key set received");
                 metrics.key_sets_received.fetch_add(1, Ordering::Relaxed);
-                got_set = true;
                 if merger.update(index, set_fingerprint(&set), keys) {
                     merger.store.confirm(unix_now());
                 }
-                let first = !*got_keys;
-                *got_keys = true;
-                // Report at once after the first set, so the ke-server can send clients here.
-                first
+                let first = !std::mem::replace(got_keys, true);
+                schedule.on_key_set(first)
             }
             _ = tick.tick() => true,
             // A change of health, or of whether this ke-server's set is served
             // (another endpoint's set can change that), is reported at once.
-            _ = health_tick.tick() => {
-                let now = (crate::health(metrics, &merger.store).is_ok(), merger.refused(index));
-                reported.is_some_and(|r| r != now)
-            }
+            _ = health_tick.tick() => schedule.changed(standing(merger)),
         };
         if report_now {
-            let healthy = crate::health(metrics, &merger.store).is_ok();
-            let refused = merger.refused(index);
-            reported = Some((healthy, refused));
-            let count = metrics.requests_received();
-            let secs = last_at.elapsed().as_secs_f64().max(1e-3);
-            let rps = count.saturating_sub(last_count) as f64 / secs;
-            last_count = count;
-            last_at = std::time::Instant::now();
-            let report = client.report(LoadReport {
+            let report = schedule.report(standing(merger), metrics.requests_received(), mono());
+            let sent = client.report(LoadReport {
                 info: Some(settings.info.clone()),
-                requests_per_second: rps,
+                requests_per_second: report.requests_per_second,
                 has_keys: merger.store.has_keys(unix_now()),
-                healthy,
-                key_set_refused: refused,
+                healthy: report.standing.healthy,
+                key_set_refused: report.standing.refused,
                 served_fingerprint: merger
                     .served_fingerprint()
                     .map(|f| f.as_bytes().to_vec())
                     .unwrap_or_default(),
             });
             // A report that cannot get through in one interval means the link is gone.
-            tokio::time::timeout(report_every.max(Duration::from_secs(2)), report)
+            tokio::time::timeout(report_every.max(Duration::from_secs(2)), sent)
                 .await
                 .context("report timed out")?
                 .context("report")?;
-            // The watch stream is up and the ke-server answered: it would have pushed
-            // any change, so the keys held from it are current as of now.
-            if got_set && !refused {
+            if schedule.confirms_keys(&report) {
                 merger.store.confirm(unix_now());
             }
         }

@@ -20,10 +20,11 @@ use arc_swap::ArcSwap;
 use config::{Config, Settings, TimestampingMode};
 use keys::{unix_now, KeyStore};
 use metrics::Metrics;
+use nts_proto::health::{time_server_readiness, TimeServerSnapshot};
 use nts_proto::ntp_server::ServerPolicy;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use timestamping::{PhcConversion, TimestampSource};
@@ -298,6 +299,7 @@ pub fn start(settings: Settings) -> Result<Running> {
         source,
         phc: ArcSwap::from_pointee(PhcConversion::default()),
         stop: Default::default(),
+        serving: Default::default(),
     });
 
     let mut threads = Vec::new();
@@ -351,6 +353,7 @@ pub fn start(settings: Settings) -> Result<Running> {
             threads.push(key_sync_client::spawn(
                 client,
                 keys.clone(),
+                shared.serving.clone(),
                 metrics.clone(),
             )?);
         }
@@ -466,7 +469,7 @@ impl ClockRefresh {
             clock_state::now_ntp(),
         );
         let synced = c.leap != nts_proto::ntp_packet::LeapIndicator::Unsynchronized;
-        if synced != metrics.is_synchronized() {
+        if synced != shared.serving.synchronized.swap(synced, Ordering::Relaxed) {
             if synced {
                 tracing::info!("clock synchronized: serving time and reporting healthy");
             } else {
@@ -488,31 +491,39 @@ impl ClockRefresh {
             Ordering::Relaxed,
         );
         metrics.healthy.store(
-            health(metrics, &shared.keys).is_ok() as i64,
+            health(&shared.serving, &shared.keys).is_ok() as i64,
             Ordering::Relaxed,
         );
     }
 }
 
-/// Healthy: the clock is synchronized (or this host is the configured local
-/// reference) and cookie keys are held. This is what the server reports to the
-/// ke-servers (which send clients only to healthy servers) and on `/readyz`.
-pub fn health(metrics: &Metrics, keys: &KeyStore) -> Result<(), String> {
-    if metrics.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err("draining: shutting down (SIGTERM)".into());
-    }
-    if !metrics.is_synchronized() {
-        return Err("clock not synchronized".into());
-    }
-    if !keys.has_keys(unix_now()) {
-        return Err("no cookie keys yet".into());
-    }
-    Ok(())
+/// What readiness is decided from besides the keys: set by the clock refresh
+/// and by SIGTERM, never read back from the metrics.
+#[derive(Debug, Default)]
+pub struct ServingState {
+    /// SIGTERM received: still answering, reported unhealthy.
+    pub draining: AtomicBool,
+    /// Responses claim a synchronized clock (or the local reference).
+    pub synchronized: AtomicBool,
+}
+
+/// Healthy ([`time_server_readiness`]): not draining, the clock synchronized
+/// (or this host the configured local reference) and cookie keys held. This
+/// is what the server reports to the ke-servers (which send clients only to
+/// healthy servers) and on `/readyz`.
+pub fn health(state: &ServingState, keys: &KeyStore) -> Result<(), String> {
+    let snapshot = TimeServerSnapshot {
+        draining: state.draining.load(Ordering::Relaxed),
+        synchronized: state.synchronized.load(Ordering::Relaxed),
+        has_keys: keys.has_keys(unix_now()),
+    };
+    time_server_readiness(&snapshot).map_err(|e| e.to_string())
 }
 
 /// What the operations endpoint reports.
 pub struct Health {
     pub metrics: Arc<Metrics>,
+    pub serving: Arc<ServingState>,
     pub keys: Arc<KeyStore>,
 }
 
@@ -522,6 +533,6 @@ impl nts_ops::http::Observable for Health {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        health(&self.metrics, &self.keys)
+        health(&self.serving, &self.keys)
     }
 }

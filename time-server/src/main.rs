@@ -120,6 +120,7 @@ fn main() -> Result<()> {
             tracing::info!(addr = %l.local_addr()?, "metrics and health on /metrics, /healthz, /readyz");
             let health = Arc::new(nts_time_server::Health {
                 metrics: running.metrics.clone(),
+                serving: running.shared.serving.clone(),
                 keys: running.keys.clone(),
             });
             tokio::spawn(nts_ops::http::serve(l, health));
@@ -133,6 +134,7 @@ fn main() -> Result<()> {
         // Unhealthy from now on: key sync reports it within its health check
         // (200 ms) and the KE replicas stop handing this server out; clients
         // already here keep getting answers for the grace period.
+        running.shared.serving.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         running.metrics.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let grace = if key_sync {
             drain_grace.max(std::time::Duration::from_millis(500))

@@ -11,13 +11,14 @@ use crate::timestamping::{parse_control, pick, write_pktinfo, PhcConversion, Tim
 use crate::tx_timestamps::{write_request, ErrorQueue, SentStamp};
 use arc_swap::ArcSwap;
 use nts_ops::batch_socket::{RxBatch, TxBatch};
-use nts_proto::interleaved::{mark_receive, ClientAddress, Decision, TransmitTable};
-use nts_proto::ntp_packet::{NtpHeader, NtpTimestamp};
+use nts_proto::interleaved::{mark_receive, ClientAddress, TransmitTable};
+use nts_proto::ntp_packet::NtpTimestamp;
 use nts_proto::ntp_server::{
-    over_rate_reason, respond, DropReason, RequestContext, Response, ServerClock, ServerPolicy,
-    MAX_REQUEST_LEN,
+    over_rate_reason_of, parse_request, respond_to, DropReason, RequestContext, Response,
+    ServerClock, ServerPolicy, MAX_REQUEST_LEN,
 };
 use nts_proto::rate_limit::{RateLimiter, Verdict};
+use nts_proto::time::MonoTime;
 use rand::{RngCore, SeedableRng};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub source: TimestampSource,
     pub phc: ArcSwap<PhcConversion>,
     pub stop: AtomicBool,
+    /// What health is decided from.
+    pub serving: Arc<crate::ServingState>,
 }
 
 /// Per-worker rate limit settings.
@@ -124,8 +127,10 @@ pub fn run(
     let mut stamps_until = 0u64;
     let fd = sock.as_raw_fd();
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut limiter = rate
-        .map(|r| RateLimiter::new(r.slots, r.rate, r.burst).with_kiss_interval(r.kiss_interval_ms));
+    let mut limiter = rate.map(|r| {
+        RateLimiter::new(r.slots, r.rate, r.burst)
+            .with_kiss_interval(std::time::Duration::from_millis(r.kiss_interval_ms))
+    });
     metrics
         .rate_limit_table_bytes
         .set(limiter.as_ref().map_or(0, |l| l.memory_bytes() as i64));
@@ -151,7 +156,7 @@ pub fn run(
         let clock = shared.clock.load();
         let phc = **shared.phc.load();
         let unix_now = batch_time / 1_000_000_000;
-        let mono_ns = started.elapsed().as_nanos() as u64;
+        let mono = MonoTime::from_duration(started.elapsed());
         for i in 0..n {
             metrics.received.inc();
             let d = rx.get(i);
@@ -176,23 +181,26 @@ pub fn run(
             let Some(ip) = peer_ip(d.peer) else {
                 continue;
             };
+            // Parsed once: the rate limit's label, the interleaved table and
+            // the answer all read this view.
+            let parsed = parse_request(d.data, &shared.policy);
             let verdict = match limiter.as_mut() {
-                Some(l) => l.check(ip, mono_ns),
+                Some(l) => l.check(ip, mono),
                 None => Verdict::Allow,
             };
-            match verdict {
-                Verdict::Drop => {
-                    metrics.dropped(over_rate_reason(d.data, &shared.policy));
+            if verdict == Verdict::Drop {
+                metrics.dropped(over_rate_reason_of(&parsed));
+                continue;
+            }
+            let request = match parsed {
+                Ok(r) => r,
+                Err(why) => {
+                    metrics.dropped(why);
                     continue;
                 }
-                Verdict::Allow | Verdict::Kiss => {}
-            }
-            let client = ClientAddress::from(ip);
-            let decision = if table.enabled() {
-                NtpHeader::parse(d.data).map_or(Decision::BASIC, |(h, _)| table.decide(&h, client))
-            } else {
-                Decision::BASIC
             };
+            let client = ClientAddress::from(ip);
+            let decision = table.decide(&request.header, client);
             let ctx = RequestContext {
                 receive_timestamp: nanos_to_ntp(ts),
                 unix_now,
@@ -203,8 +211,8 @@ pub fn run(
                 previous_transmit: decision.previous_transmit,
             };
             let (tx_buf, tx_ctrl) = tx.next_slot();
-            let result = respond(
-                d.data,
+            let result = respond_to(
+                &request,
                 &ctx,
                 tx_buf,
                 &mut |b| rng.fill_bytes(b),

@@ -21,6 +21,7 @@ pub mod leap_list;
 pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
+pub mod nts_roles;
 pub mod nts_source;
 pub mod root_secret;
 pub mod saved_association;
@@ -117,6 +118,9 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "root_secret" => {
             root_secret::check(data);
+        }
+        "nts_roles" => {
+            nts_roles::check(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }

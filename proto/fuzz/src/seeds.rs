@@ -479,6 +479,31 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("drift_record", drift_record()),
         ("saved_association", saved_association()),
         ("root_secret", root_secret()),
+        ("nts_roles", nts_roles()),
+    ]
+}
+
+/// `nts_roles`: genuine and own cookies, placeholder counts, basic and
+/// interleaved, and mutations that break a shared rule (flags byte, cookie
+/// length, cookie, then offset/mask triples into the extension fields).
+pub fn nts_roles() -> Vec<Seed> {
+    let fields_len = nts_proto::ntp_client::nts_request_len(
+        genuine_cookie(AeadAlgorithm::AesSivCmac256, 9).len(),
+        0,
+    ) - nts_proto::ntp_packet::HEADER_LEN;
+    // The low byte of the authenticator's nonce length (the last field is 40 octets).
+    let [hi, lo] = ((fields_len - 40 + 5) as u16).to_be_bytes();
+    vec![
+        ("genuine_256_p0", vec![0x00, 0]),
+        ("genuine_512_p7", vec![0x87, 0]),
+        ("genuine_interleaved_p1", vec![0x09, 0]),
+        ("own_cookie_p2", [&[0x02, 24][..], &[0x5a; 24]].concat()),
+        // The Unique Identifier's field length 36 becomes 4: the fields do not parse.
+        ("mutated_uid_length", vec![0x10, 0, 0, 3, 0x20]),
+        // The cookie's type 0x0204 becomes 0x0104: a second Unique Identifier.
+        ("mutated_duplicate_uid", vec![0x10, 0, 0, 36, 0x03]),
+        // The nonce length 16 becomes 15.
+        ("mutated_nonce_15", vec![0x10, 0, hi, lo, 0x1f]),
     ]
 }
 
@@ -525,6 +550,22 @@ mod tests {
         }
         for (name, data) in ntp_client() {
             check_ntp_client_seed(name, &data);
+        }
+        for (name, data) in nts_roles() {
+            let o = crate::nts_roles::check(&data);
+            assert_eq!(
+                o.answered,
+                name.starts_with("genuine") || name.starts_with("mutated"),
+                "{name}: {o:?}"
+            );
+            assert_eq!(o.naked, name.starts_with("own"), "{name}: {o:?}");
+            assert_eq!(o.mutated, name.starts_with("mutated"), "{name}: {o:?}");
+            if name == "mutated_uid_length" || name == "mutated_duplicate_uid" {
+                assert!(o.both_refused_fields, "{name}: {o:?}");
+            }
+            if name == "mutated_nonce_15" {
+                assert!(o.auth_refused_by_both, "{name}: {o:?}");
+            }
         }
         for (name, data) in nts_source() {
             let accepted = crate::nts_source::check(&data);
