@@ -24,7 +24,7 @@ pub mod ntp_client;
 pub mod ntp_packet;
 pub mod ntp_server;
 pub mod nts_fields;
-pub mod nts_source;
 pub mod rate_limit;
 mod siv;
+pub mod source;
 pub mod time;
