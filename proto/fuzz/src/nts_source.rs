@@ -23,7 +23,7 @@
 //!
 //! Checks: no panic; never more cookies than the jar holds; nothing
 //! unauthenticated (events 2 to 6) ends an exchange, changes the cookies,
-//! makes a key exchange due or stops the source; a genuine answer to the
+//! makes a key exchange due or drops the keys; a genuine answer to the
 //! request in flight is always accepted; a key exchange is never due before
 //! its backoff ends unless the shell may still poll; a re-key is only ever
 //! caused by a key exchange failure, a timeout, running out of cookies or

@@ -25,6 +25,8 @@ pub mod kiss;
 pub mod measurement;
 pub mod nts;
 pub mod saved;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_world;
 pub mod timers;
 
 #[cfg(test)]
