@@ -1,12 +1,12 @@
 //! Each NTS source's saved association (`nts.state_dir/NAME.nts`: keys,
 //! cookies, time server), so a restart needs no key exchange. The format is
-//! pure code in `nts_proto::nts_source::SavedAssociation`; the directory and
+//! pure code in `nts_proto::source::SavedAssociation`; the directory and
 //! file rules are [`crate::state_dir`]'s.
 
 use crate::config::{ClockMode, Config};
 use crate::state_dir::{Access, StateDir, StateDirError};
 use anyhow::{anyhow, Result};
-use nts_proto::nts_source::SavedAssociation;
+use nts_proto::source::SavedAssociation;
 use std::sync::Arc;
 
 /// The agent's files in the state directory and who may read them: the

@@ -1,12 +1,16 @@
 //! `nts-client query`: one measurement against one server, like `chronyd -Q`
 //! or `ntpdig`, with NTS by default.
 
-use crate::exchange::{exchange, plain_exchange, ExchangeError, Sample};
+use crate::exchange::{exchange, plain_exchange, timestamps, ExchangeError};
 use crate::ke::{self, KeError, DEFAULT_KE_PORT, DEFAULT_NTP_PORT};
 use anyhow::{Context, Result};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::interleaved::InterleavedClient;
-use nts_proto::nts_source::{Association, NtsSource, NtsSourceConfig, Verdict};
+use nts_proto::source::{
+    interleave_families, Association, Measurement as Sample, NtsSource, NtsSourceConfig, Unusable,
+    Verdict,
+};
+use nts_proto::time::{MonoTime, UnixTime};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,7 +82,7 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
         .with_context(|| format!("resolving {host}"))?
         .collect();
     anyhow::ensure!(!v.is_empty(), "{host} has no address");
-    Ok(v)
+    Ok(interleave_families(v))
 }
 
 /// What a series of samples comes to: the one with the least delay, and how
@@ -109,8 +113,8 @@ fn summarize(
         reported_interleaved: s.interleaved,
         ignored: 0,
         warning: unsync_warning(&s),
-        offset: s.offset,
-        delay: s.delay,
+        offset: s.offset().as_f64(),
+        delay: s.delay().as_f64(),
         stratum: s.header.stratum,
         leap: s.header.leap as u8,
         reference_id: refid(s.header.reference_id, s.header.stratum),
@@ -120,7 +124,7 @@ fn summarize(
 }
 
 fn unsync_warning(s: &Sample) -> Option<String> {
-    s.unsynchronized().then(|| {
+    matches!(s.sample, Err(Unusable::Unsynchronized)).then(|| {
         format!(
             "the server says it is NOT synchronized (leap {}, stratum {}): this offset is not time to trust",
             s.header.leap as u8, s.header.stratum
@@ -131,7 +135,7 @@ fn unsync_warning(s: &Sample) -> Option<String> {
 fn best(samples: Vec<(Sample, SocketAddr)>) -> Option<(Sample, SocketAddr)> {
     samples
         .into_iter()
-        .min_by(|a, b| a.0.delay.total_cmp(&b.0.delay))
+        .min_by(|a, b| a.0.delay().as_f64().total_cmp(&b.0.delay().as_f64()))
 }
 
 /// Run the query.
@@ -188,7 +192,7 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             unreachable_polls: u32::MAX,
             ..Default::default()
         },
-        0.0,
+        MonoTime::ZERO,
         0.0,
     );
     src.ke_succeeded(
@@ -198,20 +202,20 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             s2c: ko.s2c,
             ntp_host: ko.ntp_server,
             ntp_port: ko.ntp_port,
-            established_unix: 0,
+            established: UnixTime::EPOCH,
         },
         ko.cookies,
-        0.0,
+        MonoTime::ZERO,
     );
-    src.set_addresses(addrs);
     let (mut got, mut lost, mut last_err) = (Vec::new(), 0u32, None);
     let mut xleave = opts.xleave.then(InterleavedClient::new);
     let mut req = Vec::with_capacity(1024);
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
+    let mut i = 0usize;
     while got.len() < wanted as usize && lost <= max_lost {
-        let addr = src.address().context("no time server address")?;
+        let addr = addrs[i % addrs.len()];
         let fields = xleave.as_ref().and_then(|x| x.request_fields());
-        let Some(mut flight) = src.prepare_request_interleaved(&mut req, fields, &mut rng) else {
+        let Some(mut flight) = src.prepare_request(&mut req, fields, &mut rng) else {
             anyhow::bail!("out of cookies after {lost} lost packets");
         };
         let r = exchange(addr, &req, opts.timeout, |d| {
@@ -223,10 +227,9 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
         .await;
         match r {
             Ok((Verdict::Accepted(h), timing)) => {
-                src.exchange_done(&Verdict::Accepted(h), 0.0);
-                let s =
-                    Sample::with_interleave(h, timing, true, flight.interleaved, xleave.as_mut());
-                got.push((s, addr));
+                src.answered();
+                let ts = timestamps(&h, timing, flight.interleaved, xleave.as_mut());
+                got.push((Sample::new(addr, h, ts, flight.interleaved, true), addr));
             }
             Ok((Verdict::Kiss(code), _)) => {
                 anyhow::bail!(
@@ -238,6 +241,7 @@ pub async fn query(opts: &QueryOptions) -> Result<QueryReport> {
             Err(e) => {
                 src.timed_out(&flight);
                 lost += 1;
+                i += 1;
                 last_err = Some(format!("{addr}: {e}"));
             }
         }

@@ -2,12 +2,12 @@
 //! over TLS 1.3 with 8 cookies, then NTS-protected NTP with the cookies,
 //! authenticated by chrony and checked by us.
 
-use nts_client::exchange::{nts_probe, NtsCredentials};
 use nts_client::ke;
 use nts_proto::aead::AeadAlgorithm;
 use std::time::Duration;
 use testkit::certs::TestPki;
 use testkit::chrony::ChronyServer;
+use testkit::nts_probe::{nts_probe, NtsCredentials};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_exchange_and_nts_time_from_chrony() {

@@ -10,29 +10,28 @@
 use nts_client::exchange::exchange;
 use nts_client::ke;
 use nts_proto::aead::AeadAlgorithm;
-use nts_proto::nts_source::{
-    Association, NtsSource, NtsSourceConfig, SavedAssociation, Step, Verdict,
-};
+use nts_proto::source::{Association, NtsSource, NtsSourceConfig, SavedAssociation, Step, Verdict};
+use nts_proto::time::{MonoTime, UnixTime};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use testkit::stack::{self, KeServerOptions, TimeServerOptions};
 
 const FLEET: usize = 100;
 const SPREAD: f64 = 8.0;
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+fn unix_now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
 }
 
 /// One authenticated NTP exchange with what the source holds.
-async fn poll(src: &mut NtsSource) -> Result<(), String> {
-    let addr = src.address().ok_or("no address")?;
+async fn poll(src: &mut NtsSource, addrs: &[SocketAddr]) -> Result<(), String> {
+    let addr = *addrs.first().ok_or("no address")?;
     let mut req = Vec::new();
     let mut rng = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, b);
-    let mut flight = src.prepare_request(&mut req, &mut rng).ok_or("no cookie")?;
+    let mut flight = src
+        .prepare_request(&mut req, None, &mut rng)
+        .ok_or("no cookie")?;
     let (v, _) = exchange(addr, &req, Duration::from_secs(3), |d| {
         match src.on_datagram(d, &mut flight) {
             Verdict::KeepWaiting(_) => None,
@@ -76,7 +75,7 @@ async fn fleet_restart_spreads_key_exchanges_and_saved_cookies_need_none() {
     .unwrap();
     let tls = ke::tls_config(ke::root_store(&[pki.ca_path()], false).unwrap());
     let cfg = NtsSourceConfig {
-        ke_spread: SPREAD,
+        ke_spread: Duration::from_secs_f64(SPREAD),
         ..Default::default()
     };
     let ke_port = ke_d.port();
@@ -87,18 +86,16 @@ async fn fleet_restart_spreads_key_exchanges_and_saved_cookies_need_none() {
     for _ in 0..FLEET {
         let tls = tls.clone();
         tasks.spawn(async move {
-            let mono = || t0.elapsed().as_secs_f64();
+            let mono = || MonoTime::from_duration(t0.elapsed());
             let mut src = NtsSource::new(cfg, mono(), rand::random());
             loop {
                 match src.next_step(mono()) {
-                    Step::NotBefore(t) => {
-                        tokio::time::sleep(Duration::from_secs_f64((t - mono()).max(0.0))).await
-                    }
+                    Step::NotBefore(t) => tokio::time::sleep(t.saturating_since(mono())).await,
                     Step::KeyExchange => break,
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            let at = mono();
+            let at = mono().as_secs_f64();
             let ko = ke::key_exchange(
                 "127.0.0.1",
                 ke_port,
@@ -119,13 +116,12 @@ async fn fleet_restart_spreads_key_exchanges_and_saved_cookies_need_none() {
                     s2c: ko.s2c,
                     ntp_host: ko.ntp_server,
                     ntp_port: ko.ntp_port,
-                    established_unix: unix_now(),
+                    established: unix_now(),
                 },
                 ko.cookies,
                 mono(),
             );
-            src.set_addresses(addrs);
-            poll(&mut src).await.unwrap();
+            poll(&mut src, &addrs).await.unwrap();
             (at, src.save().unwrap().to_text())
         });
     }
@@ -164,7 +160,7 @@ async fn fleet_restart_spreads_key_exchanges_and_saved_cookies_need_none() {
     let mut tasks = tokio::task::JoinSet::new();
     for text in saved {
         tasks.spawn(async move {
-            let mono = || t1.elapsed().as_secs_f64();
+            let mono = || MonoTime::from_duration(t1.elapsed());
             let back = SavedAssociation::from_text(&text).unwrap();
             let mut src = NtsSource::restored(cfg, back, mono(), unix_now(), rand::random());
             assert_eq!(src.next_step(mono()), Step::Request, "no key exchange due");
@@ -173,8 +169,7 @@ async fn fleet_restart_spreads_key_exchanges_and_saved_cookies_need_none() {
                 .await
                 .unwrap()
                 .collect();
-            src.set_addresses(addrs);
-            poll(&mut src).await.unwrap();
+            poll(&mut src, &addrs).await.unwrap();
             src.cookies()
         });
     }

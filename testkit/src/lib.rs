@@ -16,6 +16,8 @@
 //!   ([`chrony::ChronyServer`]), with parsed `chronyc -c` reports.
 //! * [`ntpsec`]: NTPsec's `ntpd` as an NTS client ([`ntpsec::NtpsecClient`]),
 //!   always without `CAP_SYS_TIME`.
+//! * [`nts_probe`]: one NTS exchange with explicit credentials, to see what
+//!   a time server does with a given cookie.
 //!
 //! Safety rules enforced here: `chronyd` always runs with `-x` (never touches the
 //! system clock); NTPsec's `ntpd` always runs under
@@ -49,6 +51,7 @@ mod error;
 mod fsutil;
 pub mod netns;
 pub mod ntpsec;
+pub mod nts_probe;
 pub mod peers;
 pub mod ports;
 pub mod process;

@@ -6,7 +6,6 @@
 //! secrets: the time server refuses the conflicting key set, says so once,
 //! counts it, and keeps serving with the consistent keys.
 
-use nts_client::exchange::{nts_probe, ExchangeError, NtsCredentials};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -15,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use testkit::nts_probe::{nts_probe, NtsCredentials, ProbeError};
 use testkit::ports::free_port;
 use testkit::process::ChildGuard;
 use testkit::stack::{self, cargo_bin, Daemon};
@@ -292,7 +292,7 @@ fn chrony_follows_to_the_healthy_server() {
     assert!(a.d.metric("nts_time_requests_dropped_total{reason=\"unsynchronized\"}") >= 1.0);
 }
 
-async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<bool, ExchangeError> {
+async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<bool, ProbeError> {
     nts_probe(
         ts.d.addr,
         NtsCredentials {
@@ -360,7 +360,7 @@ async fn conflicting_key_sets_are_refused() {
     assert!(
         matches!(
             r,
-            Err(ExchangeError::Check(
+            Err(ProbeError::Check(
                 nts_proto::ntp_client::ResponseCheckError::NtsNak
             ))
         ),

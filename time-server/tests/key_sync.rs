@@ -3,7 +3,6 @@
 //! restarts, refused peers, and chrony sent to a time server it was never told
 //! about. Each rule of ARCHITECTURE.md's "Key sync" section is checked here.
 
-use nts_client::exchange::{nts_probe, ExchangeError, NtsCredentials, Probe};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -11,6 +10,7 @@ use nts_proto::ntp_client::ResponseCheckError;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::nts_probe::{nts_probe, NtsCredentials, Probe, ProbeError};
 use testkit::ports::free_port;
 use testkit::stack::{self, cargo_bin, Daemon};
 
@@ -206,7 +206,7 @@ async fn key_exchange(pki: &DevPki, ke: &Ke) -> KeOutcome {
     .unwrap_or_else(|e| panic!("KE with {}: {e}\n{}", ke.name, ke.d.guard.logs()))
 }
 
-async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<Probe, ExchangeError> {
+async fn query(ts: &Ts, ko: &KeOutcome, cookie: &[u8]) -> Result<Probe, ProbeError> {
     nts_probe(
         ts.d.addr,
         NtsCredentials {
@@ -315,7 +315,7 @@ async fn replicas_time_servers_and_rotation() {
     for ts in &servers {
         let r = query(ts, &old, &old.cookies[2]).await;
         assert!(
-            matches!(r, Err(ExchangeError::Check(ResponseCheckError::NtsNak))),
+            matches!(r, Err(ProbeError::Check(ResponseCheckError::NtsNak))),
             "{}: cookie issued {:.1}s ago: {r:?}",
             ts.name,
             unix_now() - issued_at

@@ -12,7 +12,6 @@
 //! that carry cookies issued before the cut; once healed, it must reconnect and
 //! re-register by itself, and `nts-client query` must work again through A.
 
-use nts_client::exchange::{nts_probe, NtsCredentials, Probe};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
@@ -20,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use testkit::netns::{self, Netns, VethLink};
+use testkit::nts_probe::{nts_probe, NtsCredentials, Probe};
 use testkit::process::ChildGuard;
 use testkit::stack::{self, cargo_bin, metric_value};
 

@@ -3,13 +3,13 @@
 //! rendered without `lookup` re-generates the Secret) is refused by the time
 //! servers, says so, and is not ready until it holds the right secret again.
 
-use nts_client::exchange::{nts_probe, ExchangeError, NtsCredentials};
 use nts_client::ke::{self, KeOutcome};
 use nts_ke_server::dev_pki::DevPki;
 use nts_proto::aead::AeadAlgorithm;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testkit::nts_probe::{nts_probe, NtsCredentials, ProbeError};
 use testkit::ports::free_port;
 use testkit::stack::{self, cargo_bin, Daemon};
 
@@ -174,7 +174,7 @@ async fn new_client(pki: &DevPki, ke: &Ke) -> String {
     match probe {
         Ok(p) if p.sample.authenticated => "authenticated".into(),
         Ok(_) => "unauthenticated".into(),
-        Err(ExchangeError::Check(e)) => format!("refused by the time server: {e:?}"),
+        Err(ProbeError::Check(e)) => format!("refused by the time server: {e:?}"),
         Err(e) => format!("no answer: {e}"),
     }
 }

@@ -12,6 +12,7 @@ use nts_proto::key_ring::{KeyRing, KeySchedule, RootSecret};
 use std::sync::OnceLock;
 
 pub mod aead_siv;
+pub mod conversation;
 pub mod cookie_open;
 pub mod drift_record;
 pub mod ke_record;
@@ -121,6 +122,9 @@ pub fn run(target: &str, data: &[u8]) {
         }
         "nts_roles" => {
             nts_roles::check(data);
+        }
+        "conversation" => {
+            conversation::check(data);
         }
         other => panic!("unknown fuzz target {other}"),
     }

@@ -1,5 +1,5 @@
-//! `nts_source`: the client's NTS source state machine
-//! ([`nts_proto::nts_source::NtsSource`]) driven through an arbitrary sequence
+//! `nts_source`: the NTS half of a client source
+//! ([`nts_proto::source::NtsSource`]) driven through an arbitrary sequence
 //! of events: genuine answers from a real server function, replays, forged
 //! NAKs and kisses, garbage, tampered answers, timeouts, key exchanges that
 //! succeed or fail, and the passing of time.
@@ -23,20 +23,22 @@
 //!
 //! Checks: no panic; never more cookies than the jar holds; nothing
 //! unauthenticated (events 2 to 6) ends an exchange, changes the cookies,
-//! makes a key exchange due or stops the source; a genuine answer to the
+//! makes a key exchange due or drops the keys; a genuine answer to the
 //! request in flight is always accepted; a key exchange is never due before
 //! its backoff ends unless the shell may still poll; a re-key is only ever
 //! caused by a key exchange failure, a timeout, running out of cookies or
-//! age.
+//! age; a failed key exchange keeps the keys held before it.
 
 use crate::{c2s_key, ring, s2c_key, Counter, NOW};
 use nts_proto::aead::AeadAlgorithm;
 use nts_proto::cookie::{self, CookieContents};
 use nts_proto::ntp_packet::{LeapIndicator, Mode, NtpHeader, NtpShort, NtpTimestamp};
 use nts_proto::ntp_server::{respond, RequestContext, ServerClock, ServerPolicy};
-use nts_proto::nts_source::{
+use nts_proto::source::{
     Association, InFlight, NtsSource, NtsSourceConfig, RekeyReason, Step, Verdict,
 };
+use nts_proto::time::{MonoTime, UnixTime};
+use std::time::Duration;
 
 const ALG: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
 /// Most events one input drives.
@@ -49,7 +51,7 @@ fn association() -> Association {
         s2c: s2c_key(ALG),
         ntp_host: "time.example".into(),
         ntp_port: 123,
-        established_unix: NOW,
+        established: UnixTime::from_secs(NOW as i64),
     }
 }
 
@@ -148,7 +150,7 @@ struct Flight {
 /// Drive one sequence (panics on a finding). Returns how many answers were accepted.
 pub fn check(data: &[u8]) -> usize {
     let cfg = NtsSourceConfig::default();
-    let mut now = 0.0f64;
+    let mut now = MonoTime::ZERO;
     let mut src = NtsSource::new(cfg, now, 0.0);
     let mut rng = Counter(0x11);
     let mut client_rng = SplitMix(0x5eed);
@@ -163,13 +165,13 @@ pub fn check(data: &[u8]) -> usize {
         if events > MAX_EVENTS {
             break;
         }
-        let before = (src.cookies(), src.rekey_reason(), src.stopped_by());
+        let before = (src.cookies(), src.rekey_reason(), src.association().is_some());
         let mut unauthenticated: Option<Vec<u8>> = None;
         match op % 12 {
             0 => {
                 if src.next_step(now) == Step::Request && flight.is_none() {
                     let mut req = Vec::new();
-                    if let Some(f) = src.prepare_request(&mut req, &mut |b| client_rng.fill(b)) {
+                    if let Some(f) = src.prepare_request(&mut req, None, &mut |b| client_rng.fill(b)) {
                         assert_eq!(src.cookies(), before.0 - 1, "one cookie per request");
                         flight = Some(Flight {
                             flight: f,
@@ -184,7 +186,7 @@ pub fn check(data: &[u8]) -> usize {
                     let resp = serve(&f.request, &mut rng).expect("a genuine request is answered");
                     let v = src.on_datagram(&resp, &mut f.flight);
                     assert!(matches!(v, Verdict::Accepted(_)), "genuine answer: {v:?}");
-                    src.exchange_done(&v, now);
+                    src.answered();
                     f.answered = true;
                     accepted += 1;
                     last_genuine = Some(resp);
@@ -227,8 +229,8 @@ pub fn check(data: &[u8]) -> usize {
             8 => {
                 if src.next_step(now) == Step::KeyExchange {
                     flight = None;
+                    src.begin_key_exchange();
                     src.ke_succeeded(association(), cookies(8, &mut nonce), now);
-                    src.set_addresses(vec!["192.0.2.1:123".parse().expect("literal")]);
                     assert_eq!(src.rekey_reason(), None);
                     assert_eq!(src.cookies(), 8);
                 }
@@ -236,12 +238,15 @@ pub fn check(data: &[u8]) -> usize {
             9 => {
                 let j = f64::from(bytes.next().unwrap_or(0)) / 256.0;
                 if src.next_step(now) == Step::KeyExchange {
+                    src.begin_key_exchange();
+                    let held = src.cookies();
                     let next = src.ke_failed(now, j);
+                    assert_eq!(src.cookies(), held, "a failed key exchange keeps the keys");
                     assert!(next > now, "a failed key exchange backs off");
                     assert!(src.rekey_reason().is_some());
                 }
             }
-            10 => now += f64::from(bytes.next().unwrap_or(1)),
+            10 => now += Duration::from_secs(u64::from(bytes.next().unwrap_or(1))),
             _ => {
                 let step = src.next_step(now);
                 if step == Step::KeyExchange {
@@ -258,7 +263,7 @@ pub fn check(data: &[u8]) -> usize {
                     "unauthenticated bytes ended an exchange: {v:?}"
                 );
                 assert_eq!(
-                    (src.cookies(), src.rekey_reason(), src.stopped_by()),
+                    (src.cookies(), src.rekey_reason(), src.association().is_some()),
                     before,
                     "unauthenticated bytes changed the source"
                 );

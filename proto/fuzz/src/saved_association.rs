@@ -4,7 +4,7 @@
 //! non-zero port, a host name of 1 to 255 bytes, at most 64 cookies of 1 to
 //! 1024 bytes); `to_text` of it parses again, to the same text.
 
-use nts_proto::nts_source::SavedAssociation;
+use nts_proto::source::SavedAssociation;
 
 /// Whether the input was accepted.
 pub fn check(data: &[u8]) -> bool {

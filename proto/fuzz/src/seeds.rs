@@ -427,6 +427,20 @@ pub fn nts_source() -> Vec<Seed> {
     ]
 }
 
+/// Conversations (see `conversation` for the bytes): every attack at once,
+/// losses that lead to re-keying during a KE outage, a plain source kissed.
+pub fn conversation() -> Vec<Seed> {
+    vec![
+        ("all_attacks", [vec![0], [0xf4, 7].repeat(40)].concat()),
+        (
+            "outage_while_unreachable",
+            [vec![2], vec![0, 0, 0, 0, 3, 0, 2, 0, 2, 0, 2, 0, 0x10, 0]].concat(),
+        ),
+        ("plain_rate_kisses", [vec![1], [0x22, 0].repeat(4)].concat()),
+        ("late_and_duplicated", [vec![4], [0x0c, 35, 0x04, 0].repeat(10)].concat()),
+    ]
+}
+
 /// NTS-shaped AES-SIV inputs: an authenticator (48-byte header as AD, empty
 /// plaintext), a cookie (4-byte key id as AD, key material as plaintext), a
 /// response carrying cookies (several CTR batches), and block-edge lengths.
@@ -474,6 +488,7 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("ntp_server", ntp_server()),
         ("ntp_client", ntp_client()),
         ("nts_source", nts_source()),
+        ("conversation", conversation()),
         ("aead_siv", aead_siv()),
         ("leap_list", leap_list()),
         ("drift_record", drift_record()),
@@ -570,6 +585,9 @@ mod tests {
         for (name, data) in nts_source() {
             let accepted = crate::nts_source::check(&data);
             assert!(accepted >= 1, "{name}: reaches an accepted answer");
+        }
+        for (name, data) in conversation() {
+            assert!(crate::conversation::check(&data) >= 1, "{name}: measures");
         }
         for (name, data) in aead_siv() {
             let o = crate::aead_siv::check(&data);

@@ -7,7 +7,8 @@ use nts_proto::aead::AeadAlgorithm;
 use nts_proto::clock::drift::DriftRecord;
 use nts_proto::clock::leap::LeapSecondsList;
 use nts_proto::key_ring::RootSecret;
-use nts_proto::nts_source::{Association, SavedAssociation};
+use nts_proto::source::nts::Association;
+use nts_proto::source::SavedAssociation;
 
 /// The IERS list of 2025-01-08 as Debian's tzdata 2025b ships it, most
 /// comments left out.
@@ -97,7 +98,7 @@ fn association(aead: AeadAlgorithm, cookies: u8) -> SavedAssociation {
             s2c: s2c_key(aead),
             ntp_host: "time.example.net".into(),
             ntp_port: 123,
-            established_unix: 1_700_000_000,
+            established: nts_proto::time::UnixTime::from_secs(1_700_000_000),
         },
         cookies: (0..cookies).map(|i| vec![i; 100]).collect(),
     }
