@@ -26,6 +26,10 @@ use super::sample::Sample;
 use super::select::{select, Candidate, SelectConfig, SelectError, Selection};
 use super::{SourceId, PHI};
 
+mod status;
+
+pub use status::{AgentStatus, SourceState, SourceStatus, Tracking};
+
 /// Agent parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AgentConfig {
@@ -56,108 +60,6 @@ impl Default for AgentConfig {
             excess_delay_weight: 1.0,
         }
     }
-}
-
-/// Where a source stands after the last selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceState {
-    /// No measurement yet (or none since it was reset).
-    NoData,
-    /// Not offered to selection: unreachable, unsynchronized server, or too distant.
-    Unselectable,
-    /// Its interval does not meet the majority's.
-    Falseticker,
-    /// Agrees, but clustering left it out of the combination.
-    Outlier,
-    /// Combined.
-    Survivor,
-    /// Combined, and the one with the least root distance.
-    SystemPeer,
-}
-
-/// One source, for a status view.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SourceStatus {
-    pub id: SourceId,
-    pub state: SourceState,
-    /// Reachability register: one bit per poll, newest lowest.
-    pub reach: u8,
-    /// The filter's view now, if it has data.
-    pub filter: Option<FilterOutput>,
-    /// Its poll interval now (seconds).
-    pub poll_interval: f64,
-    pub polls: u32,
-}
-
-/// The agent's view of synchronization.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentStatus {
-    /// The discipline has taken at least one update and is not panicking.
-    pub synchronized: bool,
-    pub observe_only: bool,
-    pub panicked: bool,
-    /// While panicking: the offset the panic threshold refused.
-    pub refused_offset: Option<f64>,
-    /// Estimated offset now (seconds, true minus ours) and its standard deviation.
-    pub offset: Option<f64>,
-    pub offset_sd: Option<f64>,
-    /// Base frequency correction in force (ppm).
-    pub frequency_ppm: f64,
-    /// Frequency error not yet corrected (ppm) and the frequency's standard deviation.
-    pub residual_frequency_ppm: Option<f64>,
-    /// The frequency correction the clock needs by the estimate (ppm): the
-    /// base plus the residual. In observe mode, where nothing is corrected,
-    /// this is the clock's own drift with its sign turned (what discipline
-    /// mode would set).
-    pub estimated_frequency_ppm: Option<f64>,
-    pub frequency_sd_ppm: Option<f64>,
-    pub poll_exponent: i8,
-    pub updates: u64,
-    pub steps: u32,
-    /// The last selection, or why there was none.
-    pub selection: Result<Selection, SelectError>,
-    /// The leap second situation: announced for the end of this month, by
-    /// whom, and what the kernel should be told now (reported in observe
-    /// mode, commanded in discipline mode).
-    pub leap: LeapDecision,
-    /// The leap flag last commanded to the kernel (always `None` in observe mode).
-    pub kernel_leap: LeapStatus,
-    /// The tracking view (like `chronyc tracking`), once there is a selection.
-    pub tracking: Option<Tracking>,
-}
-
-/// What `chronyc tracking` shows, from the last selection and the loop.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tracking {
-    /// The system peer: the survivor of least root distance.
-    pub reference: SourceId,
-    /// Its server's stratum, reference id and reference time.
-    pub reference_stratum: u8,
-    pub reference_id: [u8; 4],
-    pub reference_time: crate::ntp_packet::NtpTimestamp,
-    /// Our stratum: the reference's plus one.
-    pub stratum: u8,
-    /// Round-trip delay to the primary reference through the system peer:
-    /// its server's root delay plus our delay to it (seconds).
-    pub root_delay: f64,
-    /// Dispersion to the primary reference: its server's root dispersion
-    /// plus the peer's filter dispersion (aged to now) and jitter (seconds).
-    pub root_dispersion: f64,
-    /// Root distance of the selection (seconds), the kernel's maxerror.
-    pub root_distance: f64,
-    /// System jitter of the selection (seconds).
-    pub jitter: f64,
-    /// The offset at the last clock update (seconds, true minus ours) and
-    /// the running RMS of those.
-    pub last_offset: Option<f64>,
-    pub rms_offset: Option<f64>,
-    /// Time between the last two clock updates (seconds).
-    pub update_interval: Option<f64>,
-    /// Monotonic time of the last clock update, and its age now (seconds).
-    pub last_update: Option<f64>,
-    pub last_update_age: Option<f64>,
-    /// Age of the system peer's newest sample (seconds).
-    pub last_sample_age: Option<f64>,
 }
 
 /// NTP timestamps carry no era: the agent reads them in the era nearest
@@ -610,105 +512,4 @@ impl Agent {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::sample::ServerInfo;
-
-    fn sample(offset: f64) -> Sample {
-        Sample::new(offset, 1e-3, 1e-3, ServerInfo::default(), 1e-9)
-    }
-
-    #[test]
-    fn burst_then_system_poll() {
-        let mut a = Agent::new(AgentConfig::default());
-        let id = a.add_source();
-        assert_eq!(a.next_poll(id), Some(f64::NEG_INFINITY));
-        for i in 0..4 {
-            assert_eq!(a.poll_interval(id), Some(2.0));
-            a.poll_sent(id, f64::from(i) * 2.0);
-        }
-        assert_eq!(a.poll_interval(id), Some(16.0));
-        assert_eq!(a.next_poll(id), Some(6.0 + 16.0));
-        assert_eq!(a.source_status(id, 7.0).unwrap().reach, 0);
-        assert!(a.remove_source(id));
-        assert!(!a.remove_source(id));
-        assert_eq!(a.next_poll(id), None);
-    }
-
-    #[test]
-    fn min_sources_gates_the_clock() {
-        let mut a = Agent::new(AgentConfig {
-            select: SelectConfig {
-                min_sources: 3,
-                ..Default::default()
-            },
-            ..Default::default()
-        });
-        let ids: Vec<_> = (0..3).map(|_| a.add_source()).collect();
-        a.poll_sent(ids[0], 0.0);
-        assert!(a.on_sample(ids[0], sample(0.5), 0.001).is_empty());
-        a.poll_sent(ids[1], 0.0);
-        assert!(a.on_sample(ids[1], sample(0.5), 0.002).is_empty());
-        assert!(matches!(
-            a.selection(),
-            Err(SelectError::TooFewSources {
-                found: 2,
-                required: 3
-            })
-        ));
-        a.poll_sent(ids[2], 0.0);
-        let cmds = a.on_sample(ids[2], sample(0.5), 0.003);
-        assert!(matches!(cmds[0], ClockCommand::Step { offset } if (offset - 0.5).abs() < 1e-3));
-        let st = a.status(0.003);
-        assert_eq!(st.steps, 1);
-        assert!(st.synchronized);
-        let tr = st.tracking.unwrap();
-        assert_eq!(tr.stratum, 2);
-        assert!((tr.last_offset.unwrap() - 0.5).abs() < 1e-3, "{tr:?}");
-        assert_eq!(tr.last_update, Some(0.003));
-        assert_eq!(tr.update_interval, None);
-        assert!((tr.root_delay - 1e-3).abs() < 1e-9);
-        assert!(tr.root_dispersion > 0.0 && tr.root_distance >= tr.root_delay / 2.0);
-        // A sample sent before the step and received after it is dropped.
-        a.poll_sent(ids[0], 0.0025);
-        assert!(a.on_sample(ids[0], sample(0.5), 0.0035).is_empty());
-        assert_eq!(a.status(0.004).updates, 1);
-    }
-
-    #[test]
-    fn unsynchronized_servers_are_not_selectable() {
-        let mut a = Agent::new(AgentConfig::default());
-        let id = a.add_source();
-        a.poll_sent(id, 0.0);
-        let mut s = sample(0.0);
-        s.server.stratum = 16;
-        assert!(a.on_sample(id, s, 0.001).is_empty());
-        assert_eq!(
-            a.source_status(id, 0.001).unwrap().state,
-            SourceState::Unselectable
-        );
-        assert_eq!(a.selection(), Err(SelectError::NoCandidates));
-    }
-
-    #[test]
-    fn observe_only_reports_without_commanding() {
-        let mut cfg = AgentConfig::default();
-        cfg.discipline.observe_only = true;
-        let mut a = Agent::new(cfg);
-        let id = a.add_source();
-        for i in 0..8 {
-            let t = f64::from(i) * 2.0;
-            a.poll_sent(id, t);
-            assert!(a.on_sample(id, sample(0.25), t + 0.001).is_empty());
-            assert!(a.tick(t + 1.0).is_empty());
-        }
-        let st = a.status(16.0);
-        assert!(st.observe_only);
-        assert!((st.offset.unwrap() - 0.25).abs() < 1e-3, "{st:?}");
-        assert_eq!(st.steps, 0);
-        assert_eq!(
-            a.source_status(id, 16.0).unwrap().state,
-            SourceState::SystemPeer
-        );
-    }
-}
+mod tests;
