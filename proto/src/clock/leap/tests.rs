@@ -189,29 +189,29 @@ fn dates_for_people() {
     assert_eq!(format_ntp(ts, 1_750_000_000), "2027-01-01 00:00:00.500 UTC");
     assert!(format_unix(i64::MAX).contains("out of range"));
     assert_eq!(format_unix_f64(f64::NAN), "NaN");
+}
 
-    /// A time past i64 seconds (with a hash that matches, so the list would
-    /// be accepted) is refused: `expires_unix` and the queries do signed
-    /// arithmetic on it, which overflowed (found by the leap_list fuzz target).
-    #[test]
-    fn times_beyond_i64_seconds_are_refused() {
-        for (updated, expires, entry) in [
-            ("1", "9223372036854775808", "100"),
-            ("1", "2", "18446744073709551615"),
-        ] {
-            let mut h = Sha1::new();
-            h.update(format!("{updated}{expires}{entry}10").as_bytes());
-            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            let groups: Vec<&str> = (0..5).map(|i| &hex[i * 8..i * 8 + 8]).collect();
-            let text = format!(
-                "#$ {updated}\n#@ {expires}\n{entry} 10\n#h {}\n",
-                groups.join(" ")
-            );
-            let e = LeapSecondsList::parse(&text);
-            assert!(
-                matches!(e, Err(LeapListError::BadLine { .. })),
-                "{text}: {e:?}"
-            );
-        }
+/// A time past i64 seconds (with a hash that matches, so the list would
+/// be accepted) is refused: `expires_unix` and the queries do signed
+/// arithmetic on it, which overflowed (found by the leap_list fuzz target).
+#[test]
+fn times_beyond_i64_seconds_are_refused() {
+    for (updated, expires, entry) in [
+        ("1", "9223372036854775808", "100"),
+        ("1", "2", "18446744073709551615"),
+    ] {
+        let mut h = Sha1::new();
+        h.update(format!("{updated}{expires}{entry}10").as_bytes());
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let groups: Vec<&str> = (0..5).map(|i| &hex[i * 8..i * 8 + 8]).collect();
+        let text = format!(
+            "#$ {updated}\n#@ {expires}\n{entry} 10\n#h {}\n",
+            groups.join(" ")
+        );
+        let e = LeapSecondsList::parse(&text);
+        assert!(
+            matches!(e, Err(LeapListError::BadLine { .. })),
+            "{text}: {e:?}"
+        );
     }
 }
