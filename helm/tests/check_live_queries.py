@@ -5,7 +5,8 @@ Prometheus scraping a running stack (the engine test's).
   healthy: every dashboard query returns data; every alert expression
            evaluates, finds each metric it names (except --absent-ok ones,
            which this stack cannot produce) and, the stack being healthy,
-           returns nothing: no alert would fire.
+           returns nothing: no alert would fire (except --expect-firing
+           ones, which must fire).
   firing ALERT MIN: the alert's expression returns at least MIN series
            (waits up to --wait seconds): the alert sees a real outage.
 
@@ -56,10 +57,11 @@ def query(prom, expr):
 
 
 def metric_names(expr):
-    return sorted(set(re.findall(r"\bnts_[a-z0-9_]+\b", expr)))
+    unquoted = re.sub(r'"[^"]*"', '""', expr)  # label values are not metric names
+    return sorted(set(re.findall(r"\bnts_[a-z0-9_]+\b", unquoted)))
 
 
-def healthy(prom, alerts, panels, absent_ok):
+def healthy(prom, alerts, panels, absent_ok, expect_firing):
     errors = []
     for title, expr in panels:
         try:
@@ -73,7 +75,10 @@ def healthy(prom, alerts, panels, absent_ok):
         except ValueError as e:
             errors.append(f"alert {name}: {e}")
             continue
-        if firing:
+        if name in expect_firing:
+            if not firing:
+                errors.append(f"alert {name} should fire on this stack ({expect_firing[name]}) but its expression returns nothing")
+        elif firing:
             errors.append(f"alert {name} would fire on a healthy stack: {firing}")
         for m in metric_names(expr):
             if m not in absent_ok and not query(prom, f'count({{__name__="{m}"}})'):
@@ -89,15 +94,21 @@ def main():
     ap.add_argument("mode", choices=["healthy", "firing"])
     ap.add_argument("rest", nargs="*")
     ap.add_argument("--absent-ok", action="append", default=[])
+    ap.add_argument("--expect-firing", action="append", default=[],
+                    help="ALERT=REASON: an alert this stack must trigger")
     ap.add_argument("--wait", type=float, default=20)
     a = ap.parse_args()
     alerts, panels = chart_expressions(a.helm, a.chart)
     if a.mode == "healthy":
-        errors = healthy(a.prom, alerts, panels, set(a.absent_ok))
+        expect = dict(e.split("=", 1) for e in a.expect_firing)
+        unknown = set(expect) - set(alerts)
+        if unknown:
+            sys.exit(f"live queries: --expect-firing names unknown alerts {sorted(unknown)}")
+        errors = healthy(a.prom, alerts, panels, set(a.absent_ok), expect)
         if errors:
             sys.exit("live queries:\n  " + "\n  ".join(errors))
         print(f"{len(panels)} dashboard queries return data; {len(alerts)} alert expressions "
-              f"evaluate, find their metrics and are quiet")
+              f"evaluate and find their metrics; quiet except {sorted(expect) or 'none'}, which fire as expected")
         return
     alert, want = a.rest[0], int(a.rest[1])
     deadline = time.monotonic() + a.wait
