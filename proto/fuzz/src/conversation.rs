@@ -20,9 +20,11 @@
 //! Requests past the input's end see a faithful network.
 //!
 //! Invariants (the harness panics on a violation): no panic; the simulation
-//! always progresses; no measurement from a datagram the time server did not
-//! make for the request in flight; for NTS, no attacker's datagram changes
-//! the keys, the cookies, the re-key decision or whether the source stops.
+//! always progresses; for NTS, no measurement from a datagram the time
+//! server did not make for the request in flight, and no attacker's datagram
+//! changes the keys, the cookies, the re-key decision or whether the source
+//! stops; a plain source (which cannot tell an on-path forgery) measures
+//! only datagrams that echo its request.
 //! Here also: an NTS source is never stopped, it never holds more than eight
 //! cookies, and its measurements are true to a millisecond.
 

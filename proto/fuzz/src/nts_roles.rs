@@ -126,6 +126,9 @@ pub fn check(data: &[u8]) -> Outcome {
         build_request(&mut req, nts, &mut |b| rng.fill(b))
     };
     read_back(&req, &pending, &cookie, placeholders);
+    if req.len() > nts_proto::ntp_server::MAX_REQUEST_LEN {
+        return out;
+    }
 
     let (r, resp) = serve(&req);
     match r {
@@ -175,6 +178,16 @@ fn read_back(req: &[u8], pending: &PendingRequest, cookie: &[u8], placeholders: 
     assert_eq!(at + 4 + body.len(), req.len(), "authenticator is last");
     assert!(Authenticator::parse(body).is_ok());
     assert!(v.fields.any_nts);
+    // A request longer than the server takes (a fuzzer-made cookie of up to
+    // 255 octets and 7 placeholders; a genuine one is at most 168) is refused
+    // for its length alone.
+    if req.len() > nts_proto::ntp_server::MAX_REQUEST_LEN {
+        assert_eq!(
+            parse_request(req, &ServerPolicy::default()),
+            Err(nts_proto::ntp_server::DropReason::TooLong)
+        );
+        return;
+    }
     assert_eq!(parse_request(req, &ServerPolicy::default()), Ok(v));
 }
 

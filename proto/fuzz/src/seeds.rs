@@ -437,6 +437,7 @@ pub fn conversation() -> Vec<Seed> {
             [vec![2], vec![0, 0, 0, 0, 3, 0, 2, 0, 2, 0, 2, 0, 0x10, 0]].concat(),
         ),
         ("plain_rate_kisses", [vec![1], [0x22, 0].repeat(4)].concat()),
+        ("plain_forged_answers", [vec![0xff], [0xfe, 0xc1].repeat(8)].concat()),
         ("late_and_duplicated", [vec![4], [0x0c, 35, 0x04, 0].repeat(10)].concat()),
     ]
 }

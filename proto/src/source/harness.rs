@@ -5,10 +5,11 @@
 //! duplicate, delay, replay, forge and tamper with datagrams. Time is
 //! simulated, so an hour of polling runs in milliseconds.
 //!
-//! The harness checks the invariants as it goes: no measurement ever comes
-//! from a datagram the time server did not make for the request in flight,
-//! and no datagram the attacker made changes the source's keys, cookies or
-//! standing.
+//! The harness checks the invariants as it goes: for an NTS source, no
+//! measurement ever comes from a datagram the time server did not make for
+//! the request in flight, and no datagram the attacker made changes the
+//! source's keys, cookies or standing; a plain source (unauthenticated by
+//! choice) only ever measures datagrams that echo its request.
 
 use super::action::{Action, Event};
 use super::driver::{Source, SourceConfig};
@@ -81,6 +82,8 @@ pub struct Tally {
     pub measurements: u64,
     pub persisted: u64,
     pub forged_delivered: u64,
+    /// Forged answers a plain source took (it has no way to tell them).
+    pub plain_forgeries_measured: u64,
     pub naks_noted: u64,
     pub kisses: Vec<[u8; 4]>,
     pub stopped: Option<[u8; 4]>,
@@ -104,6 +107,8 @@ pub struct Sim {
     script: Script,
     to_client: Vec<InFlightDatagram>,
     sent_at: NtpTimestamp,
+    /// The transmit timestamp of the request in flight, as sent.
+    request_origin: [u8; 8],
     last_genuine: Option<Vec<u8>>,
     /// Key exchanges fail until then (a KE server outage).
     pub ke_down_until: MonoTime,
@@ -143,6 +148,7 @@ impl Sim {
             script: Box::new(|_| Vec::new()),
             to_client: Vec::new(),
             sent_at: NtpTimestamp::ZERO,
+            request_origin: [0; 8],
             last_genuine: None,
             ke_down_until: MonoTime::ZERO,
             rng: SimRng::new(seed ^ 0x5eed),
@@ -224,33 +230,45 @@ impl Sim {
             .handle_datagram(self.now, &d.bytes, rx, self.sent_at);
         if d.origin == Origin::Attacker {
             self.tally.forged_delivered += 1;
-            assert!(
-                got.is_none(),
-                "a measurement from a datagram the attacker made"
-            );
-            // Plain NTP has nothing to tell a forged kiss by; NTS has.
-            if self.source.authenticated() {
+        }
+        if self.source.authenticated() {
+            if d.origin == Origin::Attacker {
+                assert!(
+                    got.is_none(),
+                    "a measurement from a datagram the attacker made"
+                );
                 let after = Standing::of(&self.source);
                 assert_eq!(
                     before, after,
                     "an attacker's datagram changed the source's standing"
                 );
             }
+            if got.is_some() {
+                assert_eq!(
+                    d.origin,
+                    Origin::Server(self.tally.requests),
+                    "a measurement from a datagram that does not answer the request in flight"
+                );
+            }
+        } else if got.is_some() && d.origin == Origin::Attacker {
+            // Plain NTP cannot tell an on-path forgery from the answer; it
+            // must still never take one that does not echo the request.
+            assert_eq!(
+                d.bytes.get(24..32),
+                Some(&self.request_origin[..]),
+                "a plain source measured a datagram that does not echo its request"
+            );
+            self.tally.plain_forgeries_measured += 1;
         }
         if let Some(m) = got {
-            assert_eq!(
-                d.origin,
-                Origin::Server(self.tally.requests),
-                "a measurement from a datagram that does not answer the request in flight"
-            );
-            self.measured(&m);
+            self.measured(&m, d.origin == Origin::Attacker);
         }
         self.drain();
     }
 
-    fn measured(&mut self, m: &Measurement) {
+    fn measured(&mut self, m: &Measurement, forged: bool) {
         self.tally.measurements += 1;
-        if let Ok(s) = &m.sample {
+        if let (Ok(s), false) = (&m.sample, forged) {
             // Server minus client: the negative of the client clock's error.
             let err = (s.offset + self.clock.offset()).abs();
             self.tally.worst_error = self.tally.worst_error.max(err);
@@ -295,6 +313,9 @@ impl Sim {
         let n = self.tally.requests;
         self.source.set_poll_at(self.now + self.poll_interval);
         self.sent_at = self.local_timestamp();
+        if let Some(o) = req.get(40..48) {
+            self.request_origin.copy_from_slice(o);
+        }
         let ops = (self.script)(n);
         if ops.contains(&NetOp::KeOutage) {
             self.ke_down_until = self.now + Duration::from_secs(600);

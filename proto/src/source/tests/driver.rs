@@ -148,3 +148,15 @@ fn a_key_exchange_outage_backs_off_and_recovers() {
     assert!(sim.tally.measurements > 0);
     assert_eq!(sim.source.nts_half().unwrap().ke_failures_in_row(), 0);
 }
+
+#[test]
+fn a_plain_source_takes_only_answers_that_echo_its_request() {
+    // On the path, a forged plain answer with the request's origin cannot be
+    // told from the real one; replays and garbage are still refused.
+    let mut sim =
+        Sim::plain(8).every_exchange(vec![NetOp::ForgeAnswer, NetOp::Replay, NetOp::Garbage]);
+    sim.run_until(t(300.0));
+    assert_eq!(sim.tally.plain_forgeries_measured, sim.tally.requests);
+    let c = sim.source.counters();
+    assert!(c.ignored_mismatch + 1 >= sim.tally.requests, "{c:?}");
+}
