@@ -93,7 +93,11 @@ pub fn check(data: &[u8]) -> u64 {
     });
     sim.run_until(t(3600.0));
     if let Some(n) = sim.source.nts_half() {
-        assert_eq!(sim.tally.stopped, None, "an NTS source stopped: {:?}", sim.tally);
+        assert_eq!(
+            sim.tally.stopped, None,
+            "an NTS source stopped: {:?}",
+            sim.tally
+        );
         assert!(n.cookies() <= 8);
         assert!(sim.tally.worst_error < 1e-3, "{:?}", sim.tally);
     }

@@ -165,13 +165,19 @@ pub fn check(data: &[u8]) -> usize {
         if events > MAX_EVENTS {
             break;
         }
-        let before = (src.cookies(), src.rekey_reason(), src.association().is_some());
+        let before = (
+            src.cookies(),
+            src.rekey_reason(),
+            src.association().is_some(),
+        );
         let mut unauthenticated: Option<Vec<u8>> = None;
         match op % 12 {
             0 => {
                 if src.next_step(now) == Step::Request && flight.is_none() {
                     let mut req = Vec::new();
-                    if let Some(f) = src.prepare_request(&mut req, None, &mut |b| client_rng.fill(b)) {
+                    if let Some(f) =
+                        src.prepare_request(&mut req, None, &mut |b| client_rng.fill(b))
+                    {
                         assert_eq!(src.cookies(), before.0 - 1, "one cookie per request");
                         flight = Some(Flight {
                             flight: f,
@@ -263,7 +269,11 @@ pub fn check(data: &[u8]) -> usize {
                     "unauthenticated bytes ended an exchange: {v:?}"
                 );
                 assert_eq!(
-                    (src.cookies(), src.rekey_reason(), src.association().is_some()),
+                    (
+                        src.cookies(),
+                        src.rekey_reason(),
+                        src.association().is_some()
+                    ),
                     before,
                     "unauthenticated bytes changed the source"
                 );
