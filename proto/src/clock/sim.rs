@@ -44,6 +44,11 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Exponential with this mean.
+    pub fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.uniform()).ln()
+    }
+
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare.take() {
@@ -55,6 +60,22 @@ impl Rng {
         let a = 2.0 * std::f64::consts::PI * u2;
         self.spare = Some(r * a.sin());
         r * a.cos()
+    }
+}
+
+/// The chance that this poll is lost, given whether the previous one was:
+/// a two-state chain whose runs of losses last `loss_burst` polls on average
+/// and whose long-run share of losses is `poll_loss`.
+fn poll_loss_probability(s: &ServerModel, previous_lost: bool) -> f64 {
+    let burst = s.loss_burst.max(1.0);
+    if burst <= 1.0 {
+        return s.poll_loss;
+    }
+    let leave = 1.0 / burst;
+    if previous_lost {
+        1.0 - leave
+    } else {
+        (s.poll_loss * leave / (1.0 - s.poll_loss).max(1e-9)).min(1.0)
     }
 }
 
@@ -72,6 +93,16 @@ pub struct ServerModel {
     pub asymmetry: f64,
     /// Probability that any one packet (request or response) is lost.
     pub loss: f64,
+    /// Probability that a poll gets no answer, on top of `loss` (drawn from
+    /// its own random stream, so the same seed sees the same jitter with and
+    /// without it).
+    pub poll_loss: f64,
+    /// Mean length of a run of polls `poll_loss` loses (1: independent
+    /// losses; above 1, a two-state chain with the same long-run share).
+    pub loss_burst: f64,
+    /// Mean of an extra one-sided delay (exponential, as a queue or a relay
+    /// adds) on each direction, independent per direction and packet (seconds).
+    pub queueing: f64,
     /// Time between the server's receive and transmit timestamps (seconds).
     pub processing: f64,
     /// Probability that a response is held up on its way back (a queue
@@ -96,6 +127,9 @@ impl ServerModel {
             jitter,
             asymmetry: 0.0,
             loss: 0.0,
+            poll_loss: 0.0,
+            loss_burst: 1.0,
+            queueing: 0.0,
             processing: 20e-6,
             spike_probability: 0.0,
             spike_delay: 0.0,
@@ -294,6 +328,10 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     // Delay spikes draw from their own stream, so a run with spikes sees the
     // same jitter, losses and clock as the same seed without them.
     let mut spike_rng = Rng::new(sc.seed ^ 0x5b1c_e5b1_ce00_0000);
+    // Queueing delays and poll losses too have their own streams.
+    let mut queue_rng = Rng::new(sc.seed ^ 0x0c0e_0e1e_0000_0000);
+    let mut loss_rng = Rng::new(sc.seed ^ 0x1055_0000_0000_0000);
+    let mut in_loss_run = vec![false; sc.servers.len()];
     let start = clock.true_time();
     let end = start + sc.duration;
     let mut agent = Agent::new(sc.agent);
@@ -390,7 +428,17 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
                 if s.spike_probability > 0.0 && spike_rng.uniform() < s.spike_probability {
                     back += s.spike_delay;
                 }
-                if !lost_request && !lost_response {
+                let mut fwd = fwd;
+                if s.queueing > 0.0 {
+                    fwd += queue_rng.exponential(s.queueing);
+                    back += queue_rng.exponential(s.queueing);
+                }
+                let lost_poll = s.poll_loss > 0.0 && {
+                    let p = poll_loss_probability(s, in_loss_run[i]);
+                    in_loss_run[i] = loss_rng.uniform() < p;
+                    in_loss_run[i]
+                };
+                if !lost_request && !lost_response && !lost_poll {
                     let at_server = clock.true_time() + fwd;
                     let epoch = clock.true_timestamp(0.0);
                     // The server's UTC reading: true time, its error, and
@@ -464,3 +512,6 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod loss_tests;
