@@ -28,7 +28,7 @@ use super::{SourceId, PHI};
 
 mod status;
 
-pub use status::{AgentStatus, SourceState, SourceStatus, Tracking};
+pub use status::{AgentStatus, PollLoss, SourceState, SourceStatus, Tracking, RECENT_POLLS};
 
 /// Agent parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,6 +74,35 @@ struct Source {
     polls: u32,
     last_poll: Option<f64>,
     state: SourceState,
+    /// Answered polls, one bit per poll, newest lowest (kept across resets:
+    /// loss is the path's, not the samples').
+    answers: u64,
+    /// Polls sent and polls answered since the source was added.
+    sent: u64,
+    answered: u64,
+}
+
+impl Source {
+    fn poll_loss(&self) -> PollLoss {
+        // The newest poll counts only once answered: it may be in flight.
+        let newest_open = self.sent > 0 && self.answers & 1 == 0;
+        let counted = self.sent - u64::from(newest_open);
+        let answered = self.answered.min(counted);
+        let recent = counted.min(u64::from(RECENT_POLLS)) as u32;
+        let shift = u32::from(newest_open);
+        let mask = if recent == 0 {
+            0
+        } else {
+            u64::MAX >> (64 - recent)
+        };
+        let recent_answered = ((self.answers >> shift) & mask).count_ones();
+        PollLoss {
+            recent_polls: recent,
+            recent_lost: recent - recent_answered.min(recent),
+            polls: counted,
+            lost: counted - answered,
+        }
+    }
 }
 
 /// The client agent's clock state machine.
@@ -200,6 +229,9 @@ impl Agent {
             polls: 0,
             last_poll: None,
             state: SourceState::NoData,
+            answers: 0,
+            sent: 0,
+            answered: 0,
         });
         id
     }
@@ -258,6 +290,8 @@ impl Agent {
     pub fn poll_sent(&mut self, id: SourceId, now: f64) {
         if let Some(s) = self.source_mut(id) {
             s.reach <<= 1;
+            s.answers <<= 1;
+            s.sent += 1;
             s.polls = s.polls.saturating_add(1);
             s.last_poll = Some(now);
         }
@@ -265,6 +299,13 @@ impl Agent {
 
     /// A checked response from `id` arrived at `now` and measured `sample`.
     pub fn on_sample(&mut self, id: SourceId, sample: Sample, now: f64) -> Vec<ClockCommand> {
+        // The poll was answered, whatever becomes of the sample.
+        if let Some(src) = self.source_mut(id) {
+            if src.sent > 0 && src.answers & 1 == 0 {
+                src.answers |= 1;
+                src.answered += 1;
+            }
+        }
         // A request in flight across a step measured garbage.
         if let Some(step) = self.discipline.last_step() {
             if now - sample.round_trip <= step {
@@ -447,6 +488,7 @@ impl Agent {
             filter: s.filter.output(&p),
             poll_interval: self.poll_interval(id)?,
             polls: s.polls,
+            loss: s.poll_loss(),
         })
     }
 

@@ -46,7 +46,9 @@ pub mod select;
 pub mod sim;
 pub mod sim_clock;
 
-pub use agent::{Agent, AgentConfig, AgentStatus, SourceState, SourceStatus, Tracking};
+pub use agent::{
+    Agent, AgentConfig, AgentStatus, PollLoss, SourceState, SourceStatus, Tracking, RECENT_POLLS,
+};
 pub use clock_trait::{apply_command, Clock, ClockCommand, SyncStatus};
 pub use discipline::{Discipline, DisciplineConfig, Estimate, Measurement, UpdateKind};
 pub use drift::{DriftParseError, DriftRecord, FrequencyOrigin, InitialFrequency};

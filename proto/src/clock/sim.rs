@@ -7,7 +7,7 @@
 //! simulated hour costs milliseconds. Everything random comes from one seeded
 //! [`Rng`]: the same [`Scenario`] always gives the same [`SimReport`].
 
-use super::agent::{Agent, AgentConfig, AgentStatus};
+use super::agent::{Agent, AgentConfig, AgentStatus, SourceStatus};
 use super::clock_trait::{apply_command, Clock, ClockCommand};
 use super::drift::DriftRecord;
 use super::leap::{LeapSecondsList, LeapStatus};
@@ -224,6 +224,8 @@ pub struct SimReport {
     /// Per server: marked a falseticker in the last selection.
     pub final_falseticker: Vec<bool>,
     pub status: AgentStatus,
+    /// Every source's status at the end.
+    pub sources: Vec<SourceStatus>,
     /// What the agent would write to its drift file at the end.
     pub drift: Option<DriftRecord>,
     /// Leap flags the agent commanded: (true time, flag).
@@ -355,6 +357,7 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
         ever_falseticker: vec![false; n],
         final_falseticker: vec![false; n],
         status: agent.status(0.0),
+        sources: Vec::new(),
         drift: None,
         leap_commands: Vec::new(),
         leaps: Vec::new(),
@@ -502,6 +505,7 @@ pub fn run_on(sc: &Scenario, clock: &mut SimulatedClock) -> SimReport {
     }
     report.updates = agent.discipline().updates();
     report.status = agent.status(clock.monotonic());
+    report.sources = agent.sources(clock.monotonic());
     report.drift = agent.drift_record(clock.monotonic());
     report.leaps = clock.leaps()[leaps_before..].to_vec();
     for cmd in agent.shutdown(clock.monotonic()) {

@@ -34,6 +34,37 @@ pub struct SourceStatus {
     /// Its poll interval now (seconds).
     pub poll_interval: f64,
     pub polls: u32,
+    /// Polls without an answer, recent and since the source was added.
+    pub loss: PollLoss,
+}
+
+/// How many of a source's polls went unanswered (like the reach register
+/// and `chronyc sourcestats`). A poll counts once answered or once the next
+/// poll has been sent, so the request in flight is never counted as lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PollLoss {
+    /// Of the last (at most [`RECENT_POLLS`]) counted polls: how many, and
+    /// how many got no answer.
+    pub recent_polls: u32,
+    pub recent_lost: u32,
+    /// Since the source was added.
+    pub polls: u64,
+    pub lost: u64,
+}
+
+/// Polls the recent loss share is taken over.
+pub const RECENT_POLLS: u32 = 16;
+
+impl PollLoss {
+    /// Share of the recent polls without an answer (0 to 1), once there is one.
+    pub fn recent_share(&self) -> Option<f64> {
+        (self.recent_polls > 0).then(|| f64::from(self.recent_lost) / f64::from(self.recent_polls))
+    }
+
+    /// Share of all counted polls without an answer (0 to 1), once there is one.
+    pub fn overall_share(&self) -> Option<f64> {
+        (self.polls > 0).then(|| self.lost as f64 / self.polls as f64)
+    }
 }
 
 /// The agent's view of synchronization.

@@ -98,3 +98,38 @@ fn observe_only_reports_without_commanding() {
         SourceState::SystemPeer
     );
 }
+
+#[test]
+fn poll_loss_counts_unanswered_polls_not_the_one_in_flight() {
+    let mut a = Agent::new(AgentConfig::default());
+    let id = a.add_source();
+    let loss = |a: &Agent| a.source_status(id, 100.0).unwrap().loss;
+    assert_eq!(loss(&a), PollLoss::default());
+    assert_eq!(loss(&a).recent_share(), None);
+    // In flight: not counted yet.
+    a.poll_sent(id, 0.0);
+    assert_eq!(loss(&a).polls, 0);
+    a.on_sample(id, sample(0.0), 0.01);
+    // A duplicate answer counts once.
+    a.on_sample(id, sample(0.0), 0.02);
+    assert_eq!((loss(&a).polls, loss(&a).lost), (1, 0));
+    // Then 3 answered and 1 lost of every 4, for 40 polls.
+    for i in 1..=40u32 {
+        let t = f64::from(i) * 2.0;
+        a.poll_sent(id, t);
+        if i % 4 != 0 {
+            a.on_sample(id, sample(0.0), t + 0.01);
+        }
+    }
+    // The last poll (the 40th) went unanswered but may still be in flight.
+    let l = loss(&a);
+    assert_eq!((l.polls, l.lost), (40, 9));
+    assert_eq!((l.recent_polls, l.recent_lost), (RECENT_POLLS, 4));
+    assert_eq!(l.recent_share(), Some(0.25));
+    assert!((l.overall_share().unwrap() - 9.0 / 40.0).abs() < 1e-12);
+    // The next poll settles it; a reset keeps the path's record.
+    a.poll_sent(id, 82.0);
+    assert_eq!((loss(&a).polls, loss(&a).lost), (41, 10));
+    a.reset_source(id);
+    assert_eq!(loss(&a).polls, 41);
+}

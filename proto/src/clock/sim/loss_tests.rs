@@ -9,6 +9,7 @@
 //! (30%), and the error is almost all a per-seed constant bias.
 
 use super::*;
+use crate::clock::RECENT_POLLS;
 
 const MINUTE: f64 = 60.0;
 
@@ -72,7 +73,7 @@ fn report_loss() {
 /// The relay measurement's setting: one source polled every 2 s.
 fn relay_like(seed: u64, queueing: f64, loss: f64) -> Scenario {
     let mut sc = Scenario::baseline(seed);
-    sc.duration = 1200.0;
+    sc.duration = 2400.0;
     sc.agent.select.min_sources = 1;
     sc.agent.discipline.min_poll = 1;
     sc.agent.discipline.max_poll = 1;
@@ -97,5 +98,27 @@ fn report_relay_like() {
             }
             println!("{line} pooled {:.2}", (sq / 8.0).sqrt() * 1e6);
         }
+    }
+}
+
+/// The agent's per-source loss record sees what the network did.
+#[test]
+fn the_agent_reports_the_share_of_lost_polls() {
+    for (loss, burst) in [(0.0, 1.0), (0.1, 1.0), (0.3, 1.0), (0.3, 4.0)] {
+        let mut sc = relay_like(1, 100e-6, loss);
+        sc.servers[0].loss_burst = burst;
+        let r = run(&sc);
+        let l = r.sources[0].loss;
+        let share = l.overall_share().unwrap();
+        println!(
+            "poll loss {loss} in runs of {burst}: agent saw {share:.3} of {} polls, recently {:?}",
+            l.polls,
+            l.recent_share()
+        );
+        assert!(l.polls + 1 >= r.polls as u64 && l.polls <= r.polls as u64);
+        assert_eq!(l.polls - l.lost, r.samples as u64, "{l:?}");
+        // The exact count is checked above; this is the generator's long-run share.
+        assert!((share - loss).abs() < 0.05, "share {share} for {loss}");
+        assert_eq!(l.recent_polls, RECENT_POLLS);
     }
 }
