@@ -95,6 +95,16 @@ pub fn render(r: &StatusReport) -> String {
         &gauge(&|s| s.reach as f64),
     );
     e.gauges(
+        "nts_client_source_recent_loss_ratio",
+        "Share of the last 16 polls without an answer, per source (NaN before the first counted poll).",
+        &gauge(&|s| s.recent_loss().unwrap_or(f64::NAN)),
+    );
+    e.counters(
+        "nts_client_source_polls_lost_total",
+        "Polls without an answer per source (the poll in flight not counted).",
+        &counter(&|s| s.polls_lost),
+    );
+    e.gauges(
         "nts_client_source_selected",
         "1 for the system peer, 0.5 combined, 0 otherwise.",
         &gauge(&|s| match s.state.as_str() {

@@ -29,6 +29,7 @@ pub fn source_report(agent: &Agent, s: &Slot, now: MonoTime) -> SourceReport {
     let ss = agent.source_status(s.id, now.as_secs_f64());
     let f = ss.as_ref().and_then(|x| x.filter);
     let reach = ss.map_or(0, |x| x.reach);
+    let loss = ss.map(|x| x.loss).unwrap_or_default();
     let mut state = ss.map_or("no_data", |x| state_label(x.state));
     // The last selection may predate the silence: never show an unreachable source as used.
     if reach == 0 && state != "no_data" {
@@ -88,6 +89,10 @@ pub fn source_report(agent: &Agent, s: &Slot, now: MonoTime) -> SourceReport {
         xleave: xleave.is_some(),
         interleaved_answers: xleave.map_or(0, |x| x.0),
         basic_answers: xleave.map_or(0, |x| x.1),
+        recent_polls: loss.recent_polls,
+        recent_lost: loss.recent_lost,
+        polls_counted: loss.polls,
+        polls_lost: loss.lost,
     }
 }
 

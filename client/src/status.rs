@@ -59,6 +59,33 @@ pub struct SourceReport {
     pub interleaved_answers: u64,
     #[serde(default)]
     pub basic_answers: u64,
+    /// Polls without an answer: of the last (up to 16) counted polls, and
+    /// since start (the poll in flight is not counted).
+    #[serde(default)]
+    pub recent_polls: u32,
+    #[serde(default)]
+    pub recent_lost: u32,
+    #[serde(default)]
+    pub polls_counted: u64,
+    #[serde(default)]
+    pub polls_lost: u64,
+}
+
+impl SourceReport {
+    /// Share of the recent polls without an answer (0 to 1).
+    pub fn recent_loss(&self) -> Option<f64> {
+        (self.recent_polls > 0).then(|| f64::from(self.recent_lost) / f64::from(self.recent_polls))
+    }
+
+    /// Share of every counted poll without an answer (0 to 1).
+    pub fn overall_loss(&self) -> Option<f64> {
+        (self.polls_counted > 0).then(|| self.polls_lost as f64 / self.polls_counted as f64)
+    }
+}
+
+/// A share as a percentage, or "-".
+fn percent(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
 }
 
 /// What `chronyc tracking` shows: the reference and how well the clock follows it.
@@ -288,12 +315,12 @@ impl StatusReport {
             if self.panicked { "   PANIC: offset beyond the panic threshold" } else { "" },
         ));
         o.push_str(&format!(
-            "{:<34} {:<12} {:>4} {:>6} {:>5} {:>12} {:>11} {:>10}  time server\n",
-            "source", "state", "str", "reach", "poll", "offset", "delay", "jitter"
+            "{:<34} {:<12} {:>4} {:>6} {:>5} {:>12} {:>11} {:>10} {:>11}  time server\n",
+            "source", "state", "str", "reach", "poll", "offset", "delay", "jitter", "loss 16/all"
         ));
         for s in &self.sources {
             o.push_str(&format!(
-                "{:<34} {:<12} {:>4} {:>6o} {:>5.0} {:>12} {:>11} {:>10}  {}\n",
+                "{:<34} {:<12} {:>4} {:>6o} {:>5.0} {:>12} {:>11} {:>10} {:>11}  {}\n",
                 s.name,
                 s.state,
                 s.stratum.map_or("-".into(), |x| x.to_string()),
@@ -302,6 +329,7 @@ impl StatusReport {
                 us(s.offset),
                 s.delay.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
                 s.jitter.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
+                format!("{}/{}", percent(s.recent_loss()), percent(s.overall_loss())),
                 match (&s.ntp_server, &s.ntp_address) {
                     (Some(n), Some(a)) if n != a => format!("{n} ({a})"),
                     (_, Some(a)) => a.clone(),
@@ -423,6 +451,10 @@ mod tests {
                 reach: 0o377,
                 offset: Some(-2.5e-6),
                 cookies: 8,
+                recent_polls: 16,
+                recent_lost: 2,
+                polls_counted: 40,
+                polls_lost: 4,
                 ..Default::default()
             }],
             ..Default::default()
@@ -432,6 +464,7 @@ mod tests {
         assert!(text.contains("time.example:4460"));
         assert!(text.contains("-2.5us"));
         assert!(text.contains("377"));
+        assert!(text.contains("12%/10%"), "{text}");
         assert!(text.contains("Reference source"));
         assert_eq!(format_unix(1_798_761_599.5), "2026-12-31 23:59:59.500 UTC");
         assert!(r.has_measurement());
