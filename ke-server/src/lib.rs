@@ -10,6 +10,7 @@ pub mod dev_pki;
 pub mod key_set_status;
 pub mod key_sync;
 pub mod metrics;
+pub mod proxy;
 pub mod registration;
 pub mod registry;
 pub mod root_secret;

@@ -36,6 +36,53 @@ impl CutOff {
     }
 }
 
+/// What became of a connection at the PROXY protocol step (metric labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyResult {
+    /// A trusted balancer's header named the client.
+    Accepted,
+    /// A trusted balancer's header named no client (v2 LOCAL, UNSPEC, v1 UNKNOWN):
+    /// its own address is used.
+    Local,
+    /// A trusted balancer's connection did not open with a header.
+    Missing,
+    Malformed,
+    /// The trusted balancer closed inside the header.
+    Truncated,
+    /// No complete header from a trusted balancer within `server.handshake_timeout`.
+    Timeout,
+    /// A header (or its first octets) from a peer outside `server.proxy_trusted_networks`.
+    Untrusted,
+    /// `server.max_connections` headers were being read already.
+    Overloaded,
+}
+
+impl ProxyResult {
+    const ALL: [ProxyResult; 8] = [
+        Self::Accepted,
+        Self::Local,
+        Self::Missing,
+        Self::Malformed,
+        Self::Truncated,
+        Self::Timeout,
+        Self::Untrusted,
+        Self::Overloaded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Local => "local",
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Truncated => "truncated",
+            Self::Timeout => "timeout",
+            Self::Untrusted => "untrusted",
+            Self::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// Why key sync refused a registration, report or watch (metric labels).
 pub const REFUSALS: [&str; 4] = ["identity", "address", "revoked", "limit"];
 
@@ -57,6 +104,7 @@ pub struct Metrics {
     /// 1 from SIGTERM on: not ready, serving until `server.drain_delay` ends.
     pub draining: Gauge,
     cut_off: [Counter; 6],
+    proxy_headers: [Counter; 8],
     request_errors: [Counter; 4],
     pub internal_errors: Counter,
     pub key_exchanges_ok: Counter,
@@ -114,6 +162,10 @@ impl Metrics {
 
     pub fn cut_off(&self, why: CutOff) {
         self.cut_off[why as usize].inc();
+    }
+
+    pub fn proxy_header(&self, result: ProxyResult) {
+        self.proxy_headers[result as usize].inc();
     }
 
     pub fn cut_off_count(&self, why: CutOff) -> u64 {
@@ -178,6 +230,20 @@ impl Metrics {
         e.counters(
             "nts_ke_connections_cut_off_total",
             "Connections closed without a response, by reason.",
+            &samples,
+        );
+        let labels: Vec<[(&str, &str); 1]> = ProxyResult::ALL
+            .iter()
+            .map(|r| [("result", r.label())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(&self.proxy_headers)
+            .map(|(l, c)| (&l[..], c.get()))
+            .collect();
+        e.counters(
+            "nts_ke_proxy_headers_total",
+            "PROXY protocol on the NTS-KE listener, by result (see docs/ke-server.md, Behind a load balancer).",
             &samples,
         );
         let labels: Vec<[(&str, &str); 1]> =

@@ -3,7 +3,7 @@
 //! rate), exports the keys from TLS and writes the response.
 
 use crate::config::Settings;
-use crate::metrics::{CutOff, Metrics};
+use crate::metrics::{CutOff, Metrics, ProxyResult};
 use crate::slots::Slots;
 use arc_swap::ArcSwap;
 use nts_proto::aead::{AeadAlgorithm, AeadKey};
@@ -43,6 +43,10 @@ pub struct KeService {
     pub registry: Option<Arc<crate::registry::Registry>>,
     limiter: Option<Mutex<RateLimiter>>,
     slots: Arc<Slots>,
+    /// `server.proxy_trusted_networks`.
+    trusted: crate::proxy::Trusted,
+    /// Bounds the PROXY headers being read at once (`server.max_connections`).
+    header_reads: Arc<tokio::sync::Semaphore>,
     epoch: Instant,
 }
 
@@ -64,7 +68,11 @@ impl KeService {
             )
         });
         let slots = Slots::new(settings.ke_slots);
+        let trusted = crate::proxy::Trusted::new(s.proxy_trusted_networks.clone());
+        let header_reads = Arc::new(tokio::sync::Semaphore::new(s.max_connections));
         Self {
+            trusted,
+            header_reads,
             acceptor,
             settings,
             ring,
@@ -94,57 +102,113 @@ impl KeService {
                 }
             };
             self.metrics.connections_accepted.inc();
-            if let Some(limiter) = &self.limiter {
-                let now = MonoTime::from_duration(self.epoch.elapsed());
-                let allowed = limiter
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .allow(peer.ip(), now);
-                if !allowed {
-                    self.metrics.refused_rate_limited.inc();
-                    tracing::debug!(%peer, "connection refused: rate limit");
-                    continue;
+            if !self.trusted.contains(peer.ip()) {
+                if let Some(admitted) = self.admit(peer) {
+                    tokio::spawn(self.clone().run(stream, peer, false, admitted));
                 }
+                continue;
             }
-            // Always admitted; a full table closes the oldest connection of the
-            // address holding the most (an idle flood loses its own slots).
-            let admitted = self.slots.admit(peer.ip());
-            if let Some(why) = admitted.made_room {
-                self.metrics.evicted(why);
-            }
+            // A trusted balancer: the client address comes from its header,
+            // read before the limits that apply to that address.
+            let Ok(permit) = self.header_reads.clone().try_acquire_owned() else {
+                self.metrics.proxy_header(ProxyResult::Overloaded);
+                tracing::debug!(%peer, "connection from a trusted balancer closed: too many PROXY headers being read");
+                continue;
+            };
             let svc = self.clone();
             tokio::spawn(async move {
-                svc.metrics.active_connections.inc();
-                let slot = &admitted.slot;
-                tokio::select! {
-                    () = svc.handle(stream, peer, slot) => {}
-                    () = admitted.notice.wait() => {
-                        tracing::debug!(%peer, "connection closed to make room for a newer one");
-                    }
+                let mut stream = stream;
+                let deadline = svc.settings.handshake_timeout;
+                let client =
+                    crate::proxy::client_of(&mut stream, peer, deadline, &svc.metrics).await;
+                drop(permit);
+                if let Some(admitted) = client.and_then(|c| svc.admit(c).map(|a| (c, a))) {
+                    let (client, admitted) = admitted;
+                    svc.run(stream, client, true, admitted).await;
                 }
-                svc.metrics.active_connections.dec();
-                drop(admitted.slot);
             });
         }
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr, slot: &crate::slots::Slot) {
+    /// The per-address rate limit and connection slots, for `client` (the
+    /// peer, or the client a trusted balancer named).
+    fn admit(&self, client: SocketAddr) -> Option<crate::slots::Admitted> {
+        if let Some(limiter) = &self.limiter {
+            let now = MonoTime::from_duration(self.epoch.elapsed());
+            let allowed = limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow(client.ip(), now);
+            if !allowed {
+                self.metrics.refused_rate_limited.inc();
+                tracing::debug!(peer = %client, "connection refused: rate limit");
+                return None;
+            }
+        }
+        // Always admitted; a full table closes the oldest connection of the
+        // address holding the most (an idle flood loses its own slots).
+        let admitted = self.slots.admit(client.ip());
+        if let Some(why) = admitted.made_room {
+            self.metrics.evicted(why);
+        }
+        Some(admitted)
+    }
+
+    /// Serve one admitted connection until it ends or is evicted.
+    async fn run(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        relayed: bool,
+        admitted: crate::slots::Admitted,
+    ) {
+        self.metrics.active_connections.inc();
+        let slot = &admitted.slot;
+        tokio::select! {
+            () = self.handle(stream, peer, relayed, slot) => {}
+            () = admitted.notice.wait() => {
+                tracing::debug!(%peer, "connection closed to make room for a newer one");
+            }
+        }
+        self.metrics.active_connections.dec();
+        drop(admitted.slot);
+    }
+
+    /// `relayed`: `peer` is the client a trusted balancer named.
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        relayed: bool,
+        slot: &crate::slots::Slot,
+    ) {
         let _ = stream.set_nodelay(true);
+        let check_untrusted = self.trusted.enabled() && !relayed;
         let hs = tokio::time::timeout(self.settings.handshake_timeout, async {
             slot.await_first_bytes(&stream).await;
-            self.acceptor.accept(stream).await
+            if check_untrusted && crate::proxy::opens_like_header(&stream).await {
+                return None;
+            }
+            Some(self.acceptor.accept(stream).await)
         })
         .await;
         let mut tls = match hs {
-            Err(_) => return self.cut(peer, CutOff::HandshakeTimeout, "TLS handshake timed out"),
-            Ok(Err(e)) => {
-                return self.cut(
-                    peer,
-                    CutOff::HandshakeFailed,
-                    &format!("TLS handshake failed: {e}"),
-                )
+            Ok(None) => {
+                self.metrics.proxy_header(ProxyResult::Untrusted);
+                tracing::debug!(%peer, "connection refused: PROXY header from outside server.proxy_trusted_networks");
+                return;
             }
-            Ok(Ok(tls)) => tls,
+            Ok(Some(hs)) => match hs {
+                Err(e) => {
+                    return self.cut(
+                        peer,
+                        CutOff::HandshakeFailed,
+                        &format!("TLS handshake failed: {e}"),
+                    )
+                }
+                Ok(tls) => tls,
+            },
+            Err(_) => return self.cut(peer, CutOff::HandshakeTimeout, "TLS handshake timed out"),
         };
         if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
             // A TLS-ALPN-01 validation (RFC 8737): the handshake was the answer.

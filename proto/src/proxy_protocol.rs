@@ -71,6 +71,8 @@ pub enum ProxyError {
     V2Command(u8),
     #[error("PROXY v2 header of {0} octets is longer than the 512 accepted")]
     V2TooLong(usize),
+    #[error("PROXY v2 header has undefined family/transport octet {0:#04x}")]
+    V2Family(u8),
     #[error("PROXY v2 address block of {0} octets is too short for its family")]
     V2ShortAddresses(usize),
 }
@@ -84,6 +86,13 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
         return parse_v1(buf);
     }
     Ok(Parsed::Absent)
+}
+
+/// The first octets of a stream (at least one) could be those of a PROXY
+/// header of either version: what a connection that is not from a trusted
+/// balancer is refused for (a TLS ClientHello starts with 0x16).
+pub fn starts_like_header(buf: &[u8]) -> bool {
+    could_start(buf, &V2_SIGNATURE) || could_start(buf, b"PROXY ")
 }
 
 /// `buf` agrees with `prefix` as far as both go, and is not empty.
@@ -203,7 +212,11 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
             };
             client(ip(0), ip(16), &a[32..36])
         }
-        _ => Relayed::Unknown,
+        // UNSPEC, and the families this listener cannot use (UDP, UNIX):
+        // the addresses are ignored, as the specification allows.
+        (false, 0x00 | 0x12 | 0x22 | 0x31 | 0x32) => Relayed::Unknown,
+        // "Other values are unspecified ... and must be rejected as invalid".
+        (false, other) => return Err(ProxyError::V2Family(other)),
     };
     Ok(Parsed::Header(Header { relayed, len }))
 }

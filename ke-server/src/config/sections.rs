@@ -115,6 +115,9 @@ pub struct ServerSection {
     pub connections_per_minute: u32,
     /// Slots in the rate limiter's fixed-size table.
     pub rate_limit_slots: usize,
+    /// Load balancers whose connections open with a PROXY protocol (v1 or v2)
+    /// header naming the client; empty: PROXY protocol off.
+    pub proxy_trusted_networks: Vec<ipnet::IpNet>,
     /// User to switch to after binding (when started as root).
     pub user: Option<String>,
     /// Group to switch to (default: the user's primary group).
@@ -138,6 +141,7 @@ impl Default for ServerSection {
             drain_delay: 0.0,
             connections_per_minute: 120,
             rate_limit_slots: 65_536,
+            proxy_trusted_networks: Vec::new(),
             user: None,
             group: None,
             seccomp: true,

@@ -234,3 +234,26 @@ fn acme_bad_values_are_named() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("acme.http_listen"), "{e:#}");
 }
+
+#[test]
+fn proxy_trusted_networks_are_cidr_lists_off_by_default() {
+    let s = check(MINIMAL).unwrap();
+    assert!(s.config.server.proxy_trusted_networks.is_empty());
+    let with =
+        format!("[server]\nproxy_trusted_networks = [\"10.0.0.0/8\", \"fd00::/8\"]\n{MINIMAL}");
+    let s = check(&with).unwrap();
+    assert_eq!(s.config.server.proxy_trusted_networks.len(), 2);
+    for bad in [
+        "\"10.0.0.0/33\"",
+        "\"10.0.0.1\"",
+        "\"fd00::/129\"",
+        "\"bogus\"",
+    ] {
+        let text = format!("[server]\nproxy_trusted_networks = [{bad}]\n{MINIMAL}");
+        let e = check(&text).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("proxy_trusted_networks"),
+            "{bad}: {e:#}"
+        );
+    }
+}

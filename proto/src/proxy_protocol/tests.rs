@@ -108,6 +108,12 @@ fn v2_refusals() {
         parse(&v2(1, 0x21, &[0; 35])),
         Err(ProxyError::V2ShortAddresses(35))
     );
+    // Families and transports the specification does not define are invalid
+    // in a PROXY command (a LOCAL header's family is discarded with its block).
+    for fam in [0x41, 0x13, 0x03, 0xf1] {
+        assert_eq!(parse(&v2(1, fam, &[0; 36])), Err(ProxyError::V2Family(fam)));
+        assert_eq!(header(&v2(0, fam, &[])).relayed, Relayed::Unknown);
+    }
     let mut huge = v2(1, 0x11, &[0; 12]);
     huge[14..16].copy_from_slice(&600u16.to_be_bytes());
     assert_eq!(parse(&huge), Err(ProxyError::V2TooLong(616)));
@@ -141,6 +147,17 @@ fn a_tls_client_hello_or_other_bytes_are_no_header() {
     assert_eq!(parse(b"PROXX"), Ok(Parsed::Absent));
     assert_eq!(parse(b"\r\n\r\n\0\r\nQUIX"), Ok(Parsed::Absent));
     assert_eq!(parse(b""), Ok(Parsed::Absent));
+}
+
+#[test]
+fn what_starts_like_a_header() {
+    assert!(starts_like_header(b"P"));
+    assert!(starts_like_header(b"PROXY TCP4 "));
+    assert!(starts_like_header(&V2_SIGNATURE[..5]));
+    assert!(starts_like_header(&v2(0, 0, &[])));
+    assert!(!starts_like_header(b""));
+    assert!(!starts_like_header(&[0x16, 0x03, 0x01]));
+    assert!(!starts_like_header(b"PROXX"));
 }
 
 #[test]
