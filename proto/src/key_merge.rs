@@ -38,6 +38,9 @@ pub struct KeyMerge {
     /// By endpoint: the fingerprint it named and its unexpired keys.
     offers: Vec<Option<(Option<RootFingerprint>, Vec<CookieKey>)>>,
     refused: Vec<bool>,
+    /// By endpoint: its link was closed (a replica DNS no longer names) but
+    /// its set is kept, being the only one held, until a live link's set arrives.
+    retired: Vec<bool>,
     served: Option<RootFingerprint>,
 }
 
@@ -50,6 +53,7 @@ impl KeyMerge {
         Self {
             offers: vec![None; endpoints],
             refused: vec![false; endpoints],
+            retired: vec![false; endpoints],
             served: None,
         }
     }
@@ -76,6 +80,36 @@ impl KeyMerge {
     ) -> MergeStep {
         if let Some(slot) = self.offers.get_mut(index) {
             *slot = Some((fingerprint, keys));
+            self.retired[index] = false;
+            // A live replica's set replaces what retired links left.
+            for (offer, retired) in self.offers.iter_mut().zip(self.retired.iter_mut()) {
+                if std::mem::take(retired) {
+                    *offer = None;
+                }
+            }
+        }
+        self.decide(held, now)
+    }
+
+    /// Endpoint `index`'s link is closed for good (its address left the
+    /// discovered set; the index may be reused). Its set is dropped at once
+    /// when another live endpoint holds one; otherwise it is kept, so the
+    /// keys in service never vanish with a replica, until a live set arrives
+    /// or its keys expire.
+    pub fn retire(&mut self, index: usize, held: &KeyRing, now: UnixTime) -> MergeStep {
+        if index < self.offers.len() {
+            let others = self
+                .offers
+                .iter()
+                .zip(&self.retired)
+                .enumerate()
+                .any(|(i, (o, r))| i != index && o.is_some() && !r);
+            if others {
+                self.offers[index] = None;
+                self.retired[index] = false;
+            } else if self.offers[index].is_some() {
+                self.retired[index] = true;
+            }
         }
         self.decide(held, now)
     }
@@ -93,6 +127,11 @@ impl KeyMerge {
                 if keys.is_empty() {
                     *slot = None;
                 }
+            }
+        }
+        for (slot, retired) in self.offers.iter().zip(self.retired.iter_mut()) {
+            if slot.is_none() {
+                *retired = false;
             }
         }
         let held = (!held.is_empty()).then(|| Offer {
@@ -216,5 +255,32 @@ mod tests {
         assert!(s.ring.is_empty());
         assert_eq!(s.accepted, vec![false]);
         assert!(!m.refused(0));
+    }
+
+    #[test]
+    fn a_retired_replica_set_is_dropped_only_when_another_is_held() {
+        let now = UnixTime::from_secs(NOW);
+        let ((f1, k1), (f2, k2)) = (set(1), set(2));
+        let mut m = KeyMerge::new(3);
+        let held = m.offer(0, f1, k1.clone(), &KeyRing::default(), now).ring;
+        // The only replica goes: its keys stay in service.
+        let s = m.retire(0, &held, now);
+        assert_eq!(s.ring, held);
+        assert_eq!(s.accepted, vec![true, false, false]);
+        // A new replica's set (another secret, after a rotation of the
+        // root secret) replaces it rather than being outvoted by it.
+        let s = m.offer(1, f2, k2.clone(), &held, now);
+        assert_eq!(s.accepted, vec![false, true, false]);
+        assert_eq!(s.ring.keys(), KeyRing::from_keys(k2.clone()).keys());
+        // With two live replicas, retiring one drops its set at once.
+        let held = s.ring;
+        m.offer(2, f2, k2.clone(), &held, now);
+        let s = m.retire(1, &held, now);
+        assert_eq!(s.accepted, vec![false, false, true]);
+        // Retiring an endpoint that never sent a set changes nothing.
+        let s = m.retire(0, &held, now);
+        assert_eq!(s.accepted, vec![false, false, true]);
+        assert_eq!(s.ring.keys(), KeyRing::from_keys(k2).keys());
+        let _ = (f1, k1);
     }
 }
