@@ -97,7 +97,7 @@ pub fn render(r: &StatusReport) -> String {
     e.gauges(
         "nts_client_source_recent_loss_ratio",
         "Share of the last 16 polls without an answer, per source (NaN before the first counted poll).",
-        &gauge(&|s| s.recent_loss().unwrap_or(f64::NAN)),
+        &gauge(&|s| s.loss().recent_share().unwrap_or(f64::NAN)),
     );
     e.counters(
         "nts_client_source_polls_lost_total",

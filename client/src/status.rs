@@ -1,6 +1,7 @@
 //! The agent's status: what `nts-client status` shows (like `chronyc sources`
 //! plus `ntpq -c nts`), served as JSON on a local Unix socket.
 
+use nts_proto::clock::PollLoss;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -72,14 +73,14 @@ pub struct SourceReport {
 }
 
 impl SourceReport {
-    /// Share of the recent polls without an answer (0 to 1).
-    pub fn recent_loss(&self) -> Option<f64> {
-        (self.recent_polls > 0).then(|| f64::from(self.recent_lost) / f64::from(self.recent_polls))
-    }
-
-    /// Share of every counted poll without an answer (0 to 1).
-    pub fn overall_loss(&self) -> Option<f64> {
-        (self.polls_counted > 0).then(|| self.polls_lost as f64 / self.polls_counted as f64)
+    /// Its polls without an answer, as the agent counted them.
+    pub fn loss(&self) -> PollLoss {
+        PollLoss {
+            recent_polls: self.recent_polls,
+            recent_lost: self.recent_lost,
+            polls: self.polls_counted,
+            lost: self.polls_lost,
+        }
     }
 }
 
@@ -329,7 +330,14 @@ impl StatusReport {
                 us(s.offset),
                 s.delay.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
                 s.jitter.map_or("-".into(), |d| format!("{:.1}us", d * 1e6)),
-                format!("{}/{}", percent(s.recent_loss()), percent(s.overall_loss())),
+                {
+                    let loss = s.loss();
+                    format!(
+                        "{}/{}",
+                        percent(loss.recent_share()),
+                        percent(loss.overall_share())
+                    )
+                },
                 match (&s.ntp_server, &s.ntp_address) {
                     (Some(n), Some(a)) if n != a => format!("{n} ({a})"),
                     (_, Some(a)) => a.clone(),

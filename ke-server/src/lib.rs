@@ -196,18 +196,12 @@ impl nts_ops::http::Observable for Health {
                     certs.push(("acme", t as f64));
                 }
             }
-            let labels: Vec<[(&str, &str); 1]> =
-                certs.iter().map(|(n, _)| [("certificate", *n)]).collect();
-            let samples: Vec<(&[(&str, &str)], f64)> = labels
-                .iter()
-                .zip(&certs)
-                .map(|(l, (_, t))| (&l[..], *t))
-                .collect();
             let mut e = nts_ops::metrics::Exposition::new();
-            e.gauges(
+            e.gauges_by(
                 "nts_ke_certificate_expiry_seconds",
                 "Not-after of each certificate in service (tls, key_sync, acme), Unix seconds.",
-                &samples,
+                "certificate",
+                certs.iter().copied(),
             );
             out.push_str(&e.finish());
         }

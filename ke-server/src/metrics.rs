@@ -218,45 +218,26 @@ impl Metrics {
             "Connections being served now.",
             self.active_connections.get(),
         );
-        let labels: Vec<[(&str, &str); 1]> = CutOff::ALL
-            .iter()
-            .map(|c| [("reason", c.label())])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(CutOff::ALL)
-            .map(|(l, c)| (&l[..], self.cut_off_count(c)))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_ke_connections_cut_off_total",
             "Connections closed without a response, by reason.",
-            &samples,
+            "reason",
+            CutOff::ALL.map(|c| (c.label(), self.cut_off_count(c))),
         );
-        let labels: Vec<[(&str, &str); 1]> = ProxyResult::ALL
-            .iter()
-            .map(|r| [("result", r.label())])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(&self.proxy_headers)
-            .map(|(l, c)| (&l[..], c.get()))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_ke_proxy_headers_total",
             "PROXY protocol on the NTS-KE listener, by result (see docs/ke-server.md, Behind a load balancer).",
-            &samples,
+            "result",
+            ProxyResult::ALL.map(|r| (r.label(), self.proxy_headers[r as usize].get())),
         );
-        let labels: Vec<[(&str, &str); 1]> =
-            REQUEST_ERRORS.iter().map(|r| [("reason", *r)]).collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(&self.request_errors)
-            .map(|(l, c)| (&l[..], c.get()))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_ke_request_errors_total",
             "Requests answered with an Error record, by reason.",
-            &samples,
+            "reason",
+            REQUEST_ERRORS
+                .iter()
+                .zip(&self.request_errors)
+                .map(|(r, c)| (*r, c.get())),
         );
         e.counter(
             "nts_ke_internal_errors_total",
@@ -322,16 +303,11 @@ impl Metrics {
             "Key-sync connections closed before TLS: source address outside key_sync.allowed_networks.",
             self.key_sync_not_allowed.get(),
         );
-        let labels: Vec<[(&str, &str); 1]> = REFUSALS.iter().map(|r| [("reason", *r)]).collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(&self.registrations_refused)
-            .map(|(l, c)| (&l[..], c.get()))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_ke_key_sync_registrations_refused_total",
             "Key-sync registrations, reports and watches refused: identity (server_id not bound to the client certificate), address (unusable or not allowed), revoked (certificate listed in key_sync.revoked_certificates), limit (key_sync.max_registrations_per_certificate reached).",
-            &samples,
+            "reason",
+            REFUSALS.iter().zip(&self.registrations_refused).map(|(r, c)| (*r, c.get())),
         );
         e.gauge(
             "nts_ke_key_watchers",

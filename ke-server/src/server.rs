@@ -122,8 +122,8 @@ impl KeService {
                 let client =
                     crate::proxy::client_of(&mut stream, peer, deadline, &svc.metrics).await;
                 drop(permit);
-                if let Some(admitted) = client.and_then(|c| svc.admit(c).map(|a| (c, a))) {
-                    let (client, admitted) = admitted;
+                let Some(client) = client else { return };
+                if let Some(admitted) = svc.admit(client) {
                     svc.run(stream, client, true, admitted).await;
                 }
             });
@@ -198,16 +198,14 @@ impl KeService {
                 tracing::debug!(%peer, "connection refused: PROXY header from outside server.proxy_trusted_networks");
                 return;
             }
-            Ok(Some(hs)) => match hs {
-                Err(e) => {
-                    return self.cut(
-                        peer,
-                        CutOff::HandshakeFailed,
-                        &format!("TLS handshake failed: {e}"),
-                    )
-                }
-                Ok(tls) => tls,
-            },
+            Ok(Some(Err(e))) => {
+                return self.cut(
+                    peer,
+                    CutOff::HandshakeFailed,
+                    &format!("TLS handshake failed: {e}"),
+                )
+            }
+            Ok(Some(Ok(tls))) => tls,
             Err(_) => return self.cut(peer, CutOff::HandshakeTimeout, "TLS handshake timed out"),
         };
         if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {

@@ -215,3 +215,26 @@ async fn a_truncated_header_times_out_or_ends_truncated() {
     );
     assert_eq!(server.metric("nts_ke_active_connections"), 0);
 }
+
+#[tokio::test]
+async fn headers_beyond_max_connections_being_read_are_refused() {
+    // max_connections = 1: one header may be read at a time; the stalled one
+    // holds that place until handshake_timeout, so the next is closed at once.
+    let server = common::start(&format!("{SERVER}max_connections = 1\n"));
+    let header = v2("192.0.2.7:1000".parse().unwrap());
+    let mut stalled = raw(Ipv4Addr::LOCALHOST, server.addr, &header[..20]).await;
+    let mut next = raw(Ipv4Addr::LOCALHOST, server.addr, &header).await;
+    assert!(closed_within(&mut next, Duration::from_millis(900)).await);
+    wait_metric(
+        &server,
+        "nts_ke_proxy_headers_total{result=\"overloaded\"}",
+        1,
+    );
+    assert_eq!(
+        server.metric("nts_ke_proxy_headers_total{result=\"timeout\"}"),
+        0,
+        "the stalled header is still being read"
+    );
+    assert!(closed_within(&mut stalled, Duration::from_secs(3)).await);
+    wait_metric(&server, "nts_ke_proxy_headers_total{result=\"timeout\"}", 1);
+}

@@ -165,6 +165,36 @@ impl Exposition {
         self.push(name, help, MetricType::Counter, samples);
     }
 
+    /// A counter family with one label: `(label value, count)` per sample.
+    pub fn counters_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        let samples = samples
+            .into_iter()
+            .map(|(v, n)| (labels(&[(label, v)]), Value::Count(n)))
+            .collect();
+        self.push(name, help, MetricType::Counter, samples);
+    }
+
+    /// A gauge family with one label: `(label value, value)` per sample.
+    pub fn gauges_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, f64)>,
+    ) {
+        let samples = samples
+            .into_iter()
+            .map(|(v, x)| (labels(&[(label, v)]), Value::Float(x)))
+            .collect();
+        self.push(name, help, MetricType::Gauge, samples);
+    }
+
     /// A gauge without labels.
     pub fn gauge(&mut self, name: &str, help: &str, value: impl Into<Value>) {
         self.push(

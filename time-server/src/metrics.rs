@@ -163,30 +163,23 @@ impl Metrics {
                 (&[("kind", "rate_kiss")], self.sum(|w| w.rate_kiss.get())),
             ],
         );
-        let labels: Vec<[(&str, &str); 1]> = NAK_REASONS.iter().map(|r| [("reason", *r)]).collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (&l[..], self.sum(|w| w.nak[i].get())))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_time_nts_nak_total",
             "NTS NAKs sent because the cookie could not be opened, by reason.",
-            &samples,
+            "reason",
+            NAK_REASONS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (*r, self.sum(|w| w.nak[i].get()))),
         );
-        let labels: Vec<[(&str, &str); 1]> = DropReason::ALL
-            .iter()
-            .map(|r| [("reason", r.label())])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (&l[..], self.sum(|w| w.dropped[i].get())))
-            .collect();
-        e.counters(
+        e.counters_by(
             "nts_time_requests_dropped_total",
             "Requests dropped without an answer, by reason (auth_failed: NTS authenticator did not verify; rate_limited_nts: NTS over the rate; too_old: waited longer than server.max_request_age).",
-            &samples,
+            "reason",
+            DropReason::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.label(), self.sum(|w| w.dropped[i].get()))),
         );
         e.counter(
             "nts_time_rate_limit_overflow_total",
@@ -311,20 +304,13 @@ impl Metrics {
             self.leap.load(Ordering::Relaxed),
         );
         if !self.key_sync_endpoints.is_empty() {
-            let labels: Vec<[(&str, &str); 1]> = self
-                .key_sync_endpoints
-                .iter()
-                .map(|(ep, _)| [("endpoint", ep.as_str())])
-                .collect();
-            let samples: Vec<(&[(&str, &str)], f64)> = labels
-                .iter()
-                .zip(&self.key_sync_endpoints)
-                .map(|(l, (_, up))| (&l[..], up.load(Ordering::Relaxed) as u8 as f64))
-                .collect();
-            e.gauges(
+            e.gauges_by(
                 "nts_time_key_sync_link_up",
                 "1 while the key-sync stream to this ke-server is up.",
-                &samples,
+                "endpoint",
+                self.key_sync_endpoints
+                    .iter()
+                    .map(|(ep, up)| (ep.as_str(), f64::from(u8::from(up.load(Ordering::Relaxed))))),
             );
             e.counter(
                 "nts_time_key_sync_reconnects_total",
@@ -341,15 +327,14 @@ impl Metrics {
                 "Key sets refused because they derive from another root secret than the keys served (a key differing under the same id, or another fingerprint).",
                 self.key_conflicts.load(Ordering::Relaxed),
             );
-            let refused: Vec<(&[(&str, &str)], f64)> = labels
-                .iter()
-                .zip(&self.key_sync_refused)
-                .map(|(l, r)| (&l[..], r.load(Ordering::Relaxed) as u8 as f64))
-                .collect();
-            e.gauges(
+            e.gauges_by(
                 "nts_time_key_sync_refused",
                 "1 while this ke-server's latest key set is refused (another root secret than the one served); the ke-server is told in every report.",
-                &refused,
+                "endpoint",
+                self.key_sync_endpoints
+                    .iter()
+                    .zip(&self.key_sync_refused)
+                    .map(|((ep, _), r)| (ep.as_str(), f64::from(u8::from(r.load(Ordering::Relaxed))))),
             );
             let served = *self
                 .served_fingerprint

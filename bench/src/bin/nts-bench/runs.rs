@@ -82,6 +82,23 @@ pub(crate) fn check_pinned(
     Ok(())
 }
 
+/// The NTS and plain measurements of one server: NTS-KE at `ke_addr`
+/// (NTP where it negotiates), plain NTP at `ntp_addr`.
+fn nts_and_plain(
+    ctx: &Ctx<'_>,
+    results: &mut Results,
+    server: &str,
+    ke_addr: &str,
+    ntp_addr: &str,
+    pids: &[u32],
+) -> Result<()> {
+    let nts = ctx.measure(server, "NTS", "nts", ke_addr, None, pids)?;
+    results.measurements.push(nts);
+    let plain = ctx.measure(server, "plain", "plain", "", Some(ntp_addr), pids)?;
+    results.measurements.push(plain);
+    Ok(())
+}
+
 /// Length of our NTS requests in this run (for the NTS-sized echo).
 pub(crate) fn nts_request_len(results: &Results) -> Option<usize> {
     results
@@ -114,20 +131,14 @@ fn shared_ours(ctx: &Ctx<'_>, results: &mut Results, pki: &TestPki, logs: &Path)
         .tempdir()?;
     let ours = start_ours(bins, pki, dir.path(), cli.workers, logs, opts, "", None)?;
     let pids = vec![ours.ts.pid()];
-    let r = (|| -> Result<()> {
-        let nts = ctx.measure(percore::OURS, "NTS", "nts", &ours.ke_addr, None, &pids)?;
-        results.measurements.push(nts);
-        let plain = ctx.measure(
-            percore::OURS,
-            "plain",
-            "plain",
-            "",
-            Some(&ours.ntp_addr),
-            &pids,
-        )?;
-        results.measurements.push(plain);
-        Ok(())
-    })();
+    let r = nts_and_plain(
+        ctx,
+        results,
+        percore::OURS,
+        &ours.ke_addr,
+        &ours.ntp_addr,
+        &pids,
+    );
     finish_ours(ours, results, logs, "");
     r?;
 
@@ -165,20 +176,7 @@ fn shared_chrony(ctx: &Ctx<'_>, results: &mut Results, pki: &TestPki, logs: &Pat
         let ke_addr = format!("127.0.0.1:{}", server.ke_port());
         let ntp_addr = format!("127.0.0.1:{}", server.ntp_port());
         let pids = vec![pid];
-        let r = (|| -> Result<()> {
-            let nts = ctx.measure(percore::CHRONY, "NTS", "nts", &ke_addr, None, &pids)?;
-            results.measurements.push(nts);
-            let plain = ctx.measure(
-                percore::CHRONY,
-                "plain",
-                "plain",
-                "",
-                Some(&ntp_addr),
-                &pids,
-            )?;
-            results.measurements.push(plain);
-            Ok(())
-        })();
+        let r = nts_and_plain(ctx, results, percore::CHRONY, &ke_addr, &ntp_addr, &pids);
         finish_chrony(server, results, logs);
         r?;
     }
@@ -251,17 +249,14 @@ fn per_core_ours(
             scpu,
             &mut results.pinning,
         )?;
-        let nts = ctx.measure(percore::OURS, "NTS", "nts", &ours.ke_addr, None, &[pid])?;
-        results.measurements.push(nts);
-        let plain = ctx.measure(
+        nts_and_plain(
+            ctx,
+            results,
             percore::OURS,
-            "plain",
-            "plain",
-            "",
-            Some(&ours.ntp_addr),
+            &ours.ke_addr,
+            &ours.ntp_addr,
             &[pid],
         )?;
-        results.measurements.push(plain);
         check_pinned(
             percore::OURS,
             "before stop",
@@ -298,17 +293,7 @@ fn per_core_chrony(
                 scpu,
                 &mut results.pinning,
             )?;
-            let nts = ctx.measure(percore::CHRONY, "NTS", "nts", &ke_addr, None, &[pid])?;
-            results.measurements.push(nts);
-            let plain = ctx.measure(
-                percore::CHRONY,
-                "plain",
-                "plain",
-                "",
-                Some(&ntp_addr),
-                &[pid],
-            )?;
-            results.measurements.push(plain);
+            nts_and_plain(ctx, results, percore::CHRONY, &ke_addr, &ntp_addr, &[pid])?;
             check_pinned(
                 percore::CHRONY,
                 "before stop",
